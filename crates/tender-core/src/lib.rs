@@ -1,0 +1,17 @@
+//! Tender's pure domain core.
+//!
+//! Everything here is deterministic: no IO, no async runtime, no reading of the system clock
+//! (time arrives through [`Clock`]), no randomness (identifiers are made at the edges and passed
+//! in). The server, the store adapters and the agent all speak this vocabulary.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod clock;
+pub mod device;
+pub mod ids;
+pub mod page;
+pub mod tenant;
+pub mod user;
+
+pub use clock::{Clock, ManualClock, Timestamp};
+pub use ids::{DeviceId, TenantId, TokenId, UserId};

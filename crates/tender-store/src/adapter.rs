@@ -1,0 +1,289 @@
+//! The body of [`Store`](crate::Store) that both SQL adapters share. The dialects agree on every
+//! statement used here, and the rows decode generically, so the code is written once and
+//! instantiated per pool type. Backend-specific work (connecting, pragmas, migrations, and later
+//! bulk ingest) lives in each adapter's own module.
+
+macro_rules! impl_sql_store {
+    ($store:ty, $backend:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::Store for $store {
+            fn backend(&self) -> $crate::Backend {
+                $backend
+            }
+
+            async fn ping(&self) -> $crate::Result<()> {
+                sqlx::query($crate::sql::PING)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("ping", e))?;
+                Ok(())
+            }
+
+            async fn create_tenant(&self, t: &tender_core::tenant::Tenant) -> $crate::Result<()> {
+                sqlx::query($crate::sql::INSERT_TENANT)
+                    .bind(t.id.as_uuid())
+                    .bind(t.slug.as_str())
+                    .bind(&t.name)
+                    .bind(t.created_at.unix_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&format!("tenant {}", t.slug), e))?;
+                Ok(())
+            }
+
+            async fn tenant(
+                &self,
+                id: tender_core::TenantId,
+            ) -> $crate::Result<Option<tender_core::tenant::Tenant>> {
+                sqlx::query_as::<_, $crate::rows::TenantRow>($crate::sql::TENANT_BY_ID)
+                    .bind(id.as_uuid())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("tenant", e))?
+                    .map(TryInto::try_into)
+                    .transpose()
+            }
+
+            async fn tenant_by_slug(
+                &self,
+                slug: &tender_core::tenant::TenantSlug,
+            ) -> $crate::Result<Option<tender_core::tenant::Tenant>> {
+                sqlx::query_as::<_, $crate::rows::TenantRow>($crate::sql::TENANT_BY_SLUG)
+                    .bind(slug.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("tenant", e))?
+                    .map(TryInto::try_into)
+                    .transpose()
+            }
+
+            async fn create_user(&self, u: &tender_core::user::User) -> $crate::Result<()> {
+                sqlx::query($crate::sql::INSERT_USER)
+                    .bind(u.tenant_id.as_uuid())
+                    .bind(u.id.as_uuid())
+                    .bind(&u.username)
+                    .bind($crate::rows::roles_to_text(&u.roles))
+                    .bind(u.disabled)
+                    .bind(u.created_at.unix_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&format!("user {}", u.username), e))?;
+                Ok(())
+            }
+
+            async fn user(
+                &self,
+                tenant: tender_core::TenantId,
+                id: tender_core::UserId,
+            ) -> $crate::Result<Option<tender_core::user::User>> {
+                sqlx::query_as::<_, $crate::rows::UserRow>($crate::sql::USER_BY_ID)
+                    .bind(tenant.as_uuid())
+                    .bind(id.as_uuid())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("user", e))?
+                    .map(TryInto::try_into)
+                    .transpose()
+            }
+
+            async fn user_by_name(
+                &self,
+                tenant: tender_core::TenantId,
+                username: &str,
+            ) -> $crate::Result<Option<tender_core::user::User>> {
+                sqlx::query_as::<_, $crate::rows::UserRow>($crate::sql::USER_BY_NAME)
+                    .bind(tenant.as_uuid())
+                    .bind(username)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("user", e))?
+                    .map(TryInto::try_into)
+                    .transpose()
+            }
+
+            async fn count_users(&self, tenant: tender_core::TenantId) -> $crate::Result<u64> {
+                let n: i64 = sqlx::query_scalar($crate::sql::COUNT_USERS)
+                    .bind(tenant.as_uuid())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("count users", e))?;
+                Ok(n.unsigned_abs())
+            }
+
+            async fn create_api_token(
+                &self,
+                t: &tender_core::user::ApiToken,
+            ) -> $crate::Result<()> {
+                sqlx::query($crate::sql::INSERT_TOKEN)
+                    .bind(t.id.as_uuid())
+                    .bind(t.tenant_id.as_uuid())
+                    .bind(t.user_id.as_uuid())
+                    .bind(&t.name)
+                    .bind(&t.secret_hash)
+                    .bind(t.created_at.unix_millis())
+                    .bind(t.expires_at.map(|x| x.unix_millis()))
+                    .bind(t.revoked_at.map(|x| x.unix_millis()))
+                    .bind(t.last_used_at.map(|x| x.unix_millis()))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&format!("API token {}", t.name), e))?;
+                Ok(())
+            }
+
+            async fn api_token_for_authentication(
+                &self,
+                id: tender_core::TokenId,
+            ) -> $crate::Result<Option<tender_core::user::ApiToken>> {
+                Ok(
+                    sqlx::query_as::<_, $crate::rows::ApiTokenRow>($crate::sql::TOKEN_BY_ID)
+                        .bind(id.as_uuid())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("API token", e))?
+                        .map(Into::into),
+                )
+            }
+
+            async fn record_token_use(
+                &self,
+                tenant: tender_core::TenantId,
+                id: tender_core::TokenId,
+                at: tender_core::Timestamp,
+            ) -> $crate::Result<()> {
+                sqlx::query($crate::sql::TOUCH_TOKEN)
+                    .bind(tenant.as_uuid())
+                    .bind(id.as_uuid())
+                    .bind(at.unix_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("API token", e))?;
+                Ok(())
+            }
+
+            async fn revoke_api_token(
+                &self,
+                tenant: tender_core::TenantId,
+                id: tender_core::TokenId,
+                at: tender_core::Timestamp,
+            ) -> $crate::Result<()> {
+                let done = sqlx::query($crate::sql::REVOKE_TOKEN)
+                    .bind(tenant.as_uuid())
+                    .bind(id.as_uuid())
+                    .bind(at.unix_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("API token", e))?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound(format!(
+                        "usable API token {id}"
+                    )));
+                }
+                Ok(())
+            }
+
+            async fn insert_device(&self, d: &tender_core::device::Device) -> $crate::Result<()> {
+                sqlx::query($crate::sql::INSERT_DEVICE)
+                    .bind(d.tenant_id.as_uuid())
+                    .bind(d.id.as_uuid())
+                    .bind(&d.name)
+                    .bind(d.device_type.as_deref())
+                    .bind(d.state.as_str())
+                    .bind(d.created_at.unix_millis())
+                    .bind(d.updated_at.unix_millis())
+                    .bind(d.state_changed_at.unix_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&format!("device {}", d.id), e))?;
+                Ok(())
+            }
+
+            async fn device(
+                &self,
+                tenant: tender_core::TenantId,
+                id: tender_core::DeviceId,
+            ) -> $crate::Result<Option<tender_core::device::Device>> {
+                sqlx::query_as::<_, $crate::rows::DeviceRow>($crate::sql::DEVICE_BY_ID)
+                    .bind(tenant.as_uuid())
+                    .bind(id.as_uuid())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("device", e))?
+                    .map(TryInto::try_into)
+                    .transpose()
+            }
+
+            async fn list_devices(
+                &self,
+                tenant: tender_core::TenantId,
+                filter: &$crate::DeviceFilter,
+                page: &tender_core::page::PageRequest<tender_core::DeviceId>,
+            ) -> $crate::Result<
+                tender_core::page::Page<tender_core::device::Device, tender_core::DeviceId>,
+            > {
+                let rows = sqlx::query_as::<_, $crate::rows::DeviceRow>($crate::sql::LIST_DEVICES)
+                    .bind(tenant.as_uuid())
+                    .bind(filter.state.map(|s| s.as_str()))
+                    .bind(page.after.map(|a| *a.as_uuid()))
+                    .bind(i64::from(page.limit.get()) + 1)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("list devices", e))?;
+                let devices = rows
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect::<$crate::Result<Vec<tender_core::device::Device>>>()?;
+                Ok(tender_core::page::Page::from_overfetch(
+                    devices,
+                    page.limit,
+                    |d| d.id,
+                ))
+            }
+
+            async fn count_devices(
+                &self,
+                tenant: tender_core::TenantId,
+                filter: &$crate::DeviceFilter,
+            ) -> $crate::Result<u64> {
+                let n: i64 = sqlx::query_scalar($crate::sql::COUNT_DEVICES)
+                    .bind(tenant.as_uuid())
+                    .bind(filter.state.map(|s| s.as_str()))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("count devices", e))?;
+                Ok(n.unsigned_abs())
+            }
+
+            async fn set_device_state(
+                &self,
+                tenant: tender_core::TenantId,
+                id: tender_core::DeviceId,
+                from: tender_core::device::DeviceState,
+                to: tender_core::device::DeviceState,
+                at: tender_core::Timestamp,
+            ) -> $crate::Result<tender_core::device::Device> {
+                let row =
+                    sqlx::query_as::<_, $crate::rows::DeviceRow>($crate::sql::SET_DEVICE_STATE)
+                        .bind(tenant.as_uuid())
+                        .bind(id.as_uuid())
+                        .bind(from.as_str())
+                        .bind(to.as_str())
+                        .bind(at.unix_millis())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("device state", e))?;
+                match row {
+                    Some(row) => row.try_into(),
+                    None => match self.device(tenant, id).await? {
+                        None => Err($crate::StoreError::NotFound(format!("device {id}"))),
+                        Some(d) => Err($crate::StoreError::Conflict(format!(
+                            "device {id} is {}, not {from}",
+                            d.state
+                        ))),
+                    },
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use impl_sql_store;

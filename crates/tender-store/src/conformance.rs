@@ -1,0 +1,654 @@
+//! The conformance suite every [`Store`] adapter must pass.
+//!
+//! Each case is a public async function taking a fresh, empty, migrated store. The
+//! [`conformance_suite!`](crate::conformance_suite) macro turns them all into `#[tokio::test]`s
+//! for one adapter, given an async fixture that returns a [`Fixture`]. Cases that need a second
+//! connection to the same database (re-opening) take a [`Fixture`] and use its `reopen`.
+
+use std::collections::BTreeSet;
+
+use tender_core::auth::Role;
+use tender_core::device::{Device, DeviceState};
+use tender_core::page::{PageLimit, PageRequest};
+use tender_core::tenant::{Tenant, TenantSlug};
+use tender_core::user::{ApiToken, User};
+use tender_core::{DeviceId, TenantId, Timestamp, TokenId, UserId};
+use uuid::Uuid;
+
+use crate::{DeviceFilter, DynStore, OpenOptions, Store, StoreError, TransitionError};
+
+/// A fresh store for one test, plus whatever keeps its database alive until the test ends.
+pub struct Fixture {
+    pub store: DynStore,
+    /// Options that open the same database again.
+    pub options: OpenOptions,
+    /// Dropped last: removes the test database.
+    pub guard: Box<dyn std::any::Any + Send>,
+}
+
+/// Generates one `#[tokio::test]` per conformance case for the adapter that `$fixture`
+/// (an `async fn() -> Fixture`) opens.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($fixture:path) => {
+        $crate::conformance_suite!(@cases $fixture;
+            backend_and_ping,
+            tenants_round_trip_and_unique_slugs,
+            users_are_unique_per_tenant,
+            users_need_an_existing_tenant,
+            api_tokens_lifecycle,
+            api_token_revocation_is_tenant_scoped,
+            devices_round_trip_exactly,
+            device_ids_are_unique_across_tenants,
+            devices_are_invisible_to_other_tenants,
+            device_pages_cover_everything_once,
+            device_filter_and_count,
+            device_state_is_compare_and_set,
+            transitions_follow_the_core_rules,
+            concurrent_transitions_have_one_winner,
+        );
+        #[tokio::test]
+        async fn data_survives_reopen() {
+            let f = $fixture().await;
+            $crate::conformance::data_survives_reopen(&f).await;
+        }
+    };
+    (@cases $fixture:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let f = $fixture().await;
+                $crate::conformance::$case(&*f.store).await;
+            }
+        )*
+    };
+}
+
+const T0: Timestamp = Timestamp::from_unix_millis(1_790_000_000_123);
+
+fn tenant(slug: &str) -> Tenant {
+    Tenant {
+        id: TenantId::from_uuid(Uuid::now_v7()),
+        slug: TenantSlug::parse(slug).expect("test slugs are valid"),
+        name: format!("Tenant {slug}"),
+        created_at: T0,
+    }
+}
+
+async fn new_tenant(store: &dyn Store, slug: &str) -> Tenant {
+    let t = tenant(slug);
+    store.create_tenant(&t).await.expect("create tenant");
+    t
+}
+
+fn user(tenant: TenantId, name: &str, roles: Vec<Role>) -> User {
+    User {
+        id: UserId::from_uuid(Uuid::now_v7()),
+        tenant_id: tenant,
+        username: name.into(),
+        roles,
+        disabled: false,
+        created_at: T0,
+    }
+}
+
+fn device(tenant: TenantId, name: &str, state: DeviceState) -> Device {
+    Device::new(
+        DeviceId::from_uuid(Uuid::now_v7()),
+        tenant,
+        name.into(),
+        Some("rpi4".into()),
+        state,
+        T0,
+    )
+    .expect("test names are valid")
+}
+
+fn token(tenant: TenantId, user: UserId) -> ApiToken {
+    ApiToken {
+        id: TokenId::from_uuid(Uuid::now_v7()),
+        tenant_id: tenant,
+        user_id: user,
+        name: "ci".into(),
+        secret_hash: vec![7; 32],
+        created_at: T0,
+        expires_at: Some(T0.plus_millis(86_400_000)),
+        revoked_at: None,
+        last_used_at: None,
+    }
+}
+
+fn limit(n: u32) -> PageLimit {
+    PageLimit::new(n).expect("test limits are valid")
+}
+
+pub async fn backend_and_ping(store: &dyn Store) {
+    store.ping().await.expect("ping");
+    assert!(matches!(store.backend().as_str(), "sqlite" | "postgres"));
+}
+
+pub async fn tenants_round_trip_and_unique_slugs(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    assert_eq!(store.tenant(t.id).await.unwrap(), Some(t.clone()));
+    assert_eq!(
+        store.tenant_by_slug(&t.slug).await.unwrap(),
+        Some(t.clone())
+    );
+    let missing = TenantSlug::parse("nobody").unwrap();
+    assert_eq!(store.tenant_by_slug(&missing).await.unwrap(), None);
+    assert_eq!(
+        store
+            .tenant(TenantId::from_uuid(Uuid::now_v7()))
+            .await
+            .unwrap(),
+        None
+    );
+
+    let dup = tenant("acme");
+    let err = store.create_tenant(&dup).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+}
+
+pub async fn users_are_unique_per_tenant(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let admin = user(a.id, "admin", vec![Role::Admin, Role::Viewer]);
+    store.create_user(&admin).await.unwrap();
+    assert_eq!(
+        store.user(a.id, admin.id).await.unwrap(),
+        Some(admin.clone())
+    );
+    assert_eq!(
+        store.user_by_name(a.id, "admin").await.unwrap(),
+        Some(admin.clone())
+    );
+    // Not visible from another tenant.
+    assert_eq!(store.user(b.id, admin.id).await.unwrap(), None);
+    assert_eq!(store.user_by_name(b.id, "admin").await.unwrap(), None);
+
+    let err = store
+        .create_user(&user(a.id, "admin", vec![]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // The same name in another tenant is a different user.
+    store
+        .create_user(&user(b.id, "admin", vec![Role::Viewer]))
+        .await
+        .unwrap();
+    assert_eq!(store.count_users(a.id).await.unwrap(), 1);
+    assert_eq!(store.count_users(b.id).await.unwrap(), 1);
+}
+
+pub async fn users_need_an_existing_tenant(store: &dyn Store) {
+    let ghost = TenantId::from_uuid(Uuid::now_v7());
+    let err = store
+        .create_user(&user(ghost, "x", vec![]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+pub async fn api_tokens_lifecycle(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let u = user(t.id, "ops", vec![Role::Operator]);
+    store.create_user(&u).await.unwrap();
+    let tok = token(t.id, u.id);
+    store.create_api_token(&tok).await.unwrap();
+    assert_eq!(
+        store.api_token_for_authentication(tok.id).await.unwrap(),
+        Some(tok.clone())
+    );
+
+    let used = T0.plus_millis(5);
+    store.record_token_use(t.id, tok.id, used).await.unwrap();
+    let got = store
+        .api_token_for_authentication(tok.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.last_used_at, Some(used));
+    assert!(got.is_usable(used));
+
+    let revoked = T0.plus_millis(10);
+    store.revoke_api_token(t.id, tok.id, revoked).await.unwrap();
+    let got = store
+        .api_token_for_authentication(tok.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.revoked_at, Some(revoked));
+    assert!(!got.is_usable(revoked));
+    // A second revocation finds no usable token and keeps the first time.
+    let err = store
+        .revoke_api_token(t.id, tok.id, T0.plus_millis(20))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let got = store
+        .api_token_for_authentication(tok.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.revoked_at, Some(revoked));
+
+    // A token for a user of another tenant is refused.
+    let other = new_tenant(store, "other").await;
+    let err = store
+        .create_api_token(&token(other.id, u.id))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+pub async fn api_token_revocation_is_tenant_scoped(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let u = user(a.id, "ops", vec![Role::Operator]);
+    store.create_user(&u).await.unwrap();
+    let tok = token(a.id, u.id);
+    store.create_api_token(&tok).await.unwrap();
+    let err = store.revoke_api_token(b.id, tok.id, T0).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    store
+        .record_token_use(b.id, tok.id, T0.plus_millis(1))
+        .await
+        .unwrap();
+    let got = store
+        .api_token_for_authentication(tok.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.revoked_at, None);
+    assert_eq!(
+        got.last_used_at, None,
+        "a use recorded from another tenant must not land"
+    );
+}
+
+pub async fn devices_round_trip_exactly(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let mut d = device(t.id, "Lobby kiosk — north ✓", DeviceState::Pending);
+    d.device_type = None;
+    store.insert_device(&d).await.unwrap();
+    assert_eq!(store.device(t.id, d.id).await.unwrap(), Some(d.clone()));
+    let d2 = device(t.id, "gw-2", DeviceState::Preauthorized);
+    store.insert_device(&d2).await.unwrap();
+    assert_eq!(store.device(t.id, d2.id).await.unwrap(), Some(d2));
+}
+
+pub async fn device_ids_are_unique_across_tenants(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let d = device(a.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    let mut clash = d.clone();
+    clash.tenant_id = b.id;
+    let err = store.insert_device(&clash).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let err = store.insert_device(&d).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+}
+
+pub async fn devices_are_invisible_to_other_tenants(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let d = device(a.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    assert_eq!(store.device(b.id, d.id).await.unwrap(), None);
+    let page = store
+        .list_devices(
+            b.id,
+            &DeviceFilter::default(),
+            &PageRequest::first(limit(10)),
+        )
+        .await
+        .unwrap();
+    assert!(page.items.is_empty() && page.next.is_none());
+    assert_eq!(
+        store
+            .count_devices(b.id, &DeviceFilter::default())
+            .await
+            .unwrap(),
+        0
+    );
+    let err = store
+        .set_device_state(
+            b.id,
+            d.id,
+            DeviceState::Accepted,
+            DeviceState::Decommissioned,
+            T0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(
+        store.device(a.id, d.id).await.unwrap().map(|d| d.state),
+        Some(DeviceState::Accepted)
+    );
+}
+
+pub async fn device_pages_cover_everything_once(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let noise = new_tenant(store, "noise").await;
+    let mut expected = BTreeSet::new();
+    for i in 0..25 {
+        let d = device(t.id, &format!("d{i}"), DeviceState::Accepted);
+        expected.insert(d.id);
+        store.insert_device(&d).await.unwrap();
+        store
+            .insert_device(&device(noise.id, &format!("n{i}"), DeviceState::Accepted))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut req = PageRequest::first(limit(10));
+    loop {
+        let page = store
+            .list_devices(t.id, &DeviceFilter::default(), &req)
+            .await
+            .unwrap();
+        sizes.push(page.items.len());
+        assert!(page.items.iter().all(|d| d.tenant_id == t.id));
+        seen.extend(page.items.iter().map(|d| d.id));
+        match page.next {
+            Some(next) => {
+                assert_eq!(Some(next), page.items.last().map(|d| d.id));
+                req.after = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(sizes, vec![10, 10, 5]);
+    let sorted: Vec<_> = expected.iter().copied().collect();
+    assert_eq!(
+        seen, sorted,
+        "pages are in id order, with nothing missing or repeated"
+    );
+
+    // An exact multiple of the page size ends without an empty extra page.
+    let page = store
+        .list_devices(
+            t.id,
+            &DeviceFilter::default(),
+            &PageRequest::first(limit(25)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 25);
+    assert_eq!(page.next, None);
+}
+
+pub async fn device_filter_and_count(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    for (i, s) in [
+        DeviceState::Pending,
+        DeviceState::Pending,
+        DeviceState::Accepted,
+        DeviceState::Rejected,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        store
+            .insert_device(&device(t.id, &format!("d{i}"), s))
+            .await
+            .unwrap();
+    }
+    let pending = DeviceFilter {
+        state: Some(DeviceState::Pending),
+    };
+    let page = store
+        .list_devices(t.id, &pending, &PageRequest::first(limit(100)))
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+    assert!(page.items.iter().all(|d| d.state == DeviceState::Pending));
+    assert_eq!(store.count_devices(t.id, &pending).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .count_devices(t.id, &DeviceFilter::default())
+            .await
+            .unwrap(),
+        4
+    );
+    let none = DeviceFilter {
+        state: Some(DeviceState::Decommissioned),
+    };
+    assert_eq!(store.count_devices(t.id, &none).await.unwrap(), 0);
+}
+
+pub async fn device_state_is_compare_and_set(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Pending);
+    store.insert_device(&d).await.unwrap();
+    let at = T0.plus_millis(1000);
+    let moved = store
+        .set_device_state(t.id, d.id, DeviceState::Pending, DeviceState::Accepted, at)
+        .await
+        .unwrap();
+    assert_eq!(moved.state, DeviceState::Accepted);
+    assert_eq!(moved.state_changed_at, at);
+    assert_eq!(moved.updated_at, at);
+    assert_eq!(moved.created_at, d.created_at);
+    // A stale expectation fails and changes nothing.
+    let err = store
+        .set_device_state(t.id, d.id, DeviceState::Pending, DeviceState::Rejected, at)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(store.device(t.id, d.id).await.unwrap(), Some(moved));
+    let err = store
+        .set_device_state(
+            t.id,
+            DeviceId::from_uuid(Uuid::now_v7()),
+            DeviceState::Pending,
+            DeviceState::Accepted,
+            at,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+pub async fn transitions_follow_the_core_rules(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    let done = crate::transition_device(store, t.id, d.id, DeviceState::Decommissioned, T0)
+        .await
+        .unwrap();
+    assert_eq!(done.state, DeviceState::Decommissioned);
+    let err = crate::transition_device(store, t.id, d.id, DeviceState::Accepted, T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransitionError::NotAllowed(_)), "{err}");
+    assert_eq!(
+        store.device(t.id, d.id).await.unwrap().map(|d| d.state),
+        Some(DeviceState::Decommissioned),
+        "a decommissioned device stays decommissioned"
+    );
+}
+
+pub async fn concurrent_transitions_have_one_winner(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Pending);
+    store.insert_device(&d).await.unwrap();
+    // Half try to accept, half to reject, all from `pending`: exactly one may win.
+    let results = futures_join_all((0..8).map(|i| {
+        let to = if i % 2 == 0 {
+            DeviceState::Accepted
+        } else {
+            DeviceState::Rejected
+        };
+        store.set_device_state(t.id, d.id, DeviceState::Pending, to, T0.plus_millis(i))
+    }))
+    .await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, StoreError::Conflict(_)))
+    );
+}
+
+pub async fn data_survives_reopen(f: &Fixture) {
+    let t = new_tenant(&*f.store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    f.store.insert_device(&d).await.unwrap();
+    // Opening again runs the migrations again (a no-op) and sees the same data.
+    let again = crate::open(&f.options).await.expect("reopen");
+    assert_eq!(again.device(t.id, d.id).await.unwrap(), Some(d));
+    assert_eq!(again.tenant_by_slug(&t.slug).await.unwrap(), Some(t));
+}
+
+/// Runs futures concurrently on the current task and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futs.map(|f| Some(Box::pin(f))).collect();
+    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *result = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
+/// A PostgreSQL database created for one test and dropped (even if the test panics) when this
+/// guard drops. The server is taken from `TENDER_TEST_POSTGRES_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/postgres`).
+pub struct PgTestDatabase {
+    admin_url: String,
+    name: String,
+    /// URL of the new database.
+    pub url: String,
+}
+
+impl PgTestDatabase {
+    pub async fn create() -> Self {
+        let admin_url = std::env::var("TENDER_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("tender_test_{}", Uuid::new_v4().simple());
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL tests need a server at {admin_url} (set TENDER_TEST_POSTGRES_URL): {e}"
+                )
+            });
+        // The name is generated above from a UUID: safe to splice.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let mut url = url::Url::parse(&admin_url).expect("TENDER_TEST_POSTGRES_URL is a URL");
+        url.set_path(&name);
+        PgTestDatabase {
+            admin_url,
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for PgTestDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop may run inside a runtime: do the async cleanup on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await;
+                if let Ok(mut admin) = conn {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Options for a test store at `url` with small pools.
+pub fn test_options(url: String) -> OpenOptions {
+    OpenOptions {
+        url,
+        max_connections: 8,
+        connect_timeout: std::time::Duration::from_secs(10),
+    }
+}
+
+/// A fixture on a fresh PostgreSQL database.
+pub async fn postgres_fixture() -> Fixture {
+    let db = PgTestDatabase::create().await;
+    let options = test_options(db.url.clone());
+    let store = crate::open(&options).await.expect("open PostgreSQL store");
+    Fixture {
+        store,
+        options,
+        guard: Box::new(db),
+    }
+}
+
+/// A fixture on a fresh SQLite file in a temporary directory.
+pub async fn sqlite_fixture() -> Fixture {
+    let dir = TempDir::new();
+    let options = test_options(format!("sqlite://{}", dir.0.join("tender.db").display()));
+    let store = crate::open(&options).await.expect("open SQLite store");
+    Fixture {
+        store,
+        options,
+        guard: Box::new(dir),
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("tender-test-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,247 @@
+//! Tender's storage port and its adapters.
+//!
+//! [`Store`] is the one trait the rest of Tender persists through, in the core's vocabulary.
+//! Two adapters implement it: [`sqlite::SqliteStore`] (embedded default) and
+//! [`postgres::PgStore`]. Both run the same SQL where the dialects agree (see `sql.rs`), their own
+//! versioned migrations (`migrations/<backend>/`), and the same conformance suite
+//! ([`conformance`], behind the `conformance` feature).
+//!
+//! Invariants every adapter keeps:
+//! - Every record belongs to a tenant and every call that reads or writes tenant data is scoped
+//!   by a [`TenantId`] (a parameter, or the tenant id of the record being inserted). The only
+//!   unscoped reads are [`Store::api_token_for_authentication`] (the caller's tenant is not known
+//!   before authentication) and the tenant lookups themselves.
+//! - A listing never silently caps: it returns a page and the key of the next one.
+//! - Device lifecycle changes are compare-and-set on the current state; the rules for which
+//!   transitions are allowed live in the core ([`tender_core::device::DeviceState`]).
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tender_core::device::{Device, DeviceState};
+use tender_core::page::{Page, PageRequest};
+use tender_core::tenant::{Tenant, TenantSlug};
+use tender_core::user::{ApiToken, User};
+use tender_core::{DeviceId, TenantId, Timestamp, TokenId, UserId};
+
+mod adapter;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod postgres;
+mod rows;
+mod sql;
+pub mod sqlite;
+
+/// Which adapter a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// What went wrong in the store, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or did not answer in time: retry later, report not ready.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule or a compare-and-set precondition failed.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The record named does not exist (in this tenant).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A stored value could not be read back into the domain (a bug or a manual edit).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// Anything else the database said.
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which devices a listing or count covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFilter {
+    /// Only devices in this state.
+    pub state: Option<DeviceState>,
+}
+
+/// The storage port.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Succeeds when the database answers a trivial query.
+    async fn ping(&self) -> Result<()>;
+
+    // --- tenants (system scope) ---
+
+    /// Conflict when the id or the slug is taken.
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
+    async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>>;
+    async fn tenant_by_slug(&self, slug: &TenantSlug) -> Result<Option<Tenant>>;
+
+    // --- users ---
+
+    /// Inserts into `user.tenant_id`. Conflict when the username is taken in that tenant.
+    async fn create_user(&self, user: &User) -> Result<()>;
+    async fn user(&self, tenant: TenantId, id: UserId) -> Result<Option<User>>;
+    async fn user_by_name(&self, tenant: TenantId, username: &str) -> Result<Option<User>>;
+    async fn count_users(&self, tenant: TenantId) -> Result<u64>;
+
+    // --- API tokens ---
+
+    /// Inserts into `token.tenant_id`; the user must exist in that tenant.
+    async fn create_api_token(&self, token: &ApiToken) -> Result<()>;
+    /// Looks a token up by id before the caller's tenant is known. The caller must check the
+    /// secret hash and [`ApiToken::is_usable`] before trusting it.
+    async fn api_token_for_authentication(&self, id: TokenId) -> Result<Option<ApiToken>>;
+    async fn record_token_use(&self, tenant: TenantId, id: TokenId, at: Timestamp) -> Result<()>;
+    /// Revokes an unrevoked token; NotFound when there is no such usable token in the tenant.
+    async fn revoke_api_token(&self, tenant: TenantId, id: TokenId, at: Timestamp) -> Result<()>;
+
+    // --- devices ---
+
+    /// Inserts into `device.tenant_id`. Conflict when the id is taken (in any tenant).
+    async fn insert_device(&self, device: &Device) -> Result<()>;
+    async fn device(&self, tenant: TenantId, id: DeviceId) -> Result<Option<Device>>;
+    /// Devices in id order (creation order for v7 ids), after `page.after`.
+    async fn list_devices(
+        &self,
+        tenant: TenantId,
+        filter: &DeviceFilter,
+        page: &PageRequest<DeviceId>,
+    ) -> Result<Page<Device, DeviceId>>;
+    async fn count_devices(&self, tenant: TenantId, filter: &DeviceFilter) -> Result<u64>;
+    /// Moves a device from `from` to `to` if it is still in `from` (compare-and-set). NotFound
+    /// when there is no such device in the tenant, Conflict when its state is no longer `from`.
+    /// Does not judge whether the transition is allowed: callers ask the core first
+    /// ([`transition_device`] does both).
+    async fn set_device_state(
+        &self,
+        tenant: TenantId,
+        id: DeviceId,
+        from: DeviceState,
+        to: DeviceState,
+        at: Timestamp,
+    ) -> Result<Device>;
+}
+
+/// A shared, type-erased store.
+pub type DynStore = Arc<dyn Store>;
+
+/// Why a lifecycle change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error(transparent)]
+    NotAllowed(#[from] tender_core::device::LifecycleError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Reads a device, asks the core whether it may move to `to`, and stores the change if nobody
+/// changed the device in between.
+pub async fn transition_device(
+    store: &dyn Store,
+    tenant: TenantId,
+    id: DeviceId,
+    to: DeviceState,
+    at: Timestamp,
+) -> Result<Device, TransitionError> {
+    let device = store
+        .device(tenant, id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("device {id}")))?;
+    device.state.transition(to)?;
+    Ok(store
+        .set_device_state(tenant, id, device.state, to, at)
+        .await?)
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// `sqlite://PATH` (created if missing) or `postgres://...`.
+    pub url: String,
+    pub max_connections: u32,
+    /// How long to wait for a connection before giving up.
+    pub connect_timeout: std::time::Duration,
+}
+
+/// Opens the store named by `opts.url` and applies pending migrations.
+pub async fn open(opts: &OpenOptions) -> Result<DynStore> {
+    let url = opts.url.as_str();
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(opts).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(opts).await?))
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "unsupported database URL {:?}: use sqlite://PATH or postgres://USER@HOST/DB",
+            redact_url(url)
+        )))
+    }
+}
+
+/// The URL with any password replaced, fit for logs and error messages.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            // set_password only fails for URLs that cannot have one, which this one has.
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+/// Maps a database error onto what a caller can act on.
+pub(crate) fn map_sqlx(what: &str, e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(format!("{what}: already exists"))
+        }
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::NotFound(format!("{what}: a record it refers to does not exist"))
+        }
+        sqlx::Error::Io(e) => StoreError::Unavailable(format!("{what}: {e}")),
+        sqlx::Error::Tls(e) => StoreError::Unavailable(format!("{what}: TLS: {e}")),
+        sqlx::Error::PoolTimedOut => {
+            StoreError::Unavailable(format!("{what}: timed out waiting for a connection"))
+        }
+        sqlx::Error::PoolClosed => StoreError::Unavailable(format!("{what}: store closed")),
+        e @ (sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)) => {
+            StoreError::Corrupt(format!("{what}: {e}"))
+        }
+        e => StoreError::Internal(format!("{what}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("postgres://u:secret@db:5432/tender"),
+            "postgres://u:***@db:5432/tender"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

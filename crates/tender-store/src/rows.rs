@@ -1,0 +1,139 @@
+//! Rows as both databases return them, and their conversion into the core's types. Each row
+//! derives `FromRow` generically, so one definition serves both adapters.
+
+use tender_core::auth::Role;
+use tender_core::device::{Device, DeviceState};
+use tender_core::tenant::{Tenant, TenantSlug};
+use tender_core::user::{ApiToken, User};
+use tender_core::{DeviceId, TenantId, Timestamp, TokenId, UserId};
+use uuid::Uuid;
+
+use crate::StoreError;
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_unix_millis(ms)
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TenantRow {
+    id: Uuid,
+    slug: String,
+    name: String,
+    created_at: i64,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = StoreError;
+    fn try_from(r: TenantRow) -> Result<Tenant, StoreError> {
+        Ok(Tenant {
+            id: TenantId::from_uuid(r.id),
+            slug: TenantSlug::parse(&r.slug)
+                .map_err(|e| StoreError::Corrupt(format!("tenant {}: {e}", r.id)))?,
+            name: r.name,
+            created_at: ts(r.created_at),
+        })
+    }
+}
+
+/// Roles are stored as a comma-separated list of role names.
+pub(crate) fn roles_to_text(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn roles_from_text(text: &str) -> Result<Vec<Role>, StoreError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<Role>()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct UserRow {
+    tenant_id: Uuid,
+    id: Uuid,
+    username: String,
+    roles: String,
+    disabled: bool,
+    created_at: i64,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+    fn try_from(r: UserRow) -> Result<User, StoreError> {
+        Ok(User {
+            id: UserId::from_uuid(r.id),
+            tenant_id: TenantId::from_uuid(r.tenant_id),
+            username: r.username,
+            roles: roles_from_text(&r.roles)?,
+            disabled: r.disabled,
+            created_at: ts(r.created_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ApiTokenRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    name: String,
+    secret_hash: Vec<u8>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    last_used_at: Option<i64>,
+}
+
+impl From<ApiTokenRow> for ApiToken {
+    fn from(r: ApiTokenRow) -> ApiToken {
+        ApiToken {
+            id: TokenId::from_uuid(r.id),
+            tenant_id: TenantId::from_uuid(r.tenant_id),
+            user_id: UserId::from_uuid(r.user_id),
+            name: r.name,
+            secret_hash: r.secret_hash,
+            created_at: ts(r.created_at),
+            expires_at: r.expires_at.map(ts),
+            revoked_at: r.revoked_at.map(ts),
+            last_used_at: r.last_used_at.map(ts),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct DeviceRow {
+    tenant_id: Uuid,
+    id: Uuid,
+    name: String,
+    device_type: Option<String>,
+    state: String,
+    created_at: i64,
+    updated_at: i64,
+    state_changed_at: i64,
+}
+
+impl TryFrom<DeviceRow> for Device {
+    type Error = StoreError;
+    fn try_from(r: DeviceRow) -> Result<Device, StoreError> {
+        Ok(Device {
+            id: DeviceId::from_uuid(r.id),
+            tenant_id: TenantId::from_uuid(r.tenant_id),
+            name: r.name,
+            device_type: r.device_type,
+            state: r
+                .state
+                .parse::<DeviceState>()
+                .map_err(|e| StoreError::Corrupt(format!("device {}: {e}", r.id)))?,
+            created_at: ts(r.created_at),
+            updated_at: ts(r.updated_at),
+            state_changed_at: ts(r.state_changed_at),
+        })
+    }
+}
