@@ -1,1 +1,207 @@
+//! The Tender server as a library: [`start`] brings it up from a [`Config`] and returns a
+//! [`RunningServer`] that can be shut down gracefully. The `tender` binary wraps this; tests use
+//! it directly on ephemeral ports.
 #![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tender_core::Clock;
+use tender_store::{DynStore, OpenOptions, StoreError, redact_url};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
+pub mod ca;
+pub mod config;
+pub mod datadir;
+pub mod metrics;
+pub mod problem;
+pub mod state;
+
+pub use config::Config;
+
+use crate::datadir::DataDir;
+use crate::state::{AppState, SystemClock};
+
+/// Why the server could not start. Each message is one line naming the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A server that is up and answering.
+pub struct RunningServer {
+    /// Where the HTTP API listens (the real port when the config said 0).
+    pub http_addr: SocketAddr,
+    /// The first admin's API token: only on the start that created the admin.
+    pub bootstrap_token: Option<String>,
+    /// The CA certificate devices must trust.
+    pub ca_cert_path: PathBuf,
+    /// The database in use, password redacted.
+    pub database: String,
+    pub data_dir: PathBuf,
+    pub store: DynStore,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+    grace: Duration,
+}
+
+/// Brings the server up: data directory, secrets, CA, store and migrations, bootstrap, listener.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    config.validate()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let data = DataDir::prepare(&config.data_dir)?;
+    let token_key = data.token_key()?;
+    let ca = ca::load_or_create(&config.ca, &data, clock.now())?;
+    if ca.created {
+        tracing::info!(cert = %ca.cert_path.display(), "created the built-in device CA");
+    }
+    let store = open_store(&config).await?;
+    let boot = bootstrap::run(&*store, &token_key, &*clock).await?;
+
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.http.listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.http.listen,
+        source,
+    })?;
+
+    let state = AppState {
+        store: store.clone(),
+        clock,
+        token_key,
+        metrics: Arc::new(metrics::Metrics::new()),
+    };
+    let app = api::router(state, &config.http);
+    let (shutdown, signal) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = signal.await;
+            })
+            .await
+    });
+    tracing::info!(%http_addr, database = %redact_url(&config.database_url()), "server started");
+    Ok(RunningServer {
+        http_addr,
+        bootstrap_token: boot.admin_token,
+        ca_cert_path: ca.cert_path,
+        database: redact_url(&config.database_url()),
+        data_dir: data.root().to_owned(),
+        store,
+        shutdown,
+        task,
+        grace: Duration::from_secs(config.http.shutdown_grace_secs),
+    })
+}
+
+async fn open_store(config: &Config) -> Result<DynStore, StoreError> {
+    tender_store::open(&OpenOptions {
+        url: config.database_url(),
+        max_connections: config.database.max_connections,
+        connect_timeout: config.connect_timeout(),
+    })
+    .await
+}
+
+impl RunningServer {
+    /// Stops accepting connections, lets in-flight requests finish (up to the configured grace
+    /// period), then returns. Returns `false` if the grace period ran out first.
+    pub async fn shutdown(self) -> bool {
+        let _ = self.shutdown.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(self.grace, &mut task).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::error!(error = %e, "HTTP server failed while stopping");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "HTTP server task failed");
+                true
+            }
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "in-flight requests outlived the shutdown grace period");
+                task.abort();
+                false
+            }
+        }
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> bool {
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        self.shutdown().await
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Issues a new API token for the default tenant's `admin` user directly against the database,
+/// for operators who lost the bootstrap token. Needs the server's data directory (for the token
+/// key) and database.
+pub async fn issue_admin_token(config: &Config) -> Result<String, StartError> {
+    config.validate()?;
+    let clock = SystemClock;
+    let data = DataDir::prepare(&config.data_dir)?;
+    let key = data.token_key()?;
+    let store = open_store(config).await?;
+    let tenant = bootstrap::default_tenant(&*store, &clock).await?;
+    let admin = match store
+        .user_by_name(tenant.id, bootstrap::BOOTSTRAP_ADMIN)
+        .await?
+    {
+        Some(u) => u,
+        None => {
+            let boot = bootstrap::run(&*store, &key, &clock).await?;
+            if let Some(t) = boot.admin_token {
+                return Ok(t);
+            }
+            return Err(StartError::Store(StoreError::NotFound(
+                "the default tenant has users but no `admin`".into(),
+            )));
+        }
+    };
+    Ok(bootstrap::issue_token(&*store, &key, &clock, &admin, "recovery").await?)
+}

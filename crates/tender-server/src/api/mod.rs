@@ -1,0 +1,146 @@
+//! The HTTP surface: routes, middleware stack and the OpenAPI document.
+//!
+//! Invariants: every `/api/v1` handler takes an [`Authorized`](crate::auth::Authorized)
+//! extractor; every error leaves as problem JSON; the OpenAPI document lists every `/api/v1`
+//! operation (a test compares it with the router).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::config::HttpConfig;
+use crate::problem::{Problem, problem_for_plain_errors};
+use crate::state::AppState;
+
+pub mod devices;
+pub mod whoami;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tender API",
+        description = "Fleet management for Linux devices. Errors are RFC 9457 problem JSON.",
+        license(name = "Apache-2.0"),
+    ),
+    paths(devices::list_devices, devices::get_device, whoami::whoami),
+    components(schemas(Problem)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "devices", description = "The device registry"),
+        (name = "operators", description = "Who is calling"),
+    ),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, with the server's version.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+/// Builds the whole HTTP application.
+pub fn router(state: AppState, http: &HttpConfig) -> Router {
+    let api = Router::new()
+        .route("/devices", get(devices::list_devices))
+        .route("/devices/{id}", get(devices::get_device))
+        .route("/whoami", get(whoami::whoami))
+        .route("/openapi.json", get(openapi_json));
+
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        // Innermost first: body limits, panics, metrics, time-out, tracing, request ids, and
+        // last (outermost) the rewrite of any remaining plain error into problem JSON.
+        .layer(DefaultBodyLimit::max(http.body_limit_bytes))
+        .layer(RequestBodyLimitLayer::new(http.body_limit_bytes))
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(http.request_timeout_secs.max(1)),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::from_fn(problem_for_plain_errors))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Problem {
+    Problem::not_found(format!("no such resource: {}", uri.path())).with_instance(uri.path())
+}
+
+async fn openapi_json() -> Response {
+    axum::Json(openapi()).into_response()
+}
+
+#[derive(Serialize, ToSchema)]
+struct Health {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<&'static str>,
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok",
+        database: None,
+    })
+}
+
+/// Readiness: the store answers within 3 s.
+async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, Problem> {
+    match tokio::time::timeout(Duration::from_secs(3), state.store.ping()).await {
+        Ok(Ok(())) => Ok(axum::Json(Health {
+            status: "ready",
+            database: Some(state.store.backend().as_str()),
+        })),
+        Ok(Err(e)) => Err(Problem::unavailable(format!("not ready: {e}"))),
+        Err(_) => Err(Problem::unavailable(
+            "not ready: the database did not answer within 3 s",
+        )),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

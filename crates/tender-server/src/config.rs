@@ -1,0 +1,405 @@
+//! Server configuration: one TOML file, environment overrides, defaults for everything.
+//!
+//! Precedence, lowest first: built-in defaults, the file (`--config`), `TENDER_*` environment
+//! variables (see [`ENV_OVERRIDES`]), command-line flags (applied by the binary). Unknown keys in
+//! the file are an error that names the key. `docs/configuration.md` documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Every environment variable the server reads, and the key it sets.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("TENDER_DATA_DIR", "data_dir"),
+    ("TENDER_HTTP_LISTEN", "http.listen"),
+    ("TENDER_HTTP_BODY_LIMIT_BYTES", "http.body_limit_bytes"),
+    (
+        "TENDER_HTTP_REQUEST_TIMEOUT_SECS",
+        "http.request_timeout_secs",
+    ),
+    (
+        "TENDER_HTTP_SHUTDOWN_GRACE_SECS",
+        "http.shutdown_grace_secs",
+    ),
+    ("TENDER_DATABASE_URL", "database.url"),
+    (
+        "TENDER_DATABASE_MAX_CONNECTIONS",
+        "database.max_connections",
+    ),
+    (
+        "TENDER_DATABASE_CONNECT_TIMEOUT_SECS",
+        "database.connect_timeout_secs",
+    ),
+    ("TENDER_LOG_FORMAT", "log.format"),
+    ("TENDER_LOG_LEVEL", "log.level"),
+    ("TENDER_CA_CERT_FILE", "ca.cert_file"),
+    ("TENDER_CA_KEY_FILE", "ca.key_file"),
+];
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the server keeps its state: the SQLite database, the CA, secrets.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    pub ca: CaConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("tender-data"),
+            http: HttpConfig::default(),
+            database: DatabaseConfig::default(),
+            log: LogConfig::default(),
+            ca: CaConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP API (and, later, the dashboard). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// A request that takes longer is answered 503.
+    pub request_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB`. Unset: `sqlite://<data_dir>/tender.db`.
+    pub url: Option<String>,
+    pub max_connections: u32,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: 16,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `tender_server=debug,info`, ...
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// The certificate authority that signs device certificates. Unset: Tender creates its own in
+/// `<data_dir>/ca/` at first start.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// PEM certificate of an operator-supplied CA (requires `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of an operator-supplied CA (requires `cert_file`).
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for {key} (from {var}): {message}")]
+    Env {
+        var: &'static str,
+        key: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the file at `path` (if any), then applies the environment as read through `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.to_owned(),
+                    message: one_line(&e.to_string()),
+                })?;
+                // Check the file on its own first so that its errors name the file.
+                toml::Value::Table(table.clone())
+                    .try_into::<Config>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: p.to_owned(),
+                        message: one_line(&e.to_string()),
+                    })?;
+                table
+            }
+            None => toml::Table::new(),
+        };
+        for (var, key) in ENV_OVERRIDES {
+            if let Some(value) = env(var) {
+                set_dotted(&mut table, key, env_value(&value));
+                toml::Value::Table(table.clone())
+                    .try_into::<Config>()
+                    .map_err(|e| ConfigError::Env {
+                        var,
+                        key,
+                        value: value.clone(),
+                        message: one_line(&e.to_string()),
+                    })?;
+            }
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| ConfigError::Invalid(one_line(&e.to_string())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.http.body_limit_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "http.body_limit_bytes must be greater than 0".into(),
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "database.max_connections must be greater than 0".into(),
+            ));
+        }
+        if self.ca.cert_file.is_some() != self.ca.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "ca.cert_file and ca.key_file must be set together".into(),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("data_dir must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("tender.db").display()),
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.database.connect_timeout_secs)
+    }
+}
+
+/// An environment value as TOML: integers and booleans as such, everything else a string.
+fn env_value(v: &str) -> toml::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = v.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(v.to_owned())
+    }
+}
+
+fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = table
+                .entry(head.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(t) = entry {
+                set_dotted(t, rest, value);
+            }
+        }
+    }
+}
+
+/// toml's messages span several lines with a source excerpt; keep them to one.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn write(text: &str) -> (tempfile_path::Guard, PathBuf) {
+        let g = tempfile_path::Guard::new();
+        let p = g.0.join("tender.toml");
+        std::fs::write(&p, text).unwrap();
+        (g, p)
+    }
+
+    mod tempfile_path {
+        pub struct Guard(pub std::path::PathBuf);
+        impl Guard {
+            pub fn new() -> Self {
+                let p = std::env::temp_dir().join(format!("tender-cfg-{}", uuid::Uuid::new_v4()));
+                std::fs::create_dir_all(&p).unwrap();
+                Guard(p)
+            }
+        }
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.database_url(), "sqlite://tender-data/tender.db");
+    }
+
+    #[test]
+    fn file_values_apply() {
+        let (_g, p) = write(
+            "data_dir = \"/var/lib/tender\"\n[http]\nlisten = \"0.0.0.0:9000\"\n[log]\nformat = \"json\"\n",
+        );
+        let c = Config::load(Some(&p), no_env).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/tender"));
+        assert_eq!(c.http.listen.port(), 9000);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(
+            c.http.body_limit_bytes,
+            1024 * 1024,
+            "unset keys keep defaults"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let (_g, p) = write("[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        let err = Config::load(Some(&p), no_env).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("tender.toml"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn malformed_files_are_errors() {
+        let (_g, p) = write("[http\n");
+        assert!(matches!(
+            Config::load(Some(&p), no_env),
+            Err(ConfigError::Parse { .. })
+        ));
+        let (_g, p) = write("[http]\nlisten = 5\n");
+        let err = Config::load(Some(&p), no_env).unwrap_err().to_string();
+        assert!(
+            err.contains("listen") || err.contains("invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/tender.toml")), no_env).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let (_g, p) = write("[database]\nmax_connections = 4\n");
+        let env: HashMap<&str, &str> = [
+            ("TENDER_DATABASE_MAX_CONNECTIONS", "9"),
+            ("TENDER_DATABASE_URL", "postgres://x@h/db"),
+            ("TENDER_LOG_FORMAT", "json"),
+        ]
+        .into();
+        let c = Config::load(Some(&p), |k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.database.max_connections, 9);
+        assert_eq!(c.database_url(), "postgres://x@h/db");
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        let err = Config::load(None, |k| {
+            (k == "TENDER_HTTP_LISTEN").then(|| "not-an-address".to_string())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("TENDER_HTTP_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn validation() {
+        let (_g, p) = write("[ca]\ncert_file = \"/x.pem\"\n");
+        let err = Config::load(Some(&p), no_env).unwrap_err().to_string();
+        assert!(err.contains("ca.key_file"), "{err}");
+        let (_g, p) = write("[http]\nbody_limit_bytes = 0\n");
+        assert!(Config::load(Some(&p), no_env).is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! What every request handler can reach.
+
+use std::sync::Arc;
+
+use tender_core::Clock;
+use tender_store::DynStore;
+
+use crate::auth::TokenKey;
+use crate::metrics::Metrics;
+
+/// Shared, cheaply cloned application state.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: DynStore,
+    pub clock: Arc<dyn Clock>,
+    pub token_key: TokenKey,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The system clock, millisecond precision.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> tender_core::Timestamp {
+        tender_core::Timestamp::from_datetime(time::OffsetDateTime::now_utc())
+    }
+}

@@ -1,0 +1,113 @@
+//! A small client for the Tender API that turns problem JSON into readable errors.
+
+use anyhow::{Result, anyhow};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+pub struct ApiClient {
+    base: Url,
+    token: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct ProblemBody {
+    title: Option<String>,
+    detail: Option<String>,
+}
+
+impl ApiClient {
+    pub fn new(server: &str, token: &str) -> Result<Self> {
+        let mut base = Url::parse(server).map_err(|e| {
+            anyhow!(
+                "invalid server URL {server:?}: {e}; expected something like http://127.0.0.1:8080"
+            )
+        })?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(anyhow!(
+                "invalid server URL {server:?}: use http:// or https://"
+            ));
+        }
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("tender-cli/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))?;
+        Ok(ApiClient {
+            base,
+            token: token.to_owned(),
+            http,
+        })
+    }
+
+    pub fn server(&self) -> &Url {
+        &self.base
+    }
+
+    /// GETs `api/v1/<path>` with `query`, returning the JSON body.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T> {
+        let url = self
+            .base
+            .join(&format!("api/v1/{path}"))
+            .map_err(|e| anyhow!("invalid path {path:?}: {e}"))?;
+        let resp = self
+            .http
+            .get(url.clone())
+            .bearer_auth(&self.token)
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| {
+                let why = if e.is_connect() {
+                    "connection failed (is `tender server` running there?)".to_owned()
+                } else if e.is_timeout() {
+                    "timed out".to_owned()
+                } else {
+                    e.to_string()
+                };
+                anyhow!("cannot reach the Tender server at {}: {why}", self.base)
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| anyhow!("reading the answer from {url}: {e}"))?;
+        if !status.is_success() {
+            return Err(problem_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow!("the server's answer to {url} is not what this CLI expects ({e}); are the CLI and server versions the same?"))
+    }
+}
+
+fn problem_error(status: StatusCode, body: &[u8]) -> anyhow::Error {
+    let (title, detail) = match serde_json::from_slice::<ProblemBody>(body) {
+        Ok(p) => (
+            p.title.unwrap_or_else(|| status.to_string()),
+            p.detail.unwrap_or_default(),
+        ),
+        Err(_) => (
+            status.to_string(),
+            String::from_utf8_lossy(body).chars().take(500).collect(),
+        ),
+    };
+    let hint = match status {
+        StatusCode::UNAUTHORIZED => {
+            "\nhint: the token was refused; pass a valid one with --token or run `tender login` again"
+        }
+        StatusCode::FORBIDDEN => "\nhint: ask an admin for a role that grants this",
+        _ => "",
+    };
+    anyhow!("{} {title}: {detail}{hint}", status.as_u16())
+}

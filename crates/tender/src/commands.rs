@@ -1,0 +1,218 @@
+//! Runs a parsed command.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use serde_json::Value;
+
+use crate::cli::{Cli, Command, DevicesCommand, GlobalArgs, ListDevicesArgs, OutputFormat};
+use crate::client::ApiClient;
+use crate::{output, profile, serve};
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Server(args) => serve::run(args).await,
+        Command::AdminToken(args) => serve::admin_token(args).await,
+        Command::Login => login(g).await,
+        Command::Whoami => whoami(g).await,
+        Command::Devices(DevicesCommand::List(args)) => list_devices(g, args).await,
+        Command::Devices(DevicesCommand::Show { id }) => show_device(g, id).await,
+    }
+}
+
+/// The client for this invocation: flags and environment first, then the profile.
+fn connect(g: &GlobalArgs) -> Result<ApiClient> {
+    let file = profile::load()?;
+    let name = g
+        .profile
+        .clone()
+        .or_else(|| file.current.clone())
+        .unwrap_or_else(|| profile::DEFAULT_PROFILE.to_owned());
+    let saved = file.profiles.get(&name);
+    if g.profile.is_some() && saved.is_none() {
+        return Err(anyhow!(
+            "no profile named {name:?}; create it with `tender login --profile {name} --server URL --token TOKEN`"
+        ));
+    }
+    let server = g
+        .server
+        .clone()
+        .or_else(|| saved.map(|p| p.server.clone()))
+        .ok_or_else(|| {
+            anyhow!("no server configured: run `tender login --server URL --token TOKEN`, or set --server/TENDER_SERVER")
+        })?;
+    let token = g
+        .token
+        .clone()
+        .or_else(|| saved.map(|p| p.token.clone()))
+        .ok_or_else(|| {
+            anyhow!("no API token configured: run `tender login --server URL --token TOKEN`, or set --token/TENDER_TOKEN")
+        })?;
+    ApiClient::new(&server, &token)
+}
+
+async fn login(g: &GlobalArgs) -> Result<ExitCode> {
+    let (Some(server), Some(token)) = (&g.server, &g.token) else {
+        return Err(anyhow!(
+            "login needs --server URL and --token TOKEN (the token `tender server` printed at first start, or one from `tender admin-token`)"
+        ));
+    };
+    let client = ApiClient::new(server, token)?;
+    let me: Value = client.get("whoami", &[]).await?;
+    let name = g
+        .profile
+        .clone()
+        .unwrap_or_else(|| profile::DEFAULT_PROFILE.to_owned());
+    let mut file = profile::load()?;
+    file.profiles.insert(
+        name.clone(),
+        profile::Profile {
+            server: server.clone(),
+            token: token.clone(),
+        },
+    );
+    file.current = Some(name.clone());
+    let path = profile::save(&file)?;
+    match g.output {
+        OutputFormat::Json => output::json(&me)?,
+        OutputFormat::Table => println!(
+            "Logged in to {} as {} (tenant {}); saved as profile {name:?} in {}",
+            client.server(),
+            str_at(&me, "/username"),
+            str_at(&me, "/tenant/slug"),
+            path.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn whoami(g: &GlobalArgs) -> Result<ExitCode> {
+    let client = connect(g)?;
+    let me: Value = client.get("whoami", &[]).await?;
+    match g.output {
+        OutputFormat::Json => output::json(&me)?,
+        OutputFormat::Table => {
+            let list = |ptr: &str| {
+                me.pointer(ptr)
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default()
+            };
+            output::table(
+                &["field", "value"],
+                &[
+                    vec!["server".into(), client.server().to_string()],
+                    vec!["user".into(), str_at(&me, "/username")],
+                    vec!["tenant".into(), str_at(&me, "/tenant/slug")],
+                    vec!["roles".into(), list("/roles")],
+                    vec!["permissions".into(), list("/permissions")],
+                ],
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_devices(g: &GlobalArgs, args: &ListDevicesArgs) -> Result<ExitCode> {
+    let client = connect(g)?;
+    let mut items: Vec<Value> = Vec::new();
+    let mut cursor = args.cursor.clone();
+    let next = loop {
+        let mut q = vec![("limit", args.limit.to_string())];
+        if let Some(s) = args.state {
+            q.push(("state", s.as_str().to_owned()));
+        }
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let page: Value = client.get("devices", &q).await?;
+        if let Some(a) = page.get("items").and_then(Value::as_array) {
+            items.extend(a.iter().cloned());
+        }
+        let next = page
+            .get("next_cursor")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        match next {
+            Some(n) if args.all => cursor = Some(n),
+            other => break other,
+        }
+    };
+    match g.output {
+        OutputFormat::Json => output::json(&serde_json::json!({
+            "items": items,
+            "next_cursor": next,
+        }))?,
+        OutputFormat::Table => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|d| {
+                    vec![
+                        str_at(d, "/id"),
+                        str_at(d, "/name"),
+                        str_at(d, "/device_type"),
+                        str_at(d, "/state"),
+                        str_at(d, "/created_at"),
+                    ]
+                })
+                .collect();
+            output::table(&["id", "name", "type", "state", "created"], &rows)?;
+            match next {
+                Some(n) => eprintln!(
+                    "{} devices shown; more follow: add --all, or --cursor {n}",
+                    items.len()
+                ),
+                None => eprintln!("{} devices", items.len()),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show_device(g: &GlobalArgs, id: &str) -> Result<ExitCode> {
+    let client = connect(g)?;
+    if uuid_like(id).is_none() {
+        return Err(anyhow!(
+            "{id:?} is not a device id; device ids are UUIDs, see `tender devices list`"
+        ));
+    }
+    let d: Value = client.get(&format!("devices/{id}"), &[]).await?;
+    match g.output {
+        OutputFormat::Json => output::json(&d)?,
+        OutputFormat::Table => {
+            let rows: Vec<Vec<String>> = [
+                "id",
+                "name",
+                "device_type",
+                "state",
+                "created_at",
+                "updated_at",
+                "state_changed_at",
+            ]
+            .iter()
+            .map(|k| vec![(*k).to_owned(), str_at(&d, &format!("/{k}"))])
+            .collect();
+            output::table(&["field", "value"], &rows)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn uuid_like(s: &str) -> Option<()> {
+    (s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(())
+}
+
+/// The string at a JSON pointer, or "-" when absent or null.
+fn str_at(v: &Value, ptr: &str) -> String {
+    match v.pointer(ptr) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".to_owned(),
+        Some(other) => other.to_string(),
+    }
+}
