@@ -5,6 +5,9 @@
 //! for one adapter, given an async fixture that returns a [`Fixture`]. Cases that need a second
 //! connection to the same database (re-opening) take a [`Fixture`] and use its `reopen`.
 
+// Test code: a failed expectation is a failed test, which is what unwrap and expect report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 
 use tender_core::auth::Role;
@@ -567,6 +570,17 @@ impl PgTestDatabase {
             name,
             url: url.to_string(),
         }
+    }
+}
+
+impl PgTestDatabase {
+    /// [`create`](Self::create) for tests without an async runtime.
+    pub fn create_blocking() -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(Self::create())
     }
 }
 

@@ -1,0 +1,626 @@
+//! The HTTP API over real HTTP: a server started in-process on an ephemeral loopback port,
+//! driven with reqwest. Every test runs against SQLite and against PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tender_core::auth::Role;
+use tender_core::device::{Device, DeviceState};
+use tender_core::tenant::{Tenant, TenantSlug};
+use tender_core::user::{ApiToken, User};
+use tender_core::{DeviceId, TenantId, Timestamp, UserId};
+use tender_server::auth::{TokenKey, mint_token};
+use tender_server::{Config, RunningServer};
+use tender_store::conformance::{PgTestDatabase, TempDir};
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+struct TestServer {
+    server: Option<RunningServer>,
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    config: Config,
+    _dir: TempDir,
+    _db: Option<PgTestDatabase>,
+}
+
+async fn start(backend: Backend) -> TestServer {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = TempDir::new();
+    let db = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(PgTestDatabase::create().await),
+    };
+    let mut config = Config {
+        data_dir: dir.0.join("data"),
+        ..Config::default()
+    };
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.http.body_limit_bytes = 64 * 1024;
+    config.database.url = db.as_ref().map(|d| d.url.clone());
+    config.database.max_connections = 4;
+    let server = tender_server::start(config.clone())
+        .await
+        .expect("server starts");
+    let token = server
+        .bootstrap_token
+        .clone()
+        .expect("a fresh server prints a bootstrap token");
+    TestServer {
+        base: format!("http://{}", server.http_addr),
+        server: Some(server),
+        token,
+        http: reqwest::Client::new(),
+        config,
+        _dir: dir,
+        _db: db,
+    }
+}
+
+impl TestServer {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, body)
+    }
+
+    async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
+        let (s, _, b) = self.get(path, Some(&self.token)).await;
+        (s, b)
+    }
+
+    fn store(&self) -> &dyn tender_store::Store {
+        &*self.server.as_ref().unwrap().store
+    }
+
+    /// The key the server hashes tokens with (read from its data directory).
+    fn token_key(&self) -> TokenKey {
+        let hex =
+            std::fs::read_to_string(self.config.data_dir.join("secrets/token-hmac.key")).unwrap();
+        let hex = hex.trim();
+        let mut b = [0u8; 32];
+        for (i, byte) in b.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        TokenKey::from_bytes(b)
+    }
+
+    async fn default_tenant(&self) -> Tenant {
+        self.store()
+            .tenant_by_slug(&TenantSlug::default_tenant())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// A user with `roles` in `tenant` and a token for it.
+    async fn user_with_token(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        roles: Vec<Role>,
+        expires: Option<Timestamp>,
+    ) -> (User, String, ApiToken) {
+        let user = User {
+            id: UserId::from_uuid(Uuid::now_v7()),
+            tenant_id: tenant,
+            username: name.into(),
+            roles,
+            disabled: false,
+            created_at: now(),
+        };
+        self.store().create_user(&user).await.unwrap();
+        let minted = mint_token(&self.token_key());
+        let record = ApiToken {
+            id: minted.id,
+            tenant_id: tenant,
+            user_id: user.id,
+            name: "test".into(),
+            secret_hash: minted.secret_hash,
+            created_at: now(),
+            expires_at: expires,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        self.store().create_api_token(&record).await.unwrap();
+        (user, minted.plaintext, record)
+    }
+
+    async fn add_devices(&self, tenant: TenantId, n: usize, state: DeviceState) -> Vec<DeviceId> {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let d = Device::new(
+                DeviceId::from_uuid(Uuid::now_v7()),
+                tenant,
+                format!("dev-{i}"),
+                Some("rpi4".into()),
+                state,
+                now(),
+            )
+            .unwrap();
+            self.store().insert_device(&d).await.unwrap();
+            ids.push(d.id);
+        }
+        ids
+    }
+
+    async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            assert!(s.shutdown().await, "drained within the grace period");
+        }
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_datetime(time::OffsetDateTime::now_utc())
+}
+
+fn assert_problem(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+    expect: StatusCode,
+) {
+    assert_eq!(status, expect, "{body}");
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/problem+json"),
+        "{body}"
+    );
+    assert_eq!(body["status"], expect.as_u16(), "{body}");
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:tender:problem:"),
+        "{body}"
+    );
+    assert!(body["title"].is_string(), "{body}");
+    assert!(!body["detail"].as_str().unwrap().is_empty(), "{body}");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    health_and_readiness,
+    bootstrap_admin_can_use_the_api,
+    bad_credentials_get_401_problems,
+    revoked_expired_and_disabled_credentials_are_refused,
+    permissions_are_checked,
+    device_pages_cover_the_registry_exactly_once,
+    invalid_listing_parameters_are_400s,
+    other_tenants_devices_are_invisible,
+    oversized_bodies_get_413,
+    unknown_routes_and_methods_are_problems,
+    metrics_count_requests_by_route,
+    openapi_documents_every_api_route,
+    restart_keeps_data_and_never_reprints_the_token,
+);
+
+async fn health_and_readiness(b: Backend) {
+    let mut s = start(b).await;
+    let (st, _, body) = s.get("/healthz", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    let (st, _, body) = s.get("/readyz", None).await;
+    assert_eq!(st, StatusCode::OK);
+    let expect = match b {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    assert_eq!(body["database"], expect);
+    s.stop().await;
+}
+
+async fn bootstrap_admin_can_use_the_api(b: Backend) {
+    let mut s = start(b).await;
+    let (st, body) = s.admin_get("/api/v1/devices").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body, serde_json::json!({"items": [], "next_cursor": null}));
+    let (st, me) = s.admin_get("/api/v1/whoami").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(me["username"], "admin");
+    assert_eq!(me["tenant"]["slug"], "default");
+    assert_eq!(me["roles"], serde_json::json!(["admin"]));
+    assert!(me["permissions"].as_array().unwrap().len() >= 10);
+    s.stop().await;
+}
+
+async fn bad_credentials_get_401_problems(b: Backend) {
+    let mut s = start(b).await;
+    let mut tampered = s.token.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let unknown_id = {
+        let t = mint_token(&TokenKey::from_bytes([9; 32]));
+        t.plaintext
+    };
+    for token in [
+        None,
+        Some("garbage"),
+        Some(tampered.as_str()),
+        Some(unknown_id.as_str()),
+        Some(""),
+    ] {
+        let (st, h, body) = s.get("/api/v1/devices", token).await;
+        assert_problem(st, &h, &body, StatusCode::UNAUTHORIZED);
+        assert!(h.get("www-authenticate").is_some(), "401 names the scheme");
+    }
+    // Not a bearer scheme at all.
+    let resp = s
+        .http
+        .get(s.url("/api/v1/devices"))
+        .basic_auth("admin", Some("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}
+
+async fn revoked_expired_and_disabled_credentials_are_refused(b: Backend) {
+    let mut s = start(b).await;
+    let t = s.default_tenant().await;
+    let past = Timestamp::from_unix_millis(now().unix_millis() - 1000);
+    let (_, expired, _) = s
+        .user_with_token(t.id, "old", vec![Role::Admin], Some(past))
+        .await;
+    let (st, h, body) = s.get("/api/v1/devices", Some(&expired)).await;
+    assert_problem(st, &h, &body, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["detail"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+
+    let (_, live, record) = s
+        .user_with_token(t.id, "ops", vec![Role::Operator], None)
+        .await;
+    assert_eq!(
+        s.get("/api/v1/devices", Some(&live)).await.0,
+        StatusCode::OK
+    );
+    s.store()
+        .revoke_api_token(t.id, record.id, now())
+        .await
+        .unwrap();
+    let (st, h, body) = s.get("/api/v1/devices", Some(&live)).await;
+    assert_problem(st, &h, &body, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["detail"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+
+    // A valid token of a disabled account.
+    let disabled = User {
+        id: UserId::from_uuid(Uuid::now_v7()),
+        tenant_id: t.id,
+        username: "gone".into(),
+        roles: vec![Role::Admin],
+        disabled: true,
+        created_at: now(),
+    };
+    s.store().create_user(&disabled).await.unwrap();
+    let minted = mint_token(&s.token_key());
+    s.store()
+        .create_api_token(&ApiToken {
+            id: minted.id,
+            tenant_id: t.id,
+            user_id: disabled.id,
+            name: "t".into(),
+            secret_hash: minted.secret_hash,
+            created_at: now(),
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        })
+        .await
+        .unwrap();
+    let (st, h, body) = s.get("/api/v1/devices", Some(&minted.plaintext)).await;
+    assert_problem(st, &h, &body, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["detail"].as_str().unwrap().contains("disabled"),
+        "{body}"
+    );
+    s.stop().await;
+}
+
+async fn permissions_are_checked(b: Backend) {
+    let mut s = start(b).await;
+    let t = s.default_tenant().await;
+    let (_, nobody, _) = s.user_with_token(t.id, "nobody", vec![], None).await;
+    let (st, h, body) = s.get("/api/v1/devices", Some(&nobody)).await;
+    assert_problem(st, &h, &body, StatusCode::FORBIDDEN);
+    assert!(
+        body["detail"].as_str().unwrap().contains("devices_read"),
+        "{body}"
+    );
+    // Any authenticated operator may ask who they are.
+    assert_eq!(
+        s.get("/api/v1/whoami", Some(&nobody)).await.0,
+        StatusCode::OK
+    );
+    let (_, viewer, _) = s
+        .user_with_token(t.id, "viewer", vec![Role::Viewer], None)
+        .await;
+    assert_eq!(
+        s.get("/api/v1/devices", Some(&viewer)).await.0,
+        StatusCode::OK
+    );
+    s.stop().await;
+}
+
+async fn device_pages_cover_the_registry_exactly_once(b: Backend) {
+    let mut s = start(b).await;
+    let t = s.default_tenant().await;
+    let expected: BTreeSet<String> = s
+        .add_devices(t.id, 250, DeviceState::Accepted)
+        .await
+        .into_iter()
+        .map(|d| d.to_string())
+        .collect();
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => "/api/v1/devices?limit=100".to_owned(),
+            Some(c) => format!("/api/v1/devices?limit=100&cursor={c}"),
+        };
+        let (st, page) = s.admin_get(&path).await;
+        assert_eq!(st, StatusCode::OK, "{page}");
+        let items = page["items"].as_array().unwrap();
+        sizes.push(items.len());
+        seen.extend(items.iter().map(|d| d["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, vec![100, 100, 50]);
+    assert_eq!(seen.len(), 250);
+    assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), expected);
+    // Default page size is 100, and it says more follow rather than capping.
+    let (_, page) = s.admin_get("/api/v1/devices").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 100);
+    assert!(page["next_cursor"].is_string());
+    // The state filter.
+    s.add_devices(t.id, 3, DeviceState::Pending).await;
+    let (_, page) = s.admin_get("/api/v1/devices?state=pending").await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(items.iter().all(|d| d["state"] == "pending"));
+    // One device by id.
+    let id = seen[7].clone();
+    let (st, d) = s.admin_get(&format!("/api/v1/devices/{id}")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(d["id"], id.as_str());
+    assert_eq!(d["state"], "accepted");
+    s.stop().await;
+}
+
+async fn invalid_listing_parameters_are_400s(b: Backend) {
+    let mut s = start(b).await;
+    for q in [
+        "limit=0",
+        "limit=1001",
+        "limit=-1",
+        "limit=ten",
+        "cursor=not-a-cursor",
+        "cursor=ZDE6eA",
+        "state=sleeping",
+        "limt=5",
+    ] {
+        let (st, h, body) = s.get(&format!("/api/v1/devices?{q}"), Some(&s.token)).await;
+        assert_problem(st, &h, &body, StatusCode::BAD_REQUEST);
+    }
+    let (st, h, body) = s.get("/api/v1/devices/not-a-uuid", Some(&s.token)).await;
+    assert_problem(st, &h, &body, StatusCode::BAD_REQUEST);
+    let missing = Uuid::now_v7();
+    let (st, h, body) = s
+        .get(&format!("/api/v1/devices/{missing}"), Some(&s.token))
+        .await;
+    assert_problem(st, &h, &body, StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
+async fn other_tenants_devices_are_invisible(b: Backend) {
+    let mut s = start(b).await;
+    let other = Tenant {
+        id: TenantId::from_uuid(Uuid::now_v7()),
+        slug: TenantSlug::parse("other").unwrap(),
+        name: "Other".into(),
+        created_at: now(),
+    };
+    s.store().create_tenant(&other).await.unwrap();
+    let theirs = s.add_devices(other.id, 3, DeviceState::Accepted).await;
+    let (_, page) = s.admin_get("/api/v1/devices").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0);
+    let (st, h, body) = s
+        .get(&format!("/api/v1/devices/{}", theirs[0]), Some(&s.token))
+        .await;
+    assert_problem(st, &h, &body, StatusCode::NOT_FOUND);
+    // And their admin sees only theirs.
+    let (_, their_admin, _) = s
+        .user_with_token(other.id, "admin", vec![Role::Admin], None)
+        .await;
+    let (_, _, page) = s.get("/api/v1/devices", Some(&their_admin)).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    s.stop().await;
+}
+
+async fn oversized_bodies_get_413(b: Backend) {
+    let mut s = start(b).await;
+    let resp = s
+        .http
+        .get(s.url("/api/v1/devices"))
+        .bearer_auth(&s.token)
+        .body(vec![b'x'; 65 * 1024])
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let h = resp.headers().clone();
+    let body: Value = resp.json().await.unwrap();
+    assert_problem(status, &h, &body, StatusCode::PAYLOAD_TOO_LARGE);
+    // The server is still fine.
+    assert_eq!(s.admin_get("/api/v1/devices").await.0, StatusCode::OK);
+    s.stop().await;
+}
+
+async fn unknown_routes_and_methods_are_problems(b: Backend) {
+    let mut s = start(b).await;
+    let (st, h, body) = s.get("/api/v1/nothing-here", Some(&s.token)).await;
+    assert_problem(st, &h, &body, StatusCode::NOT_FOUND);
+    let resp = s
+        .http
+        .delete(s.url("/api/v1/devices"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let h = resp.headers().clone();
+    assert!(h.get("allow").is_some(), "405 keeps its Allow header");
+    let body: Value = resp.json().await.unwrap();
+    assert_problem(status, &h, &body, StatusCode::METHOD_NOT_ALLOWED);
+    s.stop().await;
+}
+
+async fn metrics_count_requests_by_route(b: Backend) {
+    let mut s = start(b).await;
+    s.admin_get("/api/v1/devices").await;
+    s.get("/api/v1/devices", None).await;
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#"tender_http_requests_total{method="GET",route="/api/v1/devices",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"tender_http_requests_total{method="GET",route="/api/v1/devices",status="401"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("tender_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("tender_build_info"), "{text}");
+    s.stop().await;
+}
+
+async fn openapi_documents_every_api_route(b: Backend) {
+    let mut s = start(b).await;
+    let (st, _, doc) = s.get("/api/v1/openapi.json", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let paths: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let expected: BTreeSet<&str> =
+        ["/api/v1/devices", "/api/v1/devices/{id}", "/api/v1/whoami"].into();
+    assert_eq!(paths, expected);
+    // Every documented operation is reachable and authenticated.
+    for p in &paths {
+        let concrete = p.replace("{id}", &Uuid::now_v7().to_string());
+        let (st, _, _) = s.get(&concrete, None).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{p}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    s.stop().await;
+}
+
+async fn restart_keeps_data_and_never_reprints_the_token(b: Backend) {
+    let mut s = start(b).await;
+    let t = s.default_tenant().await;
+    let ids = s.add_devices(t.id, 2, DeviceState::Accepted).await;
+    s.stop().await;
+    let again = tender_server::start(s.config.clone()).await.unwrap();
+    assert!(
+        again.bootstrap_token.is_none(),
+        "the admin token is shown once only"
+    );
+    let base = format!("http://{}", again.http_addr);
+    let page: Value = s
+        .http
+        .get(format!("{base}/api/v1/devices"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    assert_eq!(got, want);
+    assert!(again.shutdown().await);
+}
+
+#[tokio::test]
+async fn readiness_fails_when_the_database_goes_away() {
+    let mut s = start(Backend::Postgres).await;
+    assert_eq!(s.get("/readyz", None).await.0, StatusCode::OK);
+    // Drop the database under the running server.
+    let db = s._db.take().unwrap();
+    drop(db);
+    let (st, h, body) = s.get("/readyz", None).await;
+    assert_problem(st, &h, &body, StatusCode::SERVICE_UNAVAILABLE);
+    // Liveness is unaffected.
+    assert_eq!(s.get("/healthz", None).await.0, StatusCode::OK);
+    s.stop().await;
+}

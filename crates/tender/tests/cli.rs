@@ -1,0 +1,387 @@
+//! The `tender` binary as an operator uses it: the server started as a child process on an
+//! ephemeral port, and the CLI run against it. Waits are on the server's own output lines and on
+//! process exit, each bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+use tender_store::conformance::{PgTestDatabase, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tender");
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A `tender` command with a private profile file and no ambient server settings.
+fn tender(profile_dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("TENDER_CLI_CONFIG", profile_dir.join("cli.toml"))
+        .env_remove("TENDER_SERVER")
+        .env_remove("TENDER_TOKEN")
+        .env_remove("TENDER_PROFILE")
+        .env_remove("TENDER_CONFIG")
+        .env_remove("TENDER_DATABASE_URL")
+        .env_remove("TENDER_DATA_DIR")
+        .env_remove("TENDER_HTTP_LISTEN")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run tender")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+struct ServerProc {
+    child: Child,
+    base: String,
+    token: Option<String>,
+    _lines: Receiver<String>,
+}
+
+/// Starts `tender server` and reads its banner up to "Press Ctrl-C to stop.".
+fn start_server(profile_dir: &Path, data_dir: &Path, extra: &[&str]) -> ServerProc {
+    let mut child = tender(profile_dir)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut base = None;
+    let mut token = None;
+    loop {
+        let line = rx.recv_timeout(WAIT).expect("server banner");
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("API") {
+            let url = rest.split_whitespace().next().unwrap();
+            base = Some(url.trim_end_matches("/api/v1").to_owned());
+        }
+        if t.starts_with("tnd_") {
+            token = Some(t.to_owned());
+        }
+        if t == "Press Ctrl-C to stop." {
+            break;
+        }
+    }
+    ServerProc {
+        child,
+        base: base.expect("banner names the API address"),
+        token,
+        _lines: rx,
+    }
+}
+
+impl ServerProc {
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(self.child.wait());
+        });
+        let status = rx
+            .recv_timeout(WAIT)
+            .expect("server exits after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    }
+}
+
+#[test]
+fn help_shows_the_command_tree() {
+    let dir = TempDir::new();
+    let o = run(tender(&dir.0).arg("--help"));
+    assert!(o.status.success());
+    let text = stdout(&o);
+    for cmd in ["server", "admin-token", "login", "whoami", "devices"] {
+        assert!(text.contains(cmd), "--help lists {cmd}:\n{text}");
+    }
+    let o = run(tender(&dir.0).args(["server", "--help"]));
+    let text = stdout(&o);
+    for flag in [
+        "--config",
+        "--data-dir",
+        "--listen",
+        "--database-url",
+        "--log-format",
+        "--log-level",
+    ] {
+        assert!(text.contains(flag), "server --help lists {flag}:\n{text}");
+    }
+}
+
+#[test]
+fn the_tour_on_sqlite() {
+    let dir = TempDir::new();
+    let data = dir.0.join("data");
+    let server = start_server(&dir.0, &data, &[]);
+    let token = server
+        .token
+        .clone()
+        .expect("first start prints the admin token");
+    assert!(data.join("tender.db").exists());
+    assert!(data.join("ca/ca.crt").exists());
+    let mode = std::fs::metadata(data.join("ca/ca.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Login saves a profile (0600) that later commands use.
+    let o = run(tender(&dir.0).args(["login", "--server", &server.base, "--token", &token]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("as admin"), "{}", stdout(&o));
+    let mode = std::fs::metadata(dir.0.join("cli.toml"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let o = run(tender(&dir.0).arg("whoami"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("admin"));
+
+    let o = run(tender(&dir.0).args(["devices", "list"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("ID"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("0 devices"));
+
+    let o = run(tender(&dir.0).args(["devices", "list", "--all", "-o", "json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"items": [], "next_cursor": null}));
+
+    // A device that does not exist, and a bad limit: clear errors, exit 1.
+    let o = run(tender(&dir.0).args(["devices", "show", "0192f1c4-7b5e-7a1e-9c1d-2f8e4b6a0c3d"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("404"), "{}", stderr(&o));
+    let o = run(tender(&dir.0).args(["devices", "list", "--limit", "5000"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("limit must be between 1 and 1000"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Recovery: a fresh admin token from the data directory and database works.
+    let o = run(tender(&dir.0)
+        .args(["admin-token", "--data-dir"])
+        .arg(&data));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recovered = stdout(&o).trim().to_owned();
+    assert!(recovered.starts_with("tnd_") && recovered != token);
+    let o = run(tender(&dir.0).args(["whoami", "--server", &server.base, "--token", &recovered]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    server.stop();
+
+    // A restart keeps everything and does not print a token again.
+    let again = start_server(&dir.0, &data, &[]);
+    assert!(
+        again.token.is_none(),
+        "the admin token is printed on the first start only"
+    );
+    let o = run(tender(&dir.0).args(["whoami", "--server", &again.base]));
+    assert!(
+        o.status.success(),
+        "the saved token still works: {}",
+        stderr(&o)
+    );
+    again.stop();
+}
+
+#[test]
+fn the_server_runs_on_postgres() {
+    let dir = TempDir::new();
+    let db = PgTestDatabase::create_blocking();
+    let server = start_server(&dir.0, &dir.0.join("data"), &["--database-url", &db.url]);
+    let token = server.token.clone().unwrap();
+    assert!(
+        !dir.0.join("data/tender.db").exists(),
+        "no SQLite file when PostgreSQL is used"
+    );
+    let o = run(tender(&dir.0).args([
+        "devices",
+        "list",
+        "--server",
+        &server.base,
+        "--token",
+        &token,
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    server.stop();
+    let again = start_server(&dir.0, &dir.0.join("data"), &["--database-url", &db.url]);
+    assert!(again.token.is_none());
+    again.stop();
+}
+
+/// Runs `tender server` expecting it to fail at start-up; returns its stderr.
+fn failing_start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = tender(dir);
+    cmd.arg("server").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = run(&mut cmd);
+    assert!(!o.status.success(), "start-up must fail: {}", stdout(&o));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn a_bad_config_file_is_one_clear_line() {
+    let dir = TempDir::new();
+    let cfg = dir.0.join("tender.toml");
+    std::fs::write(&cfg, "[http]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n").unwrap();
+    let data = dir.0.join("data");
+    let err = failing_start(
+        &dir.0,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(err.contains("lisen"), "{err}");
+
+    std::fs::write(&cfg, "[http\n").unwrap();
+    let err = failing_start(&dir.0, &["--config", cfg.to_str().unwrap()], &[]);
+    assert!(err.contains("tender.toml"), "{err}");
+
+    let err = failing_start(&dir.0, &["--config", "/nonexistent/tender.toml"], &[]);
+    assert!(err.contains("cannot read config file"), "{err}");
+
+    let err = failing_start(
+        &dir.0,
+        &["--data-dir", data.to_str().unwrap()],
+        &[("TENDER_HTTP_LISTEN", "nowhere")],
+    );
+    assert!(err.contains("TENDER_HTTP_LISTEN"), "{err}");
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_line() {
+    let dir = TempDir::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = dir.0.join("data");
+    let err = failing_start(
+        &dir.0,
+        &["--listen", &addr, "--data-dir", data.to_str().unwrap()],
+        &[],
+    );
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
+
+#[test]
+fn an_unreachable_postgres_is_one_clear_line() {
+    let dir = TempDir::new();
+    let data = dir.0.join("data");
+    let err = failing_start(
+        &dir.0,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--database-url",
+            "postgres://tender:hunter2@127.0.0.1:1/tender",
+        ],
+        &[("TENDER_DATABASE_CONNECT_TIMEOUT_SECS", "3")],
+    );
+    assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
+    assert!(!err.contains("hunter2"), "passwords are redacted: {err}");
+}
+
+#[test]
+fn an_unusable_data_directory_is_one_clear_line() {
+    let dir = TempDir::new();
+    let file = dir.0.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let data: PathBuf = file.join("data");
+    let err = failing_start(
+        &dir.0,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(err.contains("cannot create data directory"), "{err}");
+}
+
+#[test]
+fn the_cli_explains_what_is_missing_or_wrong() {
+    let dir = TempDir::new();
+    let o = run(tender(&dir.0).args(["devices", "list"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("tender login"), "{}", stderr(&o));
+
+    let o = run(tender(&dir.0).args(["whoami", "--profile", "prod"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no profile named \"prod\""),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(tender(&dir.0).args(["whoami", "--server", "http://127.0.0.1:1", "--token", "x"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot reach the Tender server"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(tender(&dir.0).args(["whoami", "--server", "not a url", "--token", "x"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid server URL"), "{}", stderr(&o));
+
+    let data = dir.0.join("data");
+    let server = start_server(&dir.0, &data, &[]);
+    let o = run(tender(&dir.0).args(["login", "--server", &server.base, "--token", "tnd_wrong"]));
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("401") && err.contains("hint:"), "{err}");
+    assert!(
+        !dir.0.join("cli.toml").exists(),
+        "a refused login saves nothing"
+    );
+    server.stop();
+}
