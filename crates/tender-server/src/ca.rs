@@ -144,16 +144,9 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    struct Tmp(PathBuf);
-    impl Drop for Tmp {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn setup() -> (Tmp, DataDir) {
-        let t = Tmp(std::env::temp_dir().join(format!("tender-ca-{}", uuid::Uuid::new_v4())));
-        let dd = DataDir::prepare(&t.0).unwrap();
+    fn setup() -> (tempfile::TempDir, DataDir) {
+        let t = tempfile::tempdir().unwrap();
+        let dd = DataDir::prepare(t.path()).unwrap();
         (t, dd)
     }
 
@@ -164,7 +157,7 @@ mod tests {
         let (t, dd) = setup();
         let first = load_or_create(&CaConfig::default(), &dd, NOW).unwrap();
         assert!(first.created);
-        let key_mode = fs::metadata(t.0.join("ca/ca.key"))
+        let key_mode = fs::metadata(t.path().join("ca/ca.key"))
             .unwrap()
             .permissions()
             .mode()
@@ -180,7 +173,7 @@ mod tests {
     fn half_a_ca_is_reported() {
         let (t, dd) = setup();
         load_or_create(&CaConfig::default(), &dd, NOW).unwrap();
-        fs::remove_file(t.0.join("ca/ca.crt")).unwrap();
+        fs::remove_file(t.path().join("ca/ca.crt")).unwrap();
         let err = load_or_create(&CaConfig::default(), &dd, NOW).unwrap_err();
         assert!(matches!(err, CaError::Incomplete { .. }), "{err}");
     }
@@ -190,15 +183,18 @@ mod tests {
         let (t, dd) = setup();
         let made = load_or_create(&CaConfig::default(), &dd, NOW).unwrap();
         let own = CaConfig {
-            cert_file: Some(t.0.join("ca/ca.crt")),
-            key_file: Some(t.0.join("ca/ca.key")),
+            cert_file: Some(t.path().join("ca/ca.crt")),
+            key_file: Some(t.path().join("ca/ca.key")),
         };
         let other_dir = setup();
         let loaded = load_or_create(&own, &other_dir.1, NOW).unwrap();
         assert!(!loaded.created);
         assert_eq!(loaded.cert_pem, made.cert_pem);
-        assert!(!other_dir.0.0.join("ca").exists(), "no built-in CA is made");
-        fs::write(t.0.join("ca/ca.key"), "garbage").unwrap();
+        assert!(
+            !other_dir.0.path().join("ca").exists(),
+            "no built-in CA is made"
+        );
+        fs::write(t.path().join("ca/ca.key"), "garbage").unwrap();
         assert!(matches!(
             load_or_create(&own, &other_dir.1, NOW),
             Err(CaError::BadKey { .. })

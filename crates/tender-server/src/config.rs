@@ -289,27 +289,11 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn write(text: &str) -> (tempfile_path::Guard, PathBuf) {
-        let g = tempfile_path::Guard::new();
-        let p = g.0.join("tender.toml");
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let g = tempfile::tempdir().unwrap();
+        let p = g.path().join("tender.toml");
         std::fs::write(&p, text).unwrap();
         (g, p)
-    }
-
-    mod tempfile_path {
-        pub struct Guard(pub std::path::PathBuf);
-        impl Guard {
-            pub fn new() -> Self {
-                let p = std::env::temp_dir().join(format!("tender-cfg-{}", uuid::Uuid::new_v4()));
-                std::fs::create_dir_all(&p).unwrap();
-                Guard(p)
-            }
-        }
-        impl Drop for Guard {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
     }
 
     fn no_env(_: &str) -> Option<String> {

@@ -157,34 +157,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirE
 mod tests {
     use super::*;
 
-    struct Tmp(PathBuf);
-    impl Drop for Tmp {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-    fn tmp() -> Tmp {
-        Tmp(std::env::temp_dir().join(format!("tender-dd-{}", uuid::Uuid::new_v4())))
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     #[test]
     fn token_key_is_created_once_with_0600() {
         let t = tmp();
-        let dd = DataDir::prepare(&t.0.join("data")).unwrap();
+        let dd = DataDir::prepare(&t.path().join("data")).unwrap();
         let k1 = dd.token_key().unwrap().hash("x");
         let k2 = dd.token_key().unwrap().hash("x");
         assert_eq!(k1, k2, "the key is read back, not regenerated");
-        let p = t.0.join("data/secrets/token-hmac.key");
+        let p = t.path().join("data/secrets/token-hmac.key");
         let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dmode = fs::metadata(t.0.join("data")).unwrap().permissions().mode() & 0o777;
+        let dmode = fs::metadata(t.path().join("data"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dmode, 0o700);
     }
 
     #[test]
     fn a_damaged_key_is_reported_not_replaced() {
         let t = tmp();
-        let dd = DataDir::prepare(&t.0).unwrap();
+        let dd = DataDir::prepare(t.path()).unwrap();
         let p = dd.subdir("secrets").unwrap().join("token-hmac.key");
         fs::write(&p, "short").unwrap();
         assert!(matches!(dd.token_key(), Err(DataDirError::Damaged { .. })));
@@ -194,9 +192,8 @@ mod tests {
     #[test]
     fn a_file_in_the_way_is_a_clear_error() {
         let t = tmp();
-        fs::create_dir_all(&t.0).unwrap();
-        fs::write(t.0.join("file"), "x").unwrap();
-        let err = DataDir::prepare(&t.0.join("file/data")).err().unwrap();
+        fs::write(t.path().join("file"), "x").unwrap();
+        let err = DataDir::prepare(&t.path().join("file/data")).err().unwrap();
         assert!(
             err.to_string().starts_with("cannot create data directory"),
             "{err}"

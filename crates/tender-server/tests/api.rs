@@ -13,7 +13,7 @@ use tender_core::user::{ApiToken, User};
 use tender_core::{DeviceId, TenantId, Timestamp, UserId};
 use tender_server::auth::{TokenKey, mint_token};
 use tender_server::{Config, RunningServer};
-use tender_store::conformance::{PgTestDatabase, TempDir};
+use tender_store::conformance::PgTestDatabase;
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug)]
@@ -28,19 +28,19 @@ struct TestServer {
     token: String,
     http: reqwest::Client,
     config: Config,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
     _db: Option<PgTestDatabase>,
 }
 
 async fn start(backend: Backend) -> TestServer {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().unwrap();
     let db = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => Some(PgTestDatabase::create().await),
     };
     let mut config = Config {
-        data_dir: dir.0.join("data"),
+        data_dir: dir.path().join("data"),
         ..Config::default()
     };
     config.http.listen = "127.0.0.1:0".parse().unwrap();

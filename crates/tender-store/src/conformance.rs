@@ -634,35 +634,15 @@ pub async fn postgres_fixture() -> Fixture {
 
 /// A fixture on a fresh SQLite file in a temporary directory.
 pub async fn sqlite_fixture() -> Fixture {
-    let dir = TempDir::new();
-    let options = test_options(format!("sqlite://{}", dir.0.join("tender.db").display()));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = test_options(format!(
+        "sqlite://{}",
+        dir.path().join("tender.db").display()
+    ));
     let store = crate::open(&options).await.expect("open SQLite store");
     Fixture {
         store,
         options,
         guard: Box::new(dir),
-    }
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new() -> Self {
-        let p = std::env::temp_dir().join(format!("tender-test-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-}
-
-impl Default for TempDir {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
-use tender_store::conformance::{PgTestDatabase, TempDir};
+use tender_store::conformance::PgTestDatabase;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tender");
 const WAIT: Duration = Duration::from_secs(60);
@@ -117,14 +117,14 @@ impl ServerProc {
 
 #[test]
 fn help_shows_the_command_tree() {
-    let dir = TempDir::new();
-    let o = run(tender(&dir.0).arg("--help"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(tender(dir.path()).arg("--help"));
     assert!(o.status.success());
     let text = stdout(&o);
     for cmd in ["server", "admin-token", "login", "whoami", "devices"] {
         assert!(text.contains(cmd), "--help lists {cmd}:\n{text}");
     }
-    let o = run(tender(&dir.0).args(["server", "--help"]));
+    let o = run(tender(dir.path()).args(["server", "--help"]));
     let text = stdout(&o);
     for flag in [
         "--config",
@@ -140,9 +140,9 @@ fn help_shows_the_command_tree() {
 
 #[test]
 fn the_tour_on_sqlite() {
-    let dir = TempDir::new();
-    let data = dir.0.join("data");
-    let server = start_server(&dir.0, &data, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(dir.path(), &data, &[]);
     let token = server
         .token
         .clone()
@@ -157,35 +157,36 @@ fn the_tour_on_sqlite() {
     assert_eq!(mode, 0o600);
 
     // Login saves a profile (0600) that later commands use.
-    let o = run(tender(&dir.0).args(["login", "--server", &server.base, "--token", &token]));
+    let o = run(tender(dir.path()).args(["login", "--server", &server.base, "--token", &token]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("as admin"), "{}", stdout(&o));
-    let mode = std::fs::metadata(dir.0.join("cli.toml"))
+    let mode = std::fs::metadata(dir.path().join("cli.toml"))
         .unwrap()
         .permissions()
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
 
-    let o = run(tender(&dir.0).arg("whoami"));
+    let o = run(tender(dir.path()).arg("whoami"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("admin"));
 
-    let o = run(tender(&dir.0).args(["devices", "list"]));
+    let o = run(tender(dir.path()).args(["devices", "list"]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("ID"), "{}", stdout(&o));
     assert!(stderr(&o).contains("0 devices"));
 
-    let o = run(tender(&dir.0).args(["devices", "list", "--all", "-o", "json"]));
+    let o = run(tender(dir.path()).args(["devices", "list", "--all", "-o", "json"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v, serde_json::json!({"items": [], "next_cursor": null}));
 
     // A device that does not exist, and a bad limit: clear errors, exit 1.
-    let o = run(tender(&dir.0).args(["devices", "show", "0192f1c4-7b5e-7a1e-9c1d-2f8e4b6a0c3d"]));
+    let o =
+        run(tender(dir.path()).args(["devices", "show", "0192f1c4-7b5e-7a1e-9c1d-2f8e4b6a0c3d"]));
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("404"), "{}", stderr(&o));
-    let o = run(tender(&dir.0).args(["devices", "list", "--limit", "5000"]));
+    let o = run(tender(dir.path()).args(["devices", "list", "--limit", "5000"]));
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("limit must be between 1 and 1000"),
@@ -194,23 +195,24 @@ fn the_tour_on_sqlite() {
     );
 
     // Recovery: a fresh admin token from the data directory and database works.
-    let o = run(tender(&dir.0)
+    let o = run(tender(dir.path())
         .args(["admin-token", "--data-dir"])
         .arg(&data));
     assert!(o.status.success(), "{}", stderr(&o));
     let recovered = stdout(&o).trim().to_owned();
     assert!(recovered.starts_with("tnd_") && recovered != token);
-    let o = run(tender(&dir.0).args(["whoami", "--server", &server.base, "--token", &recovered]));
+    let o =
+        run(tender(dir.path()).args(["whoami", "--server", &server.base, "--token", &recovered]));
     assert!(o.status.success(), "{}", stderr(&o));
     server.stop();
 
     // A restart keeps everything and does not print a token again.
-    let again = start_server(&dir.0, &data, &[]);
+    let again = start_server(dir.path(), &data, &[]);
     assert!(
         again.token.is_none(),
         "the admin token is printed on the first start only"
     );
-    let o = run(tender(&dir.0).args(["whoami", "--server", &again.base]));
+    let o = run(tender(dir.path()).args(["whoami", "--server", &again.base]));
     assert!(
         o.status.success(),
         "the saved token still works: {}",
@@ -221,15 +223,19 @@ fn the_tour_on_sqlite() {
 
 #[test]
 fn the_server_runs_on_postgres() {
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().unwrap();
     let db = PgTestDatabase::create_blocking();
-    let server = start_server(&dir.0, &dir.0.join("data"), &["--database-url", &db.url]);
+    let server = start_server(
+        dir.path(),
+        &dir.path().join("data"),
+        &["--database-url", &db.url],
+    );
     let token = server.token.clone().unwrap();
     assert!(
-        !dir.0.join("data/tender.db").exists(),
+        !dir.path().join("data/tender.db").exists(),
         "no SQLite file when PostgreSQL is used"
     );
-    let o = run(tender(&dir.0).args([
+    let o = run(tender(dir.path()).args([
         "devices",
         "list",
         "--server",
@@ -239,7 +245,11 @@ fn the_server_runs_on_postgres() {
     ]));
     assert!(o.status.success(), "{}", stderr(&o));
     server.stop();
-    let again = start_server(&dir.0, &dir.0.join("data"), &["--database-url", &db.url]);
+    let again = start_server(
+        dir.path(),
+        &dir.path().join("data"),
+        &["--database-url", &db.url],
+    );
     assert!(again.token.is_none());
     again.stop();
 }
@@ -262,12 +272,12 @@ fn failing_start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
 
 #[test]
 fn a_bad_config_file_is_one_clear_line() {
-    let dir = TempDir::new();
-    let cfg = dir.0.join("tender.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tender.toml");
     std::fs::write(&cfg, "[http]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n").unwrap();
-    let data = dir.0.join("data");
+    let data = dir.path().join("data");
     let err = failing_start(
-        &dir.0,
+        dir.path(),
         &[
             "--config",
             cfg.to_str().unwrap(),
@@ -279,14 +289,14 @@ fn a_bad_config_file_is_one_clear_line() {
     assert!(err.contains("lisen"), "{err}");
 
     std::fs::write(&cfg, "[http\n").unwrap();
-    let err = failing_start(&dir.0, &["--config", cfg.to_str().unwrap()], &[]);
+    let err = failing_start(dir.path(), &["--config", cfg.to_str().unwrap()], &[]);
     assert!(err.contains("tender.toml"), "{err}");
 
-    let err = failing_start(&dir.0, &["--config", "/nonexistent/tender.toml"], &[]);
+    let err = failing_start(dir.path(), &["--config", "/nonexistent/tender.toml"], &[]);
     assert!(err.contains("cannot read config file"), "{err}");
 
     let err = failing_start(
-        &dir.0,
+        dir.path(),
         &["--data-dir", data.to_str().unwrap()],
         &[("TENDER_HTTP_LISTEN", "nowhere")],
     );
@@ -295,12 +305,12 @@ fn a_bad_config_file_is_one_clear_line() {
 
 #[test]
 fn a_port_in_use_is_one_clear_line() {
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let data = dir.0.join("data");
+    let data = dir.path().join("data");
     let err = failing_start(
-        &dir.0,
+        dir.path(),
         &["--listen", &addr, "--data-dir", data.to_str().unwrap()],
         &[],
     );
@@ -309,10 +319,10 @@ fn a_port_in_use_is_one_clear_line() {
 
 #[test]
 fn an_unreachable_postgres_is_one_clear_line() {
-    let dir = TempDir::new();
-    let data = dir.0.join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
     let err = failing_start(
-        &dir.0,
+        dir.path(),
         &[
             "--listen",
             "127.0.0.1:0",
@@ -329,12 +339,12 @@ fn an_unreachable_postgres_is_one_clear_line() {
 
 #[test]
 fn an_unusable_data_directory_is_one_clear_line() {
-    let dir = TempDir::new();
-    let file = dir.0.join("a-file");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     let data: PathBuf = file.join("data");
     let err = failing_start(
-        &dir.0,
+        dir.path(),
         &[
             "--listen",
             "127.0.0.1:0",
@@ -348,12 +358,12 @@ fn an_unusable_data_directory_is_one_clear_line() {
 
 #[test]
 fn the_cli_explains_what_is_missing_or_wrong() {
-    let dir = TempDir::new();
-    let o = run(tender(&dir.0).args(["devices", "list"]));
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(tender(dir.path()).args(["devices", "list"]));
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("tender login"), "{}", stderr(&o));
 
-    let o = run(tender(&dir.0).args(["whoami", "--profile", "prod"]));
+    let o = run(tender(dir.path()).args(["whoami", "--profile", "prod"]));
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("no profile named \"prod\""),
@@ -361,7 +371,8 @@ fn the_cli_explains_what_is_missing_or_wrong() {
         stderr(&o)
     );
 
-    let o = run(tender(&dir.0).args(["whoami", "--server", "http://127.0.0.1:1", "--token", "x"]));
+    let o =
+        run(tender(dir.path()).args(["whoami", "--server", "http://127.0.0.1:1", "--token", "x"]));
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("cannot reach the Tender server"),
@@ -369,18 +380,19 @@ fn the_cli_explains_what_is_missing_or_wrong() {
         stderr(&o)
     );
 
-    let o = run(tender(&dir.0).args(["whoami", "--server", "not a url", "--token", "x"]));
+    let o = run(tender(dir.path()).args(["whoami", "--server", "not a url", "--token", "x"]));
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("invalid server URL"), "{}", stderr(&o));
 
-    let data = dir.0.join("data");
-    let server = start_server(&dir.0, &data, &[]);
-    let o = run(tender(&dir.0).args(["login", "--server", &server.base, "--token", "tnd_wrong"]));
+    let data = dir.path().join("data");
+    let server = start_server(dir.path(), &data, &[]);
+    let o =
+        run(tender(dir.path()).args(["login", "--server", &server.base, "--token", "tnd_wrong"]));
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("401") && err.contains("hint:"), "{err}");
     assert!(
-        !dir.0.join("cli.toml").exists(),
+        !dir.path().join("cli.toml").exists(),
         "a refused login saves nothing"
     );
     server.stop();
