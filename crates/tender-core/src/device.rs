@@ -153,12 +153,20 @@ pub struct Device {
     /// What kind of hardware/software this is (e.g. `rpi4-kiosk`); used for update compatibility.
     pub device_type: Option<String>,
     pub state: DeviceState,
+    /// SHA-256 (hex) of the device's public key, once known (enrollment or preauthorization).
+    pub key_fingerprint: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub state_changed_at: Timestamp,
 }
 
 impl Device {
+    /// The same device, identified by the public key with this fingerprint.
+    pub fn with_key_fingerprint(mut self, fingerprint: String) -> Self {
+        self.key_fingerprint = Some(fingerprint);
+        self
+    }
+
     /// A new device record in `state`, created at `now`.
     pub fn new(
         id: DeviceId,
@@ -175,6 +183,7 @@ impl Device {
             name,
             device_type,
             state,
+            key_fingerprint: None,
             created_at: now,
             updated_at: now,
             state_changed_at: now,

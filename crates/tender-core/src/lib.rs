@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod certificate;
 pub mod clock;
 pub mod device;
+pub mod enrollment;
 pub mod ids;
 pub mod page;
 pub mod tenant;

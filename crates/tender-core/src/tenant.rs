@@ -75,6 +75,8 @@ pub struct Tenant {
     pub id: TenantId,
     pub slug: TenantSlug,
     pub name: String,
+    /// Whether devices may ask to join without an enrollment token (they wait as `pending`).
+    pub enrollment_open: bool,
     pub created_at: Timestamp,
 }
 

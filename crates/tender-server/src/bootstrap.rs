@@ -30,6 +30,7 @@ pub async fn default_tenant(store: &dyn Store, clock: &dyn Clock) -> Result<Tena
         id: TenantId::from_uuid(Uuid::now_v7()),
         slug: slug.clone(),
         name: "Default".into(),
+        enrollment_open: true,
         created_at: clock.now(),
     };
     match store.create_tenant(&t).await {

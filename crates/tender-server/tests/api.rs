@@ -461,6 +461,7 @@ async fn other_tenants_devices_are_invisible(b: Backend) {
         id: TenantId::from_uuid(Uuid::now_v7()),
         slug: TenantSlug::parse("other").unwrap(),
         name: "Other".into(),
+        enrollment_open: true,
         created_at: now(),
     };
     s.store().create_tenant(&other).await.unwrap();

@@ -24,6 +24,7 @@ macro_rules! impl_sql_store {
                     .bind(t.id.as_uuid())
                     .bind(t.slug.as_str())
                     .bind(&t.name)
+                    .bind(t.enrollment_open)
                     .bind(t.created_at.unix_millis())
                     .execute(&self.pool)
                     .await
@@ -55,6 +56,23 @@ macro_rules! impl_sql_store {
                     .map_err(|e| $crate::map_sqlx("tenant", e))?
                     .map(TryInto::try_into)
                     .transpose()
+            }
+
+            async fn set_enrollment_open(
+                &self,
+                tenant: tender_core::TenantId,
+                open: bool,
+            ) -> $crate::Result<()> {
+                let done = sqlx::query($crate::sql::SET_ENROLLMENT_OPEN)
+                    .bind(tenant.as_uuid())
+                    .bind(open)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("tenant", e))?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound(format!("tenant {tenant}")));
+                }
+                Ok(())
             }
 
             async fn create_user(&self, u: &tender_core::user::User) -> $crate::Result<()> {
@@ -188,6 +206,7 @@ macro_rules! impl_sql_store {
                     .bind(&d.name)
                     .bind(d.device_type.as_deref())
                     .bind(d.state.as_str())
+                    .bind(d.key_fingerprint.as_deref())
                     .bind(d.created_at.unix_millis())
                     .bind(d.updated_at.unix_millis())
                     .bind(d.state_changed_at.unix_millis())
@@ -253,6 +272,21 @@ macro_rules! impl_sql_store {
                 Ok(n.unsigned_abs())
             }
 
+            async fn device_by_key(
+                &self,
+                tenant: tender_core::TenantId,
+                fingerprint: &str,
+            ) -> $crate::Result<Option<tender_core::device::Device>> {
+                sqlx::query_as::<_, $crate::rows::DeviceRow>($crate::sql::DEVICE_BY_KEY)
+                    .bind(tenant.as_uuid())
+                    .bind(fingerprint)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("device", e))?
+                    .map(TryInto::try_into)
+                    .transpose()
+            }
+
             async fn set_device_state(
                 &self,
                 tenant: tender_core::TenantId,
@@ -281,6 +315,195 @@ macro_rules! impl_sql_store {
                         ))),
                     },
                 }
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::IdentityStore for $store {
+            async fn create_enrollment_token(
+                &self,
+                t: &tender_core::enrollment::EnrollmentToken,
+            ) -> $crate::Result<()> {
+                sqlx::query($crate::sql::INSERT_ENROLLMENT_TOKEN)
+                    .bind(t.id.as_uuid())
+                    .bind(t.tenant_id.as_uuid())
+                    .bind(&t.name)
+                    .bind(&t.secret_hash)
+                    .bind(t.created_at.unix_millis())
+                    .bind(t.expires_at.map(|x| x.unix_millis()))
+                    .bind(t.max_uses.map(i64::from))
+                    .bind(i64::from(t.uses))
+                    .bind(t.revoked_at.map(|x| x.unix_millis()))
+                    .bind(t.device_type.as_deref())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&format!("enrollment token {}", t.name), e))?;
+                Ok(())
+            }
+
+            async fn enrollment_token_for_authentication(
+                &self,
+                id: tender_core::TokenId,
+            ) -> $crate::Result<Option<tender_core::enrollment::EnrollmentToken>> {
+                sqlx::query_as::<_, $crate::rows::EnrollmentTokenRow>(
+                    $crate::sql::ENROLLMENT_TOKEN_BY_ID,
+                )
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| $crate::map_sqlx("enrollment token", e))?
+                .map(TryInto::try_into)
+                .transpose()
+            }
+
+            async fn list_enrollment_tokens(
+                &self,
+                tenant: tender_core::TenantId,
+                page: &tender_core::page::PageRequest<tender_core::TokenId>,
+            ) -> $crate::Result<
+                tender_core::page::Page<
+                    tender_core::enrollment::EnrollmentToken,
+                    tender_core::TokenId,
+                >,
+            > {
+                let rows = sqlx::query_as::<_, $crate::rows::EnrollmentTokenRow>(
+                    $crate::sql::LIST_ENROLLMENT_TOKENS,
+                )
+                .bind(tenant.as_uuid())
+                .bind(page.after.map(|a| *a.as_uuid()))
+                .bind(i64::from(page.limit.get()) + 1)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| $crate::map_sqlx("list enrollment tokens", e))?;
+                let tokens = rows
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect::<$crate::Result<Vec<tender_core::enrollment::EnrollmentToken>>>()?;
+                Ok(tender_core::page::Page::from_overfetch(
+                    tokens,
+                    page.limit,
+                    |t| t.id,
+                ))
+            }
+
+            async fn revoke_enrollment_token(
+                &self,
+                tenant: tender_core::TenantId,
+                id: tender_core::TokenId,
+                at: tender_core::Timestamp,
+            ) -> $crate::Result<()> {
+                let done = sqlx::query($crate::sql::REVOKE_ENROLLMENT_TOKEN)
+                    .bind(tenant.as_uuid())
+                    .bind(id.as_uuid())
+                    .bind(at.unix_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("enrollment token", e))?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound(format!(
+                        "unrevoked enrollment token {id}"
+                    )));
+                }
+                Ok(())
+            }
+
+            async fn consume_enrollment_token(
+                &self,
+                tenant: tender_core::TenantId,
+                id: tender_core::TokenId,
+                now: tender_core::Timestamp,
+            ) -> $crate::Result<tender_core::enrollment::EnrollmentToken> {
+                let row = sqlx::query_as::<_, $crate::rows::EnrollmentTokenRow>(
+                    $crate::sql::CONSUME_ENROLLMENT_TOKEN,
+                )
+                .bind(tenant.as_uuid())
+                .bind(id.as_uuid())
+                .bind(now.unix_millis())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| $crate::map_sqlx("enrollment token", e))?;
+                match row {
+                    Some(r) => r.try_into(),
+                    None => {
+                        match $crate::IdentityStore::enrollment_token_for_authentication(self, id)
+                            .await?
+                        {
+                            Some(t) if t.tenant_id == tenant => Err($crate::StoreError::Conflict(
+                                format!("enrollment token {id} is no longer usable"),
+                            )),
+                            _ => Err($crate::StoreError::NotFound(format!(
+                                "enrollment token {id}"
+                            ))),
+                        }
+                    }
+                }
+            }
+
+            async fn insert_certificate(
+                &self,
+                c: &tender_core::certificate::DeviceCertificate,
+            ) -> $crate::Result<()> {
+                sqlx::query($crate::sql::INSERT_CERTIFICATE)
+                    .bind(&c.serial)
+                    .bind(c.tenant_id.as_uuid())
+                    .bind(c.device_id.as_uuid())
+                    .bind(&c.key_fingerprint)
+                    .bind(c.not_before.unix_millis())
+                    .bind(c.not_after.unix_millis())
+                    .bind(c.issued_at.unix_millis())
+                    .bind(c.revoked_at.map(|x| x.unix_millis()))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&format!("certificate {}", c.serial), e))?;
+                Ok(())
+            }
+
+            async fn certificate_for_authentication(
+                &self,
+                serial: &str,
+            ) -> $crate::Result<Option<tender_core::certificate::DeviceCertificate>> {
+                Ok(sqlx::query_as::<_, $crate::rows::CertificateRow>(
+                    $crate::sql::CERTIFICATE_BY_SERIAL,
+                )
+                .bind(serial)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| $crate::map_sqlx("certificate", e))?
+                .map(Into::into))
+            }
+
+            async fn device_certificates(
+                &self,
+                tenant: tender_core::TenantId,
+                device: tender_core::DeviceId,
+            ) -> $crate::Result<Vec<tender_core::certificate::DeviceCertificate>> {
+                Ok(sqlx::query_as::<_, $crate::rows::CertificateRow>(
+                    $crate::sql::DEVICE_CERTIFICATES,
+                )
+                .bind(tenant.as_uuid())
+                .bind(device.as_uuid())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| $crate::map_sqlx("certificates", e))?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+            }
+
+            async fn revoke_device_certificates(
+                &self,
+                tenant: tender_core::TenantId,
+                device: tender_core::DeviceId,
+                at: tender_core::Timestamp,
+            ) -> $crate::Result<u64> {
+                let done = sqlx::query($crate::sql::REVOKE_DEVICE_CERTIFICATES)
+                    .bind(tenant.as_uuid())
+                    .bind(device.as_uuid())
+                    .bind(at.unix_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("certificates", e))?;
+                Ok(done.rows_affected())
             }
         }
     };

@@ -18,6 +18,9 @@ use tender_core::user::{ApiToken, User};
 use tender_core::{DeviceId, TenantId, Timestamp, TokenId, UserId};
 use uuid::Uuid;
 
+use tender_core::certificate::DeviceCertificate;
+use tender_core::enrollment::EnrollmentToken;
+
 use crate::{DeviceFilter, DynStore, OpenOptions, Store, StoreError, TransitionError};
 
 /// A fresh store for one test, plus whatever keeps its database alive until the test ends.
@@ -49,6 +52,11 @@ macro_rules! conformance_suite {
             device_state_is_compare_and_set,
             transitions_follow_the_core_rules,
             concurrent_transitions_have_one_winner,
+            enrollment_can_be_closed_per_tenant,
+            enrollment_tokens_lifecycle,
+            enrollment_token_uses_are_atomic,
+            device_keys_are_unique_per_tenant,
+            certificates_lifecycle,
         );
         #[tokio::test]
         async fn data_survives_reopen() {
@@ -74,6 +82,7 @@ fn tenant(slug: &str) -> Tenant {
         id: TenantId::from_uuid(Uuid::now_v7()),
         slug: TenantSlug::parse(slug).expect("test slugs are valid"),
         name: format!("Tenant {slug}"),
+        enrollment_open: true,
         created_at: T0,
     }
 }
@@ -497,6 +506,270 @@ pub async fn concurrent_transitions_have_one_winner(store: &dyn Store) {
             .filter_map(|r| r.as_ref().err())
             .all(|e| matches!(e, StoreError::Conflict(_)))
     );
+}
+
+pub async fn enrollment_can_be_closed_per_tenant(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    assert!(a.enrollment_open);
+    store.set_enrollment_open(a.id, false).await.unwrap();
+    assert!(!store.tenant(a.id).await.unwrap().unwrap().enrollment_open);
+    assert!(store.tenant(b.id).await.unwrap().unwrap().enrollment_open);
+    store.set_enrollment_open(a.id, true).await.unwrap();
+    assert!(store.tenant(a.id).await.unwrap().unwrap().enrollment_open);
+    let err = store
+        .set_enrollment_open(TenantId::from_uuid(Uuid::now_v7()), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+fn enrollment_token(
+    tenant: TenantId,
+    max_uses: Option<u32>,
+    expires_at: Option<Timestamp>,
+) -> EnrollmentToken {
+    EnrollmentToken {
+        id: TokenId::from_uuid(Uuid::now_v7()),
+        tenant_id: tenant,
+        name: "factory line 3".into(),
+        secret_hash: vec![1; 32],
+        created_at: T0,
+        expires_at,
+        max_uses,
+        uses: 0,
+        revoked_at: None,
+        device_type: Some("gw".into()),
+    }
+}
+
+pub async fn enrollment_tokens_lifecycle(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let other = new_tenant(store, "other").await;
+    let tok = enrollment_token(t.id, Some(2), Some(T0.plus_millis(1000)));
+    store.create_enrollment_token(&tok).await.unwrap();
+    assert_eq!(
+        store
+            .enrollment_token_for_authentication(tok.id)
+            .await
+            .unwrap(),
+        Some(tok.clone())
+    );
+    // Uses are counted and stop at the maximum.
+    let used = store
+        .consume_enrollment_token(t.id, tok.id, T0)
+        .await
+        .unwrap();
+    assert_eq!(used.uses, 1);
+    store
+        .consume_enrollment_token(t.id, tok.id, T0)
+        .await
+        .unwrap();
+    let err = store
+        .consume_enrollment_token(t.id, tok.id, T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(
+        store
+            .enrollment_token_for_authentication(tok.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .uses,
+        2
+    );
+    // Expired tokens cannot be used.
+    let exp = enrollment_token(t.id, None, Some(T0.plus_millis(10)));
+    store.create_enrollment_token(&exp).await.unwrap();
+    let err = store
+        .consume_enrollment_token(t.id, exp.id, T0.plus_millis(10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // Revoked tokens cannot be used; revocation is tenant-scoped and happens once.
+    let rev = enrollment_token(t.id, None, None);
+    store.create_enrollment_token(&rev).await.unwrap();
+    let err = store
+        .revoke_enrollment_token(other.id, rev.id, T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    store
+        .revoke_enrollment_token(t.id, rev.id, T0)
+        .await
+        .unwrap();
+    let err = store
+        .revoke_enrollment_token(t.id, rev.id, T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let err = store
+        .consume_enrollment_token(t.id, rev.id, T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // Another tenant cannot use it at all.
+    let err = store
+        .consume_enrollment_token(other.id, exp.id, T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    // Listing pages through the tenant's tokens only.
+    store
+        .create_enrollment_token(&enrollment_token(other.id, None, None))
+        .await
+        .unwrap();
+    let first = store
+        .list_enrollment_tokens(t.id, &PageRequest::first(limit(2)))
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    let rest = store
+        .list_enrollment_tokens(
+            t.id,
+            &PageRequest {
+                after: first.next,
+                limit: limit(2),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.next, None);
+    let ids: BTreeSet<_> = first
+        .items
+        .iter()
+        .chain(&rest.items)
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, BTreeSet::from([tok.id, exp.id, rev.id]));
+}
+
+pub async fn enrollment_token_uses_are_atomic(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let tok = enrollment_token(t.id, Some(3), None);
+    store.create_enrollment_token(&tok).await.unwrap();
+    let results =
+        futures_join_all((0..10).map(|_| store.consume_enrollment_token(t.id, tok.id, T0))).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        3,
+        "{results:?}"
+    );
+    assert_eq!(
+        store
+            .enrollment_token_for_authentication(tok.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .uses,
+        3
+    );
+}
+
+pub async fn device_keys_are_unique_per_tenant(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let fp = "ab".repeat(32);
+    let d = device(a.id, "x", DeviceState::Pending).with_key_fingerprint(fp.clone());
+    store.insert_device(&d).await.unwrap();
+    assert_eq!(
+        store.device_by_key(a.id, &fp).await.unwrap(),
+        Some(d.clone())
+    );
+    assert_eq!(store.device_by_key(b.id, &fp).await.unwrap(), None);
+    let dup = device(a.id, "y", DeviceState::Pending).with_key_fingerprint(fp.clone());
+    let err = store.insert_device(&dup).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // The same key in another tenant is another device; devices without keys do not collide.
+    store
+        .insert_device(&device(b.id, "x", DeviceState::Pending).with_key_fingerprint(fp))
+        .await
+        .unwrap();
+    store
+        .insert_device(&device(a.id, "n1", DeviceState::Preauthorized))
+        .await
+        .unwrap();
+    store
+        .insert_device(&device(a.id, "n2", DeviceState::Preauthorized))
+        .await
+        .unwrap();
+}
+
+pub async fn certificates_lifecycle(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let other = new_tenant(store, "other").await;
+    let d = device(t.id, "x", DeviceState::Accepted).with_key_fingerprint("cd".repeat(32));
+    store.insert_device(&d).await.unwrap();
+    let cert = |serial: &str| DeviceCertificate {
+        serial: serial.into(),
+        tenant_id: t.id,
+        device_id: d.id,
+        key_fingerprint: "cd".repeat(32),
+        not_before: T0,
+        not_after: T0.plus_millis(90 * 86_400_000),
+        issued_at: T0,
+        revoked_at: None,
+    };
+    store.insert_certificate(&cert("0a1b")).await.unwrap();
+    store.insert_certificate(&cert("0a1c")).await.unwrap();
+    assert_eq!(
+        store.certificate_for_authentication("0a1b").await.unwrap(),
+        Some(cert("0a1b"))
+    );
+    assert_eq!(
+        store.certificate_for_authentication("ffff").await.unwrap(),
+        None
+    );
+    let err = store.insert_certificate(&cert("0a1b")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // A certificate for a device that does not exist (in that tenant) is refused.
+    let mut stray = cert("0a1d");
+    stray.tenant_id = other.id;
+    let err = store.insert_certificate(&stray).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+
+    assert_eq!(
+        store.device_certificates(t.id, d.id).await.unwrap().len(),
+        2
+    );
+    assert!(
+        store
+            .device_certificates(other.id, d.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .revoke_device_certificates(other.id, d.id, T0)
+            .await
+            .unwrap(),
+        0
+    );
+    let at = T0.plus_millis(5);
+    assert_eq!(
+        store
+            .revoke_device_certificates(t.id, d.id, at)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .revoke_device_certificates(t.id, d.id, at)
+            .await
+            .unwrap(),
+        0
+    );
+    let got = store
+        .certificate_for_authentication("0a1c")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.revoked_at, Some(at));
+    assert!(!got.is_valid_at(at));
 }
 
 pub async fn data_survives_reopen(f: &Fixture) {

@@ -19,7 +19,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tender_core::certificate::DeviceCertificate;
 use tender_core::device::{Device, DeviceState};
+use tender_core::enrollment::EnrollmentToken;
 use tender_core::page::{Page, PageRequest};
 use tender_core::tenant::{Tenant, TenantSlug};
 use tender_core::user::{ApiToken, User};
@@ -83,7 +85,7 @@ pub struct DeviceFilter {
 
 /// The storage port.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: IdentityStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Succeeds when the database answers a trivial query.
@@ -95,6 +97,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>>;
     async fn tenant_by_slug(&self, slug: &TenantSlug) -> Result<Option<Tenant>>;
+    /// Opens or closes a tenant to devices that enroll without a token.
+    async fn set_enrollment_open(&self, tenant: TenantId, open: bool) -> Result<()>;
 
     // --- users ---
 
@@ -128,6 +132,8 @@ pub trait Store: Send + Sync + 'static {
         page: &PageRequest<DeviceId>,
     ) -> Result<Page<Device, DeviceId>>;
     async fn count_devices(&self, tenant: TenantId, filter: &DeviceFilter) -> Result<u64>;
+    /// The device identified by the public key with this fingerprint, in this tenant.
+    async fn device_by_key(&self, tenant: TenantId, fingerprint: &str) -> Result<Option<Device>>;
     /// Moves a device from `from` to `to` if it is still in `from` (compare-and-set). NotFound
     /// when there is no such device in the tenant, Conflict when its state is no longer `from`.
     /// Does not judge whether the transition is allowed: callers ask the core first
@@ -140,6 +146,60 @@ pub trait Store: Send + Sync + 'static {
         to: DeviceState,
         at: Timestamp,
     ) -> Result<Device>;
+}
+
+/// The device-identity part of the port: enrollment tokens and issued certificates.
+#[async_trait]
+pub trait IdentityStore: Send + Sync + 'static {
+    /// Inserts into `token.tenant_id`.
+    async fn create_enrollment_token(&self, token: &EnrollmentToken) -> Result<()>;
+    /// Looks a token up by id before the caller's tenant is known (a device presenting it).
+    async fn enrollment_token_for_authentication(
+        &self,
+        id: TokenId,
+    ) -> Result<Option<EnrollmentToken>>;
+    async fn list_enrollment_tokens(
+        &self,
+        tenant: TenantId,
+        page: &PageRequest<TokenId>,
+    ) -> Result<Page<EnrollmentToken, TokenId>>;
+    /// NotFound when there is no unrevoked token with this id in the tenant.
+    async fn revoke_enrollment_token(
+        &self,
+        tenant: TenantId,
+        id: TokenId,
+        at: Timestamp,
+    ) -> Result<()>;
+    /// Takes one use of the token if it is still usable at `now` (not revoked, not expired,
+    /// uses left), atomically: two devices racing for the last use cannot both get it.
+    /// Conflict when the token is no longer usable; NotFound when it does not exist.
+    async fn consume_enrollment_token(
+        &self,
+        tenant: TenantId,
+        id: TokenId,
+        now: Timestamp,
+    ) -> Result<EnrollmentToken>;
+
+    /// Records an issued certificate; the device must exist in `cert.tenant_id`.
+    async fn insert_certificate(&self, cert: &DeviceCertificate) -> Result<()>;
+    /// Looks a certificate up by serial before the device's tenant is known (a connection).
+    async fn certificate_for_authentication(
+        &self,
+        serial: &str,
+    ) -> Result<Option<DeviceCertificate>>;
+    /// A device's certificates, oldest first.
+    async fn device_certificates(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> Result<Vec<DeviceCertificate>>;
+    /// Revokes every unrevoked certificate of the device; returns how many.
+    async fn revoke_device_certificates(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        at: Timestamp,
+    ) -> Result<u64>;
 }
 
 /// A shared, type-erased store.

@@ -2,7 +2,9 @@
 //! derives `FromRow` generically, so one definition serves both adapters.
 
 use tender_core::auth::Role;
+use tender_core::certificate::DeviceCertificate;
 use tender_core::device::{Device, DeviceState};
+use tender_core::enrollment::EnrollmentToken;
 use tender_core::tenant::{Tenant, TenantSlug};
 use tender_core::user::{ApiToken, User};
 use tender_core::{DeviceId, TenantId, Timestamp, TokenId, UserId};
@@ -19,6 +21,7 @@ pub(crate) struct TenantRow {
     id: Uuid,
     slug: String,
     name: String,
+    enrollment_open: bool,
     created_at: i64,
 }
 
@@ -30,6 +33,7 @@ impl TryFrom<TenantRow> for Tenant {
             slug: TenantSlug::parse(&r.slug)
                 .map_err(|e| StoreError::Corrupt(format!("tenant {}: {e}", r.id)))?,
             name: r.name,
+            enrollment_open: r.enrollment_open,
             created_at: ts(r.created_at),
         })
     }
@@ -114,6 +118,7 @@ pub(crate) struct DeviceRow {
     name: String,
     device_type: Option<String>,
     state: String,
+    key_fingerprint: Option<String>,
     created_at: i64,
     updated_at: i64,
     state_changed_at: i64,
@@ -131,9 +136,73 @@ impl TryFrom<DeviceRow> for Device {
                 .state
                 .parse::<DeviceState>()
                 .map_err(|e| StoreError::Corrupt(format!("device {}: {e}", r.id)))?,
+            key_fingerprint: r.key_fingerprint,
             created_at: ts(r.created_at),
             updated_at: ts(r.updated_at),
             state_changed_at: ts(r.state_changed_at),
         })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EnrollmentTokenRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    name: String,
+    secret_hash: Vec<u8>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    max_uses: Option<i64>,
+    uses: i64,
+    revoked_at: Option<i64>,
+    device_type: Option<String>,
+}
+
+impl TryFrom<EnrollmentTokenRow> for EnrollmentToken {
+    type Error = StoreError;
+    fn try_from(r: EnrollmentTokenRow) -> Result<EnrollmentToken, StoreError> {
+        let count = |v: i64| {
+            u32::try_from(v)
+                .map_err(|_| StoreError::Corrupt(format!("enrollment token {}: count {v}", r.id)))
+        };
+        Ok(EnrollmentToken {
+            id: TokenId::from_uuid(r.id),
+            tenant_id: TenantId::from_uuid(r.tenant_id),
+            name: r.name,
+            secret_hash: r.secret_hash,
+            created_at: ts(r.created_at),
+            expires_at: r.expires_at.map(ts),
+            max_uses: r.max_uses.map(count).transpose()?,
+            uses: count(r.uses)?,
+            revoked_at: r.revoked_at.map(ts),
+            device_type: r.device_type,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct CertificateRow {
+    serial: String,
+    tenant_id: Uuid,
+    device_id: Uuid,
+    key_fingerprint: String,
+    not_before: i64,
+    not_after: i64,
+    issued_at: i64,
+    revoked_at: Option<i64>,
+}
+
+impl From<CertificateRow> for DeviceCertificate {
+    fn from(r: CertificateRow) -> DeviceCertificate {
+        DeviceCertificate {
+            serial: r.serial,
+            tenant_id: TenantId::from_uuid(r.tenant_id),
+            device_id: DeviceId::from_uuid(r.device_id),
+            key_fingerprint: r.key_fingerprint,
+            not_before: ts(r.not_before),
+            not_after: ts(r.not_after),
+            issued_at: ts(r.issued_at),
+            revoked_at: r.revoked_at.map(ts),
+        }
     }
 }

@@ -4,11 +4,13 @@
 pub(crate) const PING: &str = "SELECT 1";
 
 pub(crate) const INSERT_TENANT: &str =
-    "INSERT INTO tenants (id, slug, name, created_at) VALUES ($1, $2, $3, $4)";
+    "INSERT INTO tenants (id, slug, name, enrollment_open, created_at) VALUES ($1, $2, $3, $4, $5)";
 pub(crate) const TENANT_BY_ID: &str =
-    "SELECT id, slug, name, created_at FROM tenants WHERE id = $1";
+    "SELECT id, slug, name, enrollment_open, created_at FROM tenants WHERE id = $1";
 pub(crate) const TENANT_BY_SLUG: &str =
-    "SELECT id, slug, name, created_at FROM tenants WHERE slug = $1";
+    "SELECT id, slug, name, enrollment_open, created_at FROM tenants WHERE slug = $1";
+pub(crate) const SET_ENROLLMENT_OPEN: &str =
+    "UPDATE tenants SET enrollment_open = $2 WHERE id = $1";
 
 macro_rules! user_columns {
     () => {
@@ -37,10 +39,15 @@ pub(crate) const REVOKE_TOKEN: &str =
 
 macro_rules! device_columns {
     () => {
-        "tenant_id, id, name, device_type, state, created_at, updated_at, state_changed_at"
+        "tenant_id, id, name, device_type, state, key_fingerprint, created_at, updated_at, state_changed_at"
     };
 }
-pub(crate) const INSERT_DEVICE: &str = "INSERT INTO devices (tenant_id, id, name, device_type, state, created_at, updated_at, state_changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(crate) const INSERT_DEVICE: &str = "INSERT INTO devices (tenant_id, id, name, device_type, state, key_fingerprint, created_at, updated_at, state_changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+pub(crate) const DEVICE_BY_KEY: &str = concat!(
+    "SELECT ",
+    device_columns!(),
+    " FROM devices WHERE tenant_id = $1 AND key_fingerprint = $2"
+);
 pub(crate) const DEVICE_BY_ID: &str = concat!(
     "SELECT ",
     device_columns!(),
@@ -61,3 +68,55 @@ pub(crate) const SET_DEVICE_STATE: &str = concat!(
      WHERE tenant_id = $1 AND id = $2 AND state = $3 RETURNING ",
     device_columns!()
 );
+
+macro_rules! enrollment_token_columns {
+    () => {
+        "id, tenant_id, name, secret_hash, created_at, expires_at, max_uses, uses, revoked_at, device_type"
+    };
+}
+pub(crate) const INSERT_ENROLLMENT_TOKEN: &str = concat!(
+    "INSERT INTO enrollment_tokens (",
+    enrollment_token_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+);
+pub(crate) const ENROLLMENT_TOKEN_BY_ID: &str = concat!(
+    "SELECT ",
+    enrollment_token_columns!(),
+    " FROM enrollment_tokens WHERE id = $1"
+);
+/// $1 tenant, $2 after-id or NULL, $3 limit.
+pub(crate) const LIST_ENROLLMENT_TOKENS: &str = concat!(
+    "SELECT ",
+    enrollment_token_columns!(),
+    " FROM enrollment_tokens WHERE tenant_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+);
+pub(crate) const REVOKE_ENROLLMENT_TOKEN: &str = "UPDATE enrollment_tokens SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL";
+/// Takes one use if the token is still usable at $3: the whole check is one atomic statement.
+pub(crate) const CONSUME_ENROLLMENT_TOKEN: &str = concat!(
+    "UPDATE enrollment_tokens SET uses = uses + 1 WHERE tenant_id = $1 AND id = $2 \
+     AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3) \
+     AND (max_uses IS NULL OR uses < max_uses) RETURNING ",
+    enrollment_token_columns!()
+);
+
+macro_rules! certificate_columns {
+    () => {
+        "serial, tenant_id, device_id, key_fingerprint, not_before, not_after, issued_at, revoked_at"
+    };
+}
+pub(crate) const INSERT_CERTIFICATE: &str = concat!(
+    "INSERT INTO device_certificates (",
+    certificate_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+);
+pub(crate) const CERTIFICATE_BY_SERIAL: &str = concat!(
+    "SELECT ",
+    certificate_columns!(),
+    " FROM device_certificates WHERE serial = $1"
+);
+pub(crate) const DEVICE_CERTIFICATES: &str = concat!(
+    "SELECT ",
+    certificate_columns!(),
+    " FROM device_certificates WHERE tenant_id = $1 AND device_id = $2 ORDER BY issued_at, serial"
+);
+pub(crate) const REVOKE_DEVICE_CERTIFICATES: &str = "UPDATE device_certificates SET revoked_at = $3 WHERE tenant_id = $1 AND device_id = $2 AND revoked_at IS NULL";

@@ -1,0 +1,62 @@
+//! Device certificates as the registry records them (the certificate itself is issued by the
+//! server's CA; the core only keeps the facts needed to authenticate and revoke).
+
+use serde::Serialize;
+
+use crate::{DeviceId, TenantId, Timestamp};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceCertificate {
+    /// Hex serial number, unique per CA.
+    pub serial: String,
+    pub tenant_id: TenantId,
+    pub device_id: DeviceId,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo, hex.
+    pub key_fingerprint: String,
+    pub not_before: Timestamp,
+    pub not_after: Timestamp,
+    pub issued_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl DeviceCertificate {
+    /// Whether a connection presenting this certificate may be accepted at `now`.
+    pub fn is_valid_at(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.not_before <= now && now < self.not_after
+    }
+
+    /// When the device should renew: at two thirds of the certificate's lifetime.
+    pub fn renew_after(&self) -> Timestamp {
+        let life = self.not_after.unix_millis() - self.not_before.unix_millis();
+        self.not_before.plus_millis(life / 3 * 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn validity_and_renewal() {
+        let c = DeviceCertificate {
+            serial: "01".into(),
+            tenant_id: TenantId::from_uuid(Uuid::nil()),
+            device_id: DeviceId::from_uuid(Uuid::nil()),
+            key_fingerprint: "ab".into(),
+            not_before: Timestamp::from_unix_millis(0),
+            not_after: Timestamp::from_unix_millis(90),
+            issued_at: Timestamp::from_unix_millis(0),
+            revoked_at: None,
+        };
+        assert!(c.is_valid_at(Timestamp::from_unix_millis(0)));
+        assert!(c.is_valid_at(Timestamp::from_unix_millis(89)));
+        assert!(!c.is_valid_at(Timestamp::from_unix_millis(90)));
+        assert_eq!(c.renew_after(), Timestamp::from_unix_millis(60));
+        let revoked = DeviceCertificate {
+            revoked_at: Some(Timestamp::from_unix_millis(1)),
+            ..c
+        };
+        assert!(!revoked.is_valid_at(Timestamp::from_unix_millis(5)));
+    }
+}
