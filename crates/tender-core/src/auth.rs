@@ -30,10 +30,12 @@ pub enum Permission {
     AlertsManage,
     UsersManage,
     AuditRead,
+    /// Tenant-wide settings (e.g. whether devices may enroll without a token).
+    TenantManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 15] = [
+    pub const ALL: [Permission; 16] = [
         Permission::DevicesRead,
         Permission::DevicesManage,
         Permission::DevicesEnroll,
@@ -49,6 +51,7 @@ impl Permission {
         Permission::AlertsManage,
         Permission::UsersManage,
         Permission::AuditRead,
+        Permission::TenantManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Permission {
             Permission::AlertsManage => "alerts_manage",
             Permission::UsersManage => "users_manage",
             Permission::AuditRead => "audit_read",
+            Permission::TenantManage => "tenant_manage",
         }
     }
 }

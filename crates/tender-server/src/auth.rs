@@ -1,6 +1,7 @@
 //! Operator authentication and the one place permissions are checked.
 //!
-//! API tokens look like `tnd_<token id, 32 hex>_<secret, 43 base64url>`. The token id finds the
+//! API tokens look like `tnd_<token id, 32 hex>_<secret, 43 base64url>` (enrollment tokens the
+//! same with `tne_`). The token id finds the
 //! record; the secret is checked against an HMAC-SHA256 of it, keyed with the server's token key
 //! (`<data_dir>/secrets/token-hmac.key`), in constant time. The secret itself is never stored.
 //!
@@ -28,7 +29,10 @@ use uuid::Uuid;
 use crate::problem::Problem;
 use crate::state::AppState;
 
-const PREFIX: &str = "tnd_";
+/// Prefix of operator API tokens.
+pub const API_TOKEN_PREFIX: &str = "tnd_";
+/// Prefix of device enrollment tokens.
+pub const ENROLLMENT_TOKEN_PREFIX: &str = "tne_";
 const SECRET_BYTES: usize = 32;
 /// A token's last use is written at most this often (ms), not on every request.
 const LAST_USED_GRANULARITY_MS: i64 = 60_000;
@@ -60,21 +64,32 @@ pub struct NewToken {
     pub secret_hash: Vec<u8>,
 }
 
+/// Mints an operator API token.
 pub fn mint_token(key: &TokenKey) -> NewToken {
+    mint(API_TOKEN_PREFIX, key)
+}
+
+/// Mints a token with `prefix`: a fresh v7 id and 256 random bits of secret.
+pub fn mint(prefix: &str, key: &TokenKey) -> NewToken {
     let id = TokenId::from_uuid(Uuid::now_v7());
     let mut secret = [0u8; SECRET_BYTES];
     rand::rng().fill_bytes(&mut secret);
     let secret = URL_SAFE_NO_PAD.encode(secret);
     NewToken {
-        plaintext: format!("{PREFIX}{}_{secret}", id.as_uuid().simple()),
+        plaintext: format!("{prefix}{}_{secret}", id.as_uuid().simple()),
         id,
         secret_hash: key.hash(&secret),
     }
 }
 
-/// Splits a presented token into its id and secret, or says it is malformed.
+/// Splits a presented API token into its id and secret, or says it is malformed.
 pub fn parse_token(s: &str) -> Option<(TokenId, &str)> {
-    let rest = s.strip_prefix(PREFIX)?;
+    parse(API_TOKEN_PREFIX, s)
+}
+
+/// Splits a token with `prefix` into its id and secret, or says it is malformed.
+pub fn parse<'a>(prefix: &str, s: &'a str) -> Option<(TokenId, &'a str)> {
+    let rest = s.strip_prefix(prefix)?;
     let (id, secret) = rest.split_at_checked(32)?;
     let secret = secret.strip_prefix('_')?;
     if secret.len() != 43
@@ -175,6 +190,9 @@ macro_rules! requirements {
 requirements! {
     DevicesRead => DevicesRead,
     DevicesManage => DevicesManage,
+    DevicesEnroll => DevicesEnroll,
+    DevicesDecommission => DevicesDecommission,
+    TenantManage => TenantManage,
     UsersManage => UsersManage,
 }
 

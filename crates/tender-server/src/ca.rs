@@ -156,7 +156,7 @@ pub const MAX_CSR_BYTES: usize = 16 * 1024;
 pub enum CsrError {
     #[error("the CSR is larger than {MAX_CSR_BYTES} bytes")]
     TooLarge,
-    #[error("the CSR is not a PEM `CERTIFICATE REQUEST`")]
+    #[error("not the expected PEM block (`CERTIFICATE REQUEST` for a CSR, `PUBLIC KEY` for a key)")]
     NotPem,
     #[error("the CSR cannot be parsed: {0}")]
     Malformed(String),
@@ -212,6 +212,37 @@ pub fn parse_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
         params,
         key_fingerprint,
     })
+}
+
+/// SHA-256 (hex) of a PEM public key (`PUBLIC KEY`, SubjectPublicKeyInfo): how an operator
+/// preauthorizes a device by its key. Only ECDSA P-256 and Ed25519 keys are accepted.
+pub fn public_key_fingerprint(pem: &str) -> Result<String, CsrError> {
+    if pem.len() > MAX_CSR_BYTES {
+        return Err(CsrError::TooLarge);
+    }
+    let block = ::pem::parse(pem).map_err(|_| CsrError::NotPem)?;
+    if block.tag() != "PUBLIC KEY" {
+        return Err(CsrError::NotPem);
+    }
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(block.contents())
+        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+    check_key_type(&spki)?;
+    Ok(hex(&Sha256::digest(spki.raw)))
+}
+
+fn check_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), CsrError> {
+    let alg = spki.algorithm.algorithm.to_id_string();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string());
+    if (alg == OID_EC_PUBLIC_KEY && curve.as_deref() == Some(OID_P256)) || alg == OID_ED25519 {
+        Ok(())
+    } else {
+        Err(CsrError::KeyType)
+    }
 }
 
 /// SHA-256 (hex) of a DER certificate's SubjectPublicKeyInfo, and its serial (hex): how a

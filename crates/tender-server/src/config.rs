@@ -32,6 +32,11 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "TENDER_DATABASE_CONNECT_TIMEOUT_SECS",
         "database.connect_timeout_secs",
     ),
+    ("TENDER_DEVICES_LISTEN", "devices.listen"),
+    (
+        "TENDER_DEVICES_CERTIFICATE_VALIDITY_DAYS",
+        "devices.certificate_validity_days",
+    ),
     ("TENDER_LOG_FORMAT", "log.format"),
     ("TENDER_LOG_LEVEL", "log.level"),
     ("TENDER_CA_CERT_FILE", "ca.cert_file"),
@@ -44,6 +49,7 @@ pub struct Config {
     /// Where the server keeps its state: the SQLite database, the CA, secrets.
     pub data_dir: PathBuf,
     pub http: HttpConfig,
+    pub devices: DevicesConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub ca: CaConfig,
@@ -54,6 +60,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("tender-data"),
             http: HttpConfig::default(),
+            devices: DevicesConfig::default(),
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             ca: CaConfig::default(),
@@ -81,6 +88,32 @@ impl Default for HttpConfig {
             body_limit_bytes: 1024 * 1024,
             request_timeout_secs: 30,
             shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// The device-facing HTTPS listener (mTLS).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Address of the HTTPS device API. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Names and addresses devices use to reach the server: they go into the listener's
+    /// certificate, so a device verifying the server by name finds its name there.
+    pub hostnames: Vec<String>,
+    /// Validity of device certificates; devices renew at two thirds of it.
+    pub certificate_validity_days: u32,
+    /// A TLS handshake that takes longer is dropped (clients that connect and say nothing).
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            hostnames: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            certificate_validity_days: 90,
+            handshake_timeout_secs: 10,
         }
     }
 }
@@ -224,6 +257,16 @@ impl Config {
         if self.ca.cert_file.is_some() != self.ca.key_file.is_some() {
             return Err(ConfigError::Invalid(
                 "ca.cert_file and ca.key_file must be set together".into(),
+            ));
+        }
+        if !(1..=3650).contains(&self.devices.certificate_validity_days) {
+            return Err(ConfigError::Invalid(
+                "devices.certificate_validity_days must be between 1 and 3650".into(),
+            ));
+        }
+        if self.devices.hostnames.is_empty() {
+            return Err(ConfigError::Invalid(
+                "devices.hostnames must name at least one host".into(),
             ));
         }
         if self.data_dir.as_os_str().is_empty() {

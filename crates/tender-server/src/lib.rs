@@ -11,7 +11,7 @@ use std::time::Duration;
 use tender_core::Clock;
 use tender_store::{DynStore, OpenOptions, StoreError, redact_url};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub mod api;
@@ -20,6 +20,8 @@ pub mod bootstrap;
 pub mod ca;
 pub mod config;
 pub mod datadir;
+pub mod device_api;
+pub mod enroll;
 pub mod metrics;
 pub mod problem;
 pub mod state;
@@ -51,6 +53,8 @@ pub enum StartError {
 pub struct RunningServer {
     /// Where the HTTP API listens (the real port when the config said 0).
     pub http_addr: SocketAddr,
+    /// Where the HTTPS device API listens.
+    pub device_addr: SocketAddr,
     /// The first admin's API token: only on the start that created the admin.
     pub bootstrap_token: Option<String>,
     /// The CA certificate devices must trust.
@@ -61,6 +65,8 @@ pub struct RunningServer {
     pub store: DynStore,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    device_shutdown: watch::Sender<bool>,
+    device_task: JoinHandle<()>,
     grace: Duration,
 }
 
@@ -77,6 +83,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let store = open_store(&config).await?;
     let boot = bootstrap::run(&*store, &token_key, &*clock).await?;
 
+    let ca_cert_path = ca.cert_path.clone();
+    let ca = Arc::new(ca);
+
     let listener = TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -88,12 +97,38 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         source,
     })?;
 
+    let device_listener = TcpListener::bind(config.devices.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.devices.listen,
+            source,
+        })?;
+    let device_addr = device_listener
+        .local_addr()
+        .map_err(|source| StartError::Listen {
+            addr: config.devices.listen,
+            source,
+        })?;
+    let (server_cert, server_key) =
+        ca.issue_server_certificate(&config.devices.hostnames, clock.now())?;
+    let tls = Arc::new(device_api::tls_config(&ca, &server_cert, &server_key)?);
+
     let state = AppState {
         store: store.clone(),
         clock,
         token_key,
         metrics: Arc::new(metrics::Metrics::new()),
+        ca,
+        device_cert_validity_days: config.devices.certificate_validity_days,
     };
+    let (device_shutdown, device_signal) = watch::channel(false);
+    let device_task = tokio::spawn(device_api::serve(
+        device_listener,
+        tls,
+        device_api::router(state.clone()),
+        Duration::from_secs(config.devices.handshake_timeout_secs.max(1)),
+        device_signal,
+    ));
     let app = api::router(state, &config.http);
     let (shutdown, signal) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -103,11 +138,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             })
             .await
     });
-    tracing::info!(%http_addr, database = %redact_url(&config.database_url()), "server started");
+    tracing::info!(%http_addr, %device_addr, database = %redact_url(&config.database_url()), "server started");
     Ok(RunningServer {
         http_addr,
+        device_addr,
+        device_shutdown,
+        device_task,
         bootstrap_token: boot.admin_token,
-        ca_cert_path: ca.cert_path,
+        ca_cert_path,
         database: redact_url(&config.database_url()),
         data_dir: data.root().to_owned(),
         store,
@@ -130,6 +168,8 @@ impl RunningServer {
     /// Stops accepting connections, lets in-flight requests finish (up to the configured grace
     /// period), then returns. Returns `false` if the grace period ran out first.
     pub async fn shutdown(self) -> bool {
+        let _ = self.device_shutdown.send(true);
+        let _ = self.device_task.await;
         let _ = self.shutdown.send(());
         let mut task = self.task;
         match tokio::time::timeout(self.grace, &mut task).await {

@@ -6,6 +6,7 @@ use tender_core::Clock;
 use tender_store::DynStore;
 
 use crate::auth::TokenKey;
+use crate::ca::Ca;
 use crate::metrics::Metrics;
 
 /// Shared, cheaply cloned application state.
@@ -15,6 +16,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub token_key: TokenKey,
     pub metrics: Arc<Metrics>,
+    pub ca: Arc<Ca>,
+    pub device_cert_validity_days: u32,
 }
 
 /// The system clock, millisecond precision.

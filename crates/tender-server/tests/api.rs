@@ -44,6 +44,7 @@ async fn start(backend: Backend) -> TestServer {
         ..Config::default()
     };
     config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.devices.listen = "127.0.0.1:0".parse().unwrap();
     config.http.body_limit_bytes = 64 * 1024;
     config.database.url = db.as_ref().map(|d| d.url.clone());
     config.database.max_connections = 4;
@@ -567,14 +568,35 @@ async fn openapi_documents_every_api_route(b: Backend) {
         .keys()
         .map(String::as_str)
         .collect();
-    let expected: BTreeSet<&str> =
-        ["/api/v1/devices", "/api/v1/devices/{id}", "/api/v1/whoami"].into();
+    let expected: BTreeSet<&str> = [
+        "/api/v1/devices",
+        "/api/v1/devices/accept-pending",
+        "/api/v1/devices/{id}",
+        "/api/v1/devices/{id}/accept",
+        "/api/v1/devices/{id}/reject",
+        "/api/v1/devices/{id}/decommission",
+        "/api/v1/devices/{id}/revoke-certificates",
+        "/api/v1/enrollment-tokens",
+        "/api/v1/enrollment-tokens/{id}",
+        "/api/v1/tenant/enrollment",
+        "/api/v1/whoami",
+    ]
+    .into();
     assert_eq!(paths, expected);
     // Every documented operation is reachable and authenticated.
-    for p in &paths {
+    for (p, item) in doc["paths"].as_object().unwrap() {
         let concrete = p.replace("{id}", &Uuid::now_v7().to_string());
-        let (st, _, _) = s.get(&concrete, None).await;
-        assert_eq!(st, StatusCode::UNAUTHORIZED, "{p}");
+        for method in item.as_object().unwrap().keys() {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let st = s
+                .http
+                .request(m, s.url(&concrete))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(st, StatusCode::UNAUTHORIZED, "{method} {p}");
+        }
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     s.stop().await;

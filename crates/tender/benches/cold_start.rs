@@ -23,6 +23,8 @@ fn one_start(data: &Path) -> (Duration, u64) {
             "server",
             "--listen",
             "127.0.0.1:0",
+            "--device-listen",
+            "127.0.0.1:0",
             "--log-level",
             "warn",
             "--data-dir",

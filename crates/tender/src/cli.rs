@@ -74,9 +74,12 @@ pub struct ServerArgs {
     /// Data directory [default: ./tender-data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// HTTP listen address [default: 127.0.0.1:8080]
+    /// HTTP API listen address [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// HTTPS device API (mTLS) listen address [default: 127.0.0.1:8443]
+    #[arg(long, value_name = "ADDR")]
+    pub device_listen: Option<SocketAddr>,
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [default: SQLite in the data dir]
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,

@@ -19,6 +19,9 @@ pub fn config(args: &ServerArgs) -> Result<Config> {
     if let Some(l) = args.listen {
         c.http.listen = l;
     }
+    if let Some(l) = args.device_listen {
+        c.devices.listen = l;
+    }
     if let Some(u) = &args.database_url {
         c.database.url = Some(u.clone());
     }
@@ -63,6 +66,10 @@ pub async fn run(args: &ServerArgs) -> Result<ExitCode> {
     println!("  API          {base}/api/v1  (OpenAPI: {base}/api/v1/openapi.json)");
     println!("  health       {base}/healthz  {base}/readyz");
     println!("  metrics      {base}/metrics");
+    println!(
+        "  devices      https://{}/device/v1  (mTLS)",
+        server.device_addr
+    );
     println!("  data dir     {}", server.data_dir.display());
     println!("  database     {}", server.database);
     println!("  device CA    {}", server.ca_cert_path.display());

@@ -52,7 +52,14 @@ struct ServerProc {
 /// Starts `tender server` and reads its banner up to "Press Ctrl-C to stop.".
 fn start_server(profile_dir: &Path, data_dir: &Path, extra: &[&str]) -> ServerProc {
     let mut child = tender(profile_dir)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--device-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .args(extra)
         .stdout(Stdio::piped())
@@ -130,6 +137,7 @@ fn help_shows_the_command_tree() {
         "--config",
         "--data-dir",
         "--listen",
+        "--device-listen",
         "--database-url",
         "--log-format",
         "--log-level",
@@ -257,7 +265,8 @@ fn the_server_runs_on_postgres() {
 /// Runs `tender server` expecting it to fail at start-up; returns its stderr.
 fn failing_start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let mut cmd = tender(dir);
-    cmd.arg("server").args(args);
+    cmd.args(["server", "--device-listen", "127.0.0.1:0"])
+        .args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -6,8 +6,6 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use tender_core::DeviceId;
 use tender_core::device::{Device, DeviceState};
@@ -15,6 +13,7 @@ use tender_core::page::{PageLimit, PageRequest};
 use tender_store::DeviceFilter;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::cursor;
 use crate::auth::{Authorized, need};
 use crate::problem::Problem;
 use crate::state::AppState;
@@ -62,6 +61,8 @@ pub struct DeviceDto {
     pub name: String,
     pub device_type: Option<String>,
     pub state: DeviceStateDto,
+    /// SHA-256 (hex) of the device's public key, once known.
+    pub key_fingerprint: Option<String>,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -78,6 +79,7 @@ impl From<Device> for DeviceDto {
             name: d.name,
             device_type: d.device_type,
             state: d.state.into(),
+            key_fingerprint: d.key_fingerprint,
             created_at: d.created_at.to_rfc3339(),
             updated_at: d.updated_at.to_rfc3339(),
             state_changed_at: d.state_changed_at.to_rfc3339(),
@@ -108,24 +110,6 @@ pub struct ListDevicesQuery {
 
 const CURSOR_VERSION: &str = "d1:";
 
-fn encode_cursor(after: DeviceId) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{CURSOR_VERSION}{after}"))
-}
-
-fn decode_cursor(c: &str) -> Result<DeviceId, Problem> {
-    let bad = || {
-        Problem::bad_request(
-            "invalid-cursor",
-            "cursor is not one this server issued; pass next_cursor from a previous page unchanged",
-        )
-    };
-    let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    text.strip_prefix(CURSOR_VERSION)
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(bad)
-}
-
 #[utoipa::path(
     get,
     path = "/api/v1/devices",
@@ -150,7 +134,11 @@ pub async fn list_devices(
             PageLimit::new(n).map_err(|e| Problem::bad_request("invalid-limit", e.to_string()))?
         }
     };
-    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| cursor::decode::<DeviceId>(CURSOR_VERSION, c))
+        .transpose()?;
     let filter = DeviceFilter {
         state: q.state.map(Into::into),
     };
@@ -164,7 +152,7 @@ pub async fn list_devices(
         .await?;
     Ok(Json(DevicePage {
         items: page.items.into_iter().map(Into::into).collect(),
-        next_cursor: page.next.map(encode_cursor),
+        next_cursor: page.next.map(|id| cursor::encode(CURSOR_VERSION, id)),
     }))
 }
 
@@ -198,16 +186,302 @@ pub async fn get_device(
     Ok(Json(device.into()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn parse_device_id(id: &str) -> Result<DeviceId, Problem> {
+    id.parse()
+        .map_err(|e: tender_core::ids::InvalidId| Problem::bad_request("invalid-id", e.to_string()))
+}
 
-    #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        let id: DeviceId = "0192f1c4-7b5e-7a1e-9c1d-2f8e4b6a0c3d".parse().unwrap();
-        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
-        for bad in ["", "!!", "Zm9v", &URL_SAFE_NO_PAD.encode("d2:x")] {
-            assert!(decode_cursor(bad).is_err(), "{bad}");
+/// Moves a device to `to` if the core allows it; 409 names both states when it does not.
+async fn transition(
+    state: &AppState,
+    tenant: tender_core::TenantId,
+    id: DeviceId,
+    to: DeviceState,
+) -> Result<Device, Problem> {
+    tender_store::transition_device(&*state.store, tenant, id, to, state.clock.now())
+        .await
+        .map_err(|e| match e {
+            tender_store::TransitionError::NotAllowed(l) => Problem::new(
+                axum::http::StatusCode::CONFLICT,
+                "invalid-transition",
+                l.to_string(),
+            ),
+            tender_store::TransitionError::Store(s) => s.into(),
+        })
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/accept",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (UUID)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Accepted: the device gets its certificate when it next asks", body = DeviceDto),
+        (status = 400, description = "Not a device id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Lacks devices_enroll", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The device's state does not allow it", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn accept_device(
+    State(state): State<AppState>,
+    auth: Authorized<need::DevicesEnroll>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceDto>, Problem> {
+    let id = parse_device_id(&id)?;
+    Ok(Json(
+        transition(&state, auth.principal.tenant_id, id, DeviceState::Accepted)
+            .await?
+            .into(),
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/reject",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (UUID)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Rejected: its enrollment requests are refused", body = DeviceDto),
+        (status = 400, description = "Not a device id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Lacks devices_enroll", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The device's state does not allow it", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn reject_device(
+    State(state): State<AppState>,
+    auth: Authorized<need::DevicesEnroll>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceDto>, Problem> {
+    let id = parse_device_id(&id)?;
+    Ok(Json(
+        transition(&state, auth.principal.tenant_id, id, DeviceState::Rejected)
+            .await?
+            .into(),
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/decommission",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (UUID)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Decommissioned: certificates revoked, history kept, can never authenticate again", body = DeviceDto),
+        (status = 400, description = "Not a device id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Lacks devices_decommission", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already decommissioned", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn decommission_device(
+    State(state): State<AppState>,
+    auth: Authorized<need::DevicesDecommission>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceDto>, Problem> {
+    let id = parse_device_id(&id)?;
+    let tenant = auth.principal.tenant_id;
+    let device = transition(&state, tenant, id, DeviceState::Decommissioned).await?;
+    state
+        .store
+        .revoke_device_certificates(tenant, id, state.clock.now())
+        .await?;
+    Ok(Json(device.into()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokedCertificates {
+    /// How many certificates were revoked by this call.
+    pub revoked: u64,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/revoke-certificates",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (UUID)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every certificate of the device is revoked; it must enroll again", body = RevokedCertificates),
+        (status = 400, description = "Not a device id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Lacks devices_decommission", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn revoke_certificates(
+    State(state): State<AppState>,
+    auth: Authorized<need::DevicesDecommission>,
+    Path(id): Path<String>,
+) -> Result<Json<RevokedCertificates>, Problem> {
+    let id = parse_device_id(&id)?;
+    let tenant = auth.principal.tenant_id;
+    if state.store.device(tenant, id).await?.is_none() {
+        return Err(Problem::not_found(format!("no device {id}")));
+    }
+    let revoked = state
+        .store
+        .revoke_device_certificates(tenant, id, state.clock.now())
+        .await?;
+    Ok(Json(RevokedCertificates { revoked }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptPending {
+    /// These pending devices.
+    #[serde(default)]
+    pub device_ids: Vec<String>,
+    /// Every pending device of the tenant.
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AcceptedDevices {
+    pub accepted: Vec<String>,
+    /// Devices that could not be accepted, with the reason.
+    pub failed: Vec<FailedDevice>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailedDevice {
+    pub device_id: String,
+    pub reason: String,
+}
+
+/// Most devices one bulk call names.
+const MAX_BULK: usize = 1000;
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/accept-pending",
+    tag = "devices",
+    request_body = AcceptPending,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What was accepted and what was not", body = AcceptedDevices),
+        (status = 400, description = "Neither ids nor all, both, or too many ids", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Lacks devices_enroll", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn accept_pending(
+    State(state): State<AppState>,
+    auth: Authorized<need::DevicesEnroll>,
+    Json(body): Json<AcceptPending>,
+) -> Result<Json<AcceptedDevices>, Problem> {
+    let tenant = auth.principal.tenant_id;
+    if body.all != body.device_ids.is_empty() {
+        return Err(Problem::bad_request(
+            "invalid-field",
+            "give either device_ids or \"all\": true",
+        ));
+    }
+    if body.device_ids.len() > MAX_BULK {
+        return Err(Problem::bad_request(
+            "invalid-field",
+            format!("at most {MAX_BULK} device_ids per call"),
+        ));
+    }
+    let ids: Vec<DeviceId> = if body.all {
+        let pending = DeviceFilter {
+            state: Some(DeviceState::Pending),
+        };
+        let mut ids = Vec::new();
+        let mut req = PageRequest::first(
+            PageLimit::new(tender_core::page::MAX_PAGE_LIMIT).map_err(Problem::internal)?,
+        );
+        loop {
+            let page = state.store.list_devices(tenant, &pending, &req).await?;
+            ids.extend(page.items.iter().map(|d| d.id));
+            match page.next {
+                Some(n) => req.after = Some(n),
+                None => break ids,
+            }
+        }
+    } else {
+        body.device_ids
+            .iter()
+            .map(|s| parse_device_id(s))
+            .collect::<Result<_, _>>()?
+    };
+    let mut accepted = Vec::new();
+    let mut failed = Vec::new();
+    for id in ids {
+        match transition(&state, tenant, id, DeviceState::Accepted).await {
+            Ok(d) => accepted.push(d.id.to_string()),
+            Err(p) => failed.push(FailedDevice {
+                device_id: id.to_string(),
+                reason: p.detail,
+            }),
         }
     }
+    Ok(Json(AcceptedDevices { accepted, failed }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Preauthorize {
+    pub name: String,
+    /// The device's public key, PEM (`-----BEGIN PUBLIC KEY-----`, ECDSA P-256 or Ed25519).
+    pub public_key: String,
+    pub device_type: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices",
+    tag = "devices",
+    request_body = Preauthorize,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Preauthorized: the device with this key gets a certificate when it enrolls", body = DeviceDto),
+        (status = 400, description = "Invalid name or key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Lacks devices_enroll", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A device with this key exists", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn preauthorize(
+    State(state): State<AppState>,
+    auth: Authorized<need::DevicesEnroll>,
+    Json(body): Json<Preauthorize>,
+) -> Result<(axum::http::StatusCode, Json<DeviceDto>), Problem> {
+    let fingerprint = crate::ca::public_key_fingerprint(&body.public_key)
+        .map_err(|e| Problem::bad_request("invalid-public-key", e.to_string()))?;
+    if let Some(t) = &body.device_type {
+        tender_core::device::validate_device_name(t)
+            .map_err(|e| Problem::bad_request("invalid-field", format!("device_type: {e}")))?;
+    }
+    let device = Device::new(
+        DeviceId::from_uuid(uuid::Uuid::now_v7()),
+        auth.principal.tenant_id,
+        body.name,
+        body.device_type,
+        DeviceState::Preauthorized,
+        state.clock.now(),
+    )
+    .map_err(|e| Problem::bad_request("invalid-field", format!("name: {e}")))?
+    .with_key_fingerprint(fingerprint);
+    state
+        .store
+        .insert_device(&device)
+        .await
+        .map_err(|e| match e {
+            tender_store::StoreError::Conflict(_) => Problem::new(
+                axum::http::StatusCode::CONFLICT,
+                "conflict",
+                "a device with this public key already exists",
+            ),
+            other => other.into(),
+        })?;
+    Ok((axum::http::StatusCode::CREATED, Json(device.into())))
 }

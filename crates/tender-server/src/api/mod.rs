@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post, put};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -24,7 +24,9 @@ use crate::config::HttpConfig;
 use crate::problem::{Problem, problem_for_plain_errors};
 use crate::state::AppState;
 
+pub mod cursor;
 pub mod devices;
+pub mod enrollment;
 pub mod whoami;
 
 #[derive(OpenApi)]
@@ -34,11 +36,26 @@ pub mod whoami;
         description = "Fleet management for Linux devices. Errors are RFC 9457 problem JSON.",
         license(name = "Apache-2.0"),
     ),
-    paths(devices::list_devices, devices::get_device, whoami::whoami),
+    paths(
+        devices::list_devices,
+        devices::get_device,
+        devices::preauthorize,
+        devices::accept_device,
+        devices::reject_device,
+        devices::decommission_device,
+        devices::revoke_certificates,
+        devices::accept_pending,
+        enrollment::create_token,
+        enrollment::list_tokens,
+        enrollment::revoke_token,
+        enrollment::set_enrollment,
+        whoami::whoami,
+    ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
     tags(
-        (name = "devices", description = "The device registry"),
+        (name = "devices", description = "The device registry and device lifecycle"),
+        (name = "enrollment", description = "How devices join: enrollment tokens and the tenant's policy"),
         (name = "operators", description = "Who is calling"),
     ),
 )]
@@ -66,8 +83,28 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Builds the whole HTTP application.
 pub fn router(state: AppState, http: &HttpConfig) -> Router {
     let api = Router::new()
-        .route("/devices", get(devices::list_devices))
+        .route(
+            "/devices",
+            get(devices::list_devices).post(devices::preauthorize),
+        )
+        .route("/devices/accept-pending", post(devices::accept_pending))
         .route("/devices/{id}", get(devices::get_device))
+        .route("/devices/{id}/accept", post(devices::accept_device))
+        .route("/devices/{id}/reject", post(devices::reject_device))
+        .route(
+            "/devices/{id}/decommission",
+            post(devices::decommission_device),
+        )
+        .route(
+            "/devices/{id}/revoke-certificates",
+            post(devices::revoke_certificates),
+        )
+        .route(
+            "/enrollment-tokens",
+            get(enrollment::list_tokens).post(enrollment::create_token),
+        )
+        .route("/enrollment-tokens/{id}", delete(enrollment::revoke_token))
+        .route("/tenant/enrollment", put(enrollment::set_enrollment))
         .route("/whoami", get(whoami::whoami))
         .route("/openapi.json", get(openapi_json));
 

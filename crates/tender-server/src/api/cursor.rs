@@ -1,0 +1,47 @@
+//! Opaque page cursors: base64url of a versioned prefix and the last key of the previous page.
+
+use std::str::FromStr;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::problem::Problem;
+
+pub fn encode(version: &str, after: impl std::fmt::Display) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{version}{after}"))
+}
+
+pub fn decode<K: FromStr>(version: &str, c: &str) -> Result<K, Problem> {
+    let bad = || {
+        Problem::bad_request(
+            "invalid-cursor",
+            "cursor is not one this server issued; pass next_cursor from a previous page unchanged",
+        )
+    };
+    let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    text.strip_prefix(version)
+        .and_then(|k| k.parse().ok())
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tender_core::DeviceId;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let id: DeviceId = "0192f1c4-7b5e-7a1e-9c1d-2f8e4b6a0c3d".parse().unwrap();
+        assert_eq!(decode::<DeviceId>("d1:", &encode("d1:", id)).unwrap(), id);
+        for bad in [
+            "",
+            "!!",
+            "Zm9v",
+            &URL_SAFE_NO_PAD.encode("d2:x"),
+            &encode("t1:", id),
+        ] {
+            assert!(decode::<DeviceId>("d1:", bad).is_err(), "{bad}");
+        }
+    }
+}

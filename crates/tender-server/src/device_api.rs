@@ -1,0 +1,377 @@
+//! The HTTPS device API: TLS with client certificates from Tender's CA (mTLS).
+//!
+//! The listener asks every client for a certificate but lets those without one through the
+//! handshake, because enrolling devices have none yet: `POST /device/v1/enroll` is the only
+//! route that works without a certificate. Every other route takes a [`DeviceAuth`], which
+//! requires a certificate that (1) chains to the CA (rustls checks signature and validity period
+//! during the handshake) and (2) is recorded, unrevoked and belongs to a device that may connect
+//! (checked on every request, so revocation takes effect at once).
+//!
+//! Connections that do not finish the TLS handshake within `devices.handshake_timeout_secs` are
+//! dropped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use tender_core::certificate::DeviceCertificate;
+use tender_core::device::Device;
+use tender_core::{DeviceId, TenantId};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::ca::{Ca, CaError, parse_csr};
+use crate::enroll::{EnrollError, EnrollOutcome, EnrollRequest, enroll, issue};
+use crate::problem::{Problem, problem_for_plain_errors};
+use crate::state::AppState;
+
+/// The client certificate a connection presented, as read after the handshake.
+#[derive(Clone, Debug)]
+pub struct PeerCertificate {
+    pub serial: String,
+    pub key_fingerprint: String,
+}
+
+/// Builds the TLS configuration: our server certificate, client certificates optional but,
+/// when given, verified against the CA.
+pub fn tls_config(ca: &Ca, cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig, CaError> {
+    let err = |what: &str, e: &dyn std::fmt::Display| CaError::Generate(format!("{what}: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
+        let c = c.map_err(|e| err("CA certificate", &e))?;
+        roots.add(c).map_err(|e| err("CA certificate", &e))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| err("client verifier", &e))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("server certificate", &e))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| err("server key", &e))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| err("TLS versions", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| err("server certificate", &e))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/device/v1/enroll", post(enroll_handler))
+        .route("/device/v1/whoami", get(whoami))
+        .route("/device/v1/renew", post(renew))
+        .fallback(|uri: axum::http::Uri| async move {
+            Problem::not_found(format!("no such resource: {}", uri.path()))
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(problem_for_plain_errors))
+        .with_state(state)
+}
+
+/// Accepts TLS connections until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    handshake_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: refuse for a moment, don't spin.
+                    tracing::warn!(error = %e, "device listener cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            serve_connection(acceptor, tcp, peer, app, handshake_timeout).await;
+        });
+    }
+}
+
+async fn serve_connection(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    handshake_timeout: Duration,
+) {
+    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "device TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "device TLS handshake timed out");
+            return;
+        }
+    };
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| crate::ca::certificate_identity(der))
+        .map(|(serial, key_fingerprint)| PeerCertificate {
+            serial,
+            key_fingerprint,
+        });
+    let svc = tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut req = req.map(axum::body::Body::new);
+        if let Some(c) = &cert {
+            req.extensions_mut().insert(c.clone());
+        }
+        app.clone().oneshot(req)
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "device connection ended with an error");
+    }
+}
+
+/// A device authenticated by its client certificate.
+pub struct DeviceAuth {
+    pub tenant_id: TenantId,
+    pub device_id: DeviceId,
+    pub device: Device,
+    pub certificate: DeviceCertificate,
+}
+
+impl FromRequestParts<AppState> for DeviceAuth {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let peer = parts
+            .extensions
+            .get::<PeerCertificate>()
+            .cloned()
+            .ok_or_else(|| {
+                Problem::unauthorized(
+                    "this needs a client certificate issued by Tender; enroll first",
+                )
+            })?;
+        let revoked = || {
+            Problem::forbidden(
+                "this certificate is not valid: it was revoked, has expired, or its device may not connect",
+            )
+        };
+        let cert = state
+            .store
+            .certificate_for_authentication(&peer.serial)
+            .await?
+            .ok_or_else(revoked)?;
+        let now = state.clock.now();
+        if cert.key_fingerprint != peer.key_fingerprint || !cert.is_valid_at(now) {
+            return Err(revoked());
+        }
+        let device = state
+            .store
+            .device(cert.tenant_id, cert.device_id)
+            .await?
+            .ok_or_else(revoked)?;
+        if !device.state.may_connect() {
+            return Err(revoked());
+        }
+        Ok(DeviceAuth {
+            tenant_id: cert.tenant_id,
+            device_id: cert.device_id,
+            device,
+            certificate: cert,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollBody {
+    /// PEM CSR signed by the device's key (ECDSA P-256 or Ed25519).
+    pub csr: String,
+    /// An enrollment token (`tne_...`); without one the device waits for approval.
+    pub token: Option<String>,
+    /// Tenant slug for requests without a token (default `default`).
+    pub tenant: Option<String>,
+    pub name: Option<String>,
+    pub device_type: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct EnrollAnswer {
+    pub device_id: String,
+    /// `accepted` (certificate issued) or `pending` (ask again later).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When to renew (two thirds of the lifetime).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renew_after: Option<String>,
+    /// For `pending`: seconds to wait before asking again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+/// Seconds a pending device should wait before asking again.
+const PENDING_RETRY_SECS: u64 = 60;
+
+fn issued_answer(
+    state: &AppState,
+    device: &Device,
+    cert: &crate::ca::IssuedCertificate,
+) -> EnrollAnswer {
+    let record = DeviceCertificate {
+        serial: cert.serial.clone(),
+        tenant_id: device.tenant_id,
+        device_id: device.id,
+        key_fingerprint: cert.key_fingerprint.clone(),
+        not_before: cert.not_before,
+        not_after: cert.not_after,
+        issued_at: cert.not_before,
+        revoked_at: None,
+    };
+    EnrollAnswer {
+        device_id: device.id.to_string(),
+        status: "accepted",
+        certificate: Some(cert.pem.clone()),
+        ca_certificate: Some(state.ca.cert_pem.clone()),
+        not_after: Some(cert.not_after.to_rfc3339()),
+        renew_after: Some(record.renew_after().to_rfc3339()),
+        retry_after_secs: None,
+    }
+}
+
+async fn enroll_handler(
+    State(state): State<AppState>,
+    Json(body): Json<EnrollBody>,
+) -> Result<Response, Problem> {
+    let outcome = enroll(
+        &state,
+        EnrollRequest {
+            csr: body.csr,
+            token: body.token,
+            tenant: body.tenant,
+            name: body.name,
+            device_type: body.device_type,
+        },
+    )
+    .await?;
+    Ok(match outcome {
+        EnrollOutcome::Issued {
+            device,
+            certificate,
+        } => (
+            StatusCode::CREATED,
+            Json(issued_answer(&state, &device, &certificate)),
+        )
+            .into_response(),
+        EnrollOutcome::Pending { device } => (
+            StatusCode::ACCEPTED,
+            [(
+                axum::http::header::RETRY_AFTER,
+                PENDING_RETRY_SECS.to_string(),
+            )],
+            Json(EnrollAnswer {
+                device_id: device.id.to_string(),
+                status: "pending",
+                certificate: None,
+                ca_certificate: None,
+                not_after: None,
+                renew_after: None,
+                retry_after_secs: Some(PENDING_RETRY_SECS),
+            }),
+        )
+            .into_response(),
+    })
+}
+
+#[derive(Serialize)]
+struct DeviceWhoAmI {
+    device_id: String,
+    tenant_id: String,
+    name: String,
+    state: String,
+    certificate_serial: String,
+    certificate_not_after: String,
+    renew_after: String,
+}
+
+async fn whoami(auth: DeviceAuth) -> Json<DeviceWhoAmI> {
+    Json(DeviceWhoAmI {
+        device_id: auth.device_id.to_string(),
+        tenant_id: auth.tenant_id.to_string(),
+        name: auth.device.name.clone(),
+        state: auth.device.state.to_string(),
+        certificate_serial: auth.certificate.serial.clone(),
+        certificate_not_after: auth.certificate.not_after.to_rfc3339(),
+        renew_after: auth.certificate.renew_after().to_rfc3339(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    /// A CSR for the device's current key.
+    csr: String,
+}
+
+/// Issues a fresh certificate over an authenticated connection, for the same key.
+async fn renew(
+    State(state): State<AppState>,
+    auth: DeviceAuth,
+    Json(body): Json<RenewBody>,
+) -> Result<(StatusCode, Json<EnrollAnswer>), Problem> {
+    let csr = parse_csr(&body.csr).map_err(EnrollError::from)?;
+    if auth.device.key_fingerprint.as_deref() != Some(csr.key_fingerprint.as_str()) {
+        return Err(Problem::bad_request(
+            "key-mismatch",
+            "the CSR must carry the device's current key",
+        ));
+    }
+    let tenant = state
+        .store
+        .tenant(auth.tenant_id)
+        .await?
+        .ok_or_else(|| Problem::internal("tenant of an authenticated device is missing"))?;
+    let cert = issue(&state, &csr, &auth.device, &tenant.slug, state.clock.now()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(issued_answer(&state, &auth.device, &cert)),
+    ))
+}
