@@ -61,9 +61,80 @@ pub enum Command {
     Login,
     /// Show who the current credentials belong to and what they may do
     Whoami,
-    /// The device registry
+    /// The device registry and device lifecycle
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Enrollment tokens: let devices join without approval (zero-touch)
+    #[command(subcommand, name = "enrollment-tokens")]
+    EnrollmentTokens(TokensCommand),
+    /// Tenant-wide settings
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Create a token; it is printed once
+    Create {
+        /// What it is for, e.g. "factory line 3"
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. 3600s, 90m, 12h, 30d [default: never expires]
+        #[arg(long, value_parser = parse_duration_secs, value_name = "DURATION")]
+        expires_in: Option<u64>,
+        /// How many devices may use it [default: unlimited]
+        #[arg(long)]
+        max_uses: Option<u32>,
+        /// Device type for devices that enroll with it
+        #[arg(long)]
+        device_type: Option<String>,
+    },
+    /// List tokens (never their secrets)
+    List,
+    /// Revoke a token: devices can no longer enroll with it
+    Revoke {
+        /// Token id
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Whether devices may ask to join without a token (they wait as pending)
+    Enrollment {
+        #[arg(value_enum)]
+        policy: EnrollmentPolicy,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum EnrollmentPolicy {
+    /// Token-less devices may ask and wait for approval
+    Open,
+    /// Only devices with a token or a preauthorized key may enroll
+    Closed,
+}
+
+/// Parses `90`, `90s`, `15m`, `12h` or `30d` into seconds.
+pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. 3600s, 90m, 12h or 30d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -105,6 +176,40 @@ pub enum DevicesCommand {
     Show {
         /// Device id
         id: String,
+    },
+    /// Accept pending devices (they get certificates when they next ask)
+    Accept {
+        /// Device ids
+        ids: Vec<String>,
+        /// Every pending device of the tenant
+        #[arg(long, conflicts_with = "ids")]
+        all_pending: bool,
+    },
+    /// Reject a device: its enrollment requests are refused
+    Reject {
+        /// Device id
+        id: String,
+    },
+    /// Decommission a device: certificates revoked, history kept, never authenticates again
+    Decommission {
+        /// Device id
+        id: String,
+    },
+    /// Revoke every certificate of a device (it must enroll again)
+    RevokeCertificates {
+        /// Device id
+        id: String,
+    },
+    /// Register a device's public key in advance; it enrolls without a token
+    Preauthorize {
+        /// Device name
+        #[arg(long)]
+        name: String,
+        /// PEM public key file (`openssl pkey -pubout`)
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        #[arg(long)]
+        device_type: Option<String>,
     },
 }
 
@@ -153,5 +258,17 @@ mod tests {
     #[test]
     fn command_tree_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("15m"), Ok(900));
+        assert_eq!(parse_duration_secs("12h"), Ok(43_200));
+        assert_eq!(parse_duration_secs("30d"), Ok(2_592_000));
+        assert!(parse_duration_secs("0s").is_err());
+        assert!(parse_duration_secs("5w").is_err());
+        assert!(parse_duration_secs("soon").is_err());
+        assert!(parse_duration_secs("99999999999999999999d").is_err());
     }
 }

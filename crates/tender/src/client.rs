@@ -57,27 +57,55 @@ impl ApiClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T> {
+        self.request(reqwest::Method::GET, path, query, None).await
+    }
+
+    /// Sends JSON to `api/v1/<path>` with `method`, returning the JSON body.
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T> {
+        self.request(method, path, &[], Some(body)).await
+    }
+
+    /// DELETEs `api/v1/<path>`.
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        self.request::<serde_json::Value>(reqwest::Method::DELETE, path, &[], None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn request<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<T> {
         let url = self
             .base
             .join(&format!("api/v1/{path}"))
             .map_err(|e| anyhow!("invalid path {path:?}: {e}"))?;
-        let resp = self
+        let mut req = self
             .http
-            .get(url.clone())
+            .request(method, url.clone())
             .bearer_auth(&self.token)
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| {
-                let why = if e.is_connect() {
-                    "connection failed (is `tender server` running there?)".to_owned()
-                } else if e.is_timeout() {
-                    "timed out".to_owned()
-                } else {
-                    e.to_string()
-                };
-                anyhow!("cannot reach the Tender server at {}: {why}", self.base)
-            })?;
+            .query(query);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            let why = if e.is_connect() {
+                "connection failed (is `tender server` running there?)".to_owned()
+            } else if e.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                e.to_string()
+            };
+            anyhow!("cannot reach the Tender server at {}: {why}", self.base)
+        })?;
         let status = resp.status();
         let bytes = resp
             .bytes()
@@ -86,8 +114,14 @@ impl ApiClient {
         if !status.is_success() {
             return Err(problem_error(status, &bytes));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow!("the server's answer to {url} is not what this CLI expects ({e}); are the CLI and server versions the same?"))
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes).map_err(|e| {
+            anyhow!("the server's answer to {url} is not what this CLI expects ({e}); are the CLI and server versions the same?")
+        })
     }
 }
 

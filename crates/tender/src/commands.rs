@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use anyhow::{Result, anyhow};
 use serde_json::Value;
 
-use crate::cli::{Cli, Command, DevicesCommand, GlobalArgs, ListDevicesArgs, OutputFormat};
+use crate::cli::{
+    Cli, Command, DevicesCommand, EnrollmentPolicy, GlobalArgs, ListDevicesArgs, OutputFormat,
+    TenantCommand, TokensCommand,
+};
 use crate::client::ApiClient;
 use crate::{output, profile, serve};
 
@@ -18,7 +21,204 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Whoami => whoami(g).await,
         Command::Devices(DevicesCommand::List(args)) => list_devices(g, args).await,
         Command::Devices(DevicesCommand::Show { id }) => show_device(g, id).await,
+        Command::Devices(DevicesCommand::Accept { ids, all_pending }) => {
+            let body = if *all_pending {
+                serde_json::json!({"all": true})
+            } else if ids.is_empty() {
+                return Err(anyhow!("name the devices to accept, or pass --all-pending"));
+            } else {
+                serde_json::json!({"device_ids": ids})
+            };
+            let client = connect(g)?;
+            let r: Value = client
+                .send(reqwest::Method::POST, "devices/accept-pending", &body)
+                .await?;
+            let failed = r["failed"].as_array().map(Vec::len).unwrap_or(0);
+            match g.output {
+                OutputFormat::Json => output::json(&r)?,
+                OutputFormat::Table => {
+                    let accepted = r["accepted"].as_array().map(Vec::len).unwrap_or(0);
+                    println!("accepted {accepted} device(s)");
+                    for f in r["failed"].as_array().into_iter().flatten() {
+                        eprintln!(
+                            "not accepted {}: {}",
+                            str_at(f, "/device_id"),
+                            str_at(f, "/reason")
+                        );
+                    }
+                }
+            }
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Devices(DevicesCommand::Reject { id }) => device_action(g, id, "reject").await,
+        Command::Devices(DevicesCommand::Decommission { id }) => {
+            device_action(g, id, "decommission").await
+        }
+        Command::Devices(DevicesCommand::RevokeCertificates { id }) => {
+            check_device_id(id)?;
+            let r: Value = connect(g)?
+                .send(
+                    reqwest::Method::POST,
+                    &format!("devices/{id}/revoke-certificates"),
+                    &Value::Null,
+                )
+                .await?;
+            match g.output {
+                OutputFormat::Json => output::json(&r)?,
+                OutputFormat::Table => println!("revoked {} certificate(s)", r["revoked"]),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Devices(DevicesCommand::Preauthorize {
+            name,
+            public_key,
+            device_type,
+        }) => {
+            let pem = std::fs::read_to_string(public_key)
+                .map_err(|e| anyhow!("cannot read {}: {e}", public_key.display()))?;
+            let d: Value = connect(g)?
+                .send(
+                    reqwest::Method::POST,
+                    "devices",
+                    &serde_json::json!({"name": name, "public_key": pem, "device_type": device_type}),
+                )
+                .await?;
+            print_device(g, &d)
+        }
+        Command::EnrollmentTokens(cmd) => tokens(g, cmd).await,
+        Command::Tenant(TenantCommand::Enrollment { policy }) => {
+            let open = matches!(policy, EnrollmentPolicy::Open);
+            let r: Value = connect(g)?
+                .send(
+                    reqwest::Method::PUT,
+                    "tenant/enrollment",
+                    &serde_json::json!({"open": open}),
+                )
+                .await?;
+            match g.output {
+                OutputFormat::Json => output::json(&r)?,
+                OutputFormat::Table => println!(
+                    "enrollment without a token is now {}",
+                    if open {
+                        "open (devices wait as pending)"
+                    } else {
+                        "closed"
+                    }
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn check_device_id(id: &str) -> Result<()> {
+    if uuid_like(id).is_none() {
+        return Err(anyhow!(
+            "{id:?} is not a device id; device ids are UUIDs, see `tender devices list`"
+        ));
+    }
+    Ok(())
+}
+
+async fn device_action(g: &GlobalArgs, id: &str, action: &str) -> Result<ExitCode> {
+    check_device_id(id)?;
+    let d: Value = connect(g)?
+        .send(
+            reqwest::Method::POST,
+            &format!("devices/{id}/{action}"),
+            &Value::Null,
+        )
+        .await?;
+    print_device(g, &d)
+}
+
+async fn tokens(g: &GlobalArgs, cmd: &TokensCommand) -> Result<ExitCode> {
+    let client = connect(g)?;
+    match cmd {
+        TokensCommand::Create {
+            name,
+            expires_in,
+            max_uses,
+            device_type,
+        } => {
+            let t: Value = client
+                .send(
+                    reqwest::Method::POST,
+                    "enrollment-tokens",
+                    &serde_json::json!({
+                        "name": name,
+                        "expires_in_secs": expires_in,
+                        "max_uses": max_uses,
+                        "device_type": device_type,
+                    }),
+                )
+                .await?;
+            match g.output {
+                OutputFormat::Json => output::json(&t)?,
+                OutputFormat::Table => {
+                    println!("{}", str_at(&t, "/token"));
+                    eprintln!(
+                        "enrollment token {} created (id {}); it is shown only this once",
+                        str_at(&t, "/name"),
+                        str_at(&t, "/id")
+                    );
+                }
+            }
+        }
+        TokensCommand::List => {
+            let mut items: Vec<Value> = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut q = vec![("limit", "1000".to_owned())];
+                if let Some(c) = &cursor {
+                    q.push(("cursor", c.clone()));
+                }
+                let page: Value = client.get("enrollment-tokens", &q).await?;
+                items.extend(page["items"].as_array().cloned().unwrap_or_default());
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_owned()),
+                    None => break,
+                }
+            }
+            match g.output {
+                OutputFormat::Json => output::json(&serde_json::json!({"items": items}))?,
+                OutputFormat::Table => {
+                    let rows: Vec<Vec<String>> = items
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                str_at(t, "/id"),
+                                str_at(t, "/name"),
+                                format!(
+                                    "{}/{}",
+                                    str_at(t, "/uses"),
+                                    str_at(t, "/max_uses").replace('-', "∞")
+                                ),
+                                str_at(t, "/expires_at"),
+                                if t["usable"] == true {
+                                    "usable".into()
+                                } else {
+                                    "unusable".into()
+                                },
+                            ]
+                        })
+                        .collect();
+                    output::table(&["id", "name", "uses", "expires", "status"], &rows)?;
+                }
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            client.delete(&format!("enrollment-tokens/{id}")).await?;
+            if g.output == OutputFormat::Table {
+                println!("revoked enrollment token {id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The client for this invocation: flags and environment first, then the profile.
@@ -183,20 +383,25 @@ async fn show_device(g: &GlobalArgs, id: &str) -> Result<ExitCode> {
         ));
     }
     let d: Value = client.get(&format!("devices/{id}"), &[]).await?;
+    print_device(g, &d)
+}
+
+fn print_device(g: &GlobalArgs, d: &Value) -> Result<ExitCode> {
     match g.output {
-        OutputFormat::Json => output::json(&d)?,
+        OutputFormat::Json => output::json(d)?,
         OutputFormat::Table => {
             let rows: Vec<Vec<String>> = [
                 "id",
                 "name",
                 "device_type",
                 "state",
+                "key_fingerprint",
                 "created_at",
                 "updated_at",
                 "state_changed_at",
             ]
             .iter()
-            .map(|k| vec![(*k).to_owned(), str_at(&d, &format!("/{k}"))])
+            .map(|k| vec![(*k).to_owned(), str_at(d, &format!("/{k}"))])
             .collect();
             output::table(&["field", "value"], &rows)?;
         }

@@ -45,6 +45,8 @@ fn stderr(o: &Output) -> String {
 struct ServerProc {
     child: Child,
     base: String,
+    /// host:port of the HTTPS device API.
+    device_addr: String,
     token: Option<String>,
     _lines: Receiver<String>,
 }
@@ -76,6 +78,7 @@ fn start_server(profile_dir: &Path, data_dir: &Path, extra: &[&str]) -> ServerPr
         }
     });
     let mut base = None;
+    let mut device_addr = None;
     let mut token = None;
     loop {
         let line = rx.recv_timeout(WAIT).expect("server banner");
@@ -83,6 +86,14 @@ fn start_server(profile_dir: &Path, data_dir: &Path, extra: &[&str]) -> ServerPr
         if let Some(rest) = t.strip_prefix("API") {
             let url = rest.split_whitespace().next().unwrap();
             base = Some(url.trim_end_matches("/api/v1").to_owned());
+        }
+        if let Some(rest) = t.strip_prefix("devices") {
+            let url = rest.split_whitespace().next().unwrap();
+            device_addr = Some(
+                url.trim_start_matches("https://")
+                    .trim_end_matches("/device/v1")
+                    .to_owned(),
+            );
         }
         if t.starts_with("tnd_") {
             token = Some(t.to_owned());
@@ -94,6 +105,7 @@ fn start_server(profile_dir: &Path, data_dir: &Path, extra: &[&str]) -> ServerPr
     ServerProc {
         child,
         base: base.expect("banner names the API address"),
+        device_addr: device_addr.expect("banner names the device API address"),
         token,
         _lines: rx,
     }
@@ -404,5 +416,100 @@ fn the_cli_explains_what_is_missing_or_wrong() {
         !dir.path().join("cli.toml").exists(),
         "a refused login saves nothing"
     );
+    server.stop();
+}
+
+/// The operator's CLI and a device that follows docs/device-protocol.md with `openssl` and
+/// `curl` only.
+#[test]
+fn a_device_enrolls_with_openssl_and_curl() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(dir.path(), &data, &[]);
+    let token = server.token.clone().unwrap();
+    let op = |args: &[&str]| {
+        let o =
+            run(tender(dir.path())
+                .args(args)
+                .args(["--server", &server.base, "--token", &token]));
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    let enrollment_token = op(&[
+        "enrollment-tokens",
+        "create",
+        "--name",
+        "line 3",
+        "--max-uses",
+        "1",
+        "--expires-in",
+        "1h",
+    ])
+    .trim()
+    .to_owned();
+    assert!(enrollment_token.starts_with("tne_"));
+    assert!(op(&["enrollment-tokens", "list"]).contains("line 3"));
+
+    let dev = dir.path().join("device");
+    std::fs::create_dir_all(&dev).unwrap();
+    let sh = |cmd: &str| {
+        let o = Command::new("bash")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(&dev)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+        stdout(&o)
+    };
+    sh(
+        "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out device.key 2>/dev/null && openssl req -new -key device.key -subj /CN=anything -out device.csr",
+    );
+    std::fs::copy(data.join("ca/ca.crt"), dev.join("ca.crt")).unwrap();
+    let csr = std::fs::read_to_string(dev.join("device.csr")).unwrap();
+    let body = serde_json::json!({"csr": csr, "token": enrollment_token, "name": "kiosk-17"});
+    std::fs::write(dev.join("enroll.json"), body.to_string()).unwrap();
+    let addr = server.device_addr.clone();
+    let answer = sh(&format!(
+        "curl -sS --fail-with-body --cacert ca.crt -X POST https://{addr}/device/v1/enroll -H 'content-type: application/json' --data @enroll.json"
+    ));
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["status"], "accepted", "{answer}");
+    std::fs::write(
+        dev.join("device.crt"),
+        answer["certificate"].as_str().unwrap(),
+    )
+    .unwrap();
+    let me = sh(&format!(
+        "curl -sS --fail-with-body --cacert ca.crt --cert device.crt --key device.key https://{addr}/device/v1/whoami"
+    ));
+    let me: serde_json::Value = serde_json::from_str(&me).unwrap();
+    assert_eq!(me["device_id"], answer["device_id"]);
+
+    // The operator sees it, and decommissioning locks it out at once.
+    let id = answer["device_id"].as_str().unwrap();
+    let list = op(&["devices", "list"]);
+    assert!(
+        list.contains(id) && list.contains("kiosk-17") && list.contains("accepted"),
+        "{list}"
+    );
+    op(&["devices", "decommission", id]);
+    let code = sh(&format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' --cacert ca.crt --cert device.crt --key device.key https://{addr}/device/v1/whoami"
+    ));
+    assert_eq!(code.trim(), "403");
+    // The token was single-use.
+    let o = run(tender(dir.path()).args([
+        "enrollment-tokens",
+        "list",
+        "-o",
+        "json",
+        "--server",
+        &server.base,
+        "--token",
+        &token,
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["items"][0]["usable"], false);
     server.stop();
 }
