@@ -86,6 +86,10 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
         .layer(axum::middleware::from_fn(problem_for_plain_errors))
         .with_state(state)
 }
@@ -247,6 +251,9 @@ pub struct EnrollAnswer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
 }
+
+/// A device request that takes longer is answered 503 (the connection stays usable).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Seconds a pending device should wait before asking again.
 const PENDING_RETRY_SECS: u64 = 60;
