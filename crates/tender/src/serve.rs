@@ -60,6 +60,8 @@ pub async fn run(args: &ServerArgs) -> Result<ExitCode> {
     let c = config(args)?;
     init_logging(&c)?;
     let server = tender_server::start(c).await?;
+    let signals = tender_server::ShutdownSignals::install()
+        .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
     let base = format!("http://{}", server.http_addr);
     // The banner goes to stdout, logs to stderr: scripts can read the addresses and token.
     println!("Tender {} is running", env!("CARGO_PKG_VERSION"));
@@ -83,7 +85,7 @@ pub async fn run(args: &ServerArgs) -> Result<ExitCode> {
         println!("  Log in with:  tender login --server {base} --token {token}");
     }
     println!("Press Ctrl-C to stop.");
-    let drained = server.run_until_signal().await;
+    let drained = server.run_until(signals).await;
     Ok(if drained {
         ExitCode::SUCCESS
     } else {
