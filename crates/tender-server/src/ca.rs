@@ -162,7 +162,7 @@ pub enum CsrError {
     Malformed(String),
     #[error("the CSR's signature does not verify: it must be signed with the key it carries")]
     BadSignature,
-    #[error("the CSR's key type is not accepted: use ECDSA P-256 or Ed25519")]
+    #[error("the key type is not accepted: use ECDSA P-256 (CSR signed with SHA-256) or Ed25519")]
     KeyType,
 }
 
@@ -208,6 +208,12 @@ pub fn parse_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
             rcgen::Error::InvalidCertificationRequestSignature => CsrError::BadSignature,
             other => CsrError::Malformed(other.to_string()),
         })?;
+    // rcgen takes the key's algorithm from the CSR's signature algorithm and re-encodes the key
+    // from it; the certificate must carry exactly the key that was fingerprinted (a P-256 key
+    // signed with SHA-384 would otherwise come back labelled as P-384).
+    if rcgen::PublicKeyData::subject_public_key_info(&params.public_key) != spki.raw {
+        return Err(CsrError::KeyType);
+    }
     Ok(ParsedCsr {
         params,
         key_fingerprint,
@@ -482,6 +488,50 @@ mod tests {
         );
         let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         assert!(parse_csr(&csr_for(&ed, "x")).is_ok());
+    }
+
+    /// A P-256 key in a CSR signed with SHA-384 would come back from rcgen labelled P-384: such
+    /// CSRs are refused rather than issued a certificate the device cannot use.
+    #[test]
+    fn a_p256_csr_signed_with_sha384_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        let csr = dir.path().join("r.pem");
+        let openssl = |args: &str| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("openssl {args} 2>/dev/null"))
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let (k, c) = (key.display(), csr.display());
+        // CI installs openssl; the test needs it to build a CSR rcgen cannot make.
+        assert!(openssl(&format!(
+            "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {k}"
+        )));
+        assert!(openssl(&format!(
+            "req -new -sha384 -key {k} -subj /CN=x -out {c}"
+        )));
+        assert_eq!(
+            parse_csr(&fs::read_to_string(&csr).unwrap()).err(),
+            Some(CsrError::KeyType)
+        );
+        // The same key signed with SHA-256 is fine, and its certificate carries that key.
+        assert!(openssl(&format!(
+            "req -new -sha256 -key {k} -subj /CN=x -out {c}"
+        )));
+        let parsed = parse_csr(&fs::read_to_string(&csr).unwrap()).unwrap();
+        let (_t, dd) = setup();
+        let ca = load_or_create(&CaConfig::default(), &dd, NOW).unwrap();
+        let device = DeviceId::from_uuid(uuid::Uuid::now_v7());
+        let issued = ca
+            .sign_device(&parsed, device, &TenantSlug::default_tenant(), NOW, 30)
+            .unwrap();
+        let der = ::pem::parse(&issued.pem).unwrap().into_contents();
+        assert_eq!(
+            certificate_identity(&der).unwrap().1,
+            parsed.key_fingerprint
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "TENDER_DEVICES_CERTIFICATE_VALIDITY_DAYS",
         "devices.certificate_validity_days",
     ),
+    ("TENDER_DEVICES_MAX_CONNECTIONS", "devices.max_connections"),
     ("TENDER_LOG_FORMAT", "log.format"),
     ("TENDER_LOG_LEVEL", "log.level"),
     ("TENDER_CA_CERT_FILE", "ca.cert_file"),
@@ -103,8 +104,11 @@ pub struct DevicesConfig {
     pub hostnames: Vec<String>,
     /// Validity of device certificates; devices renew at two thirds of it.
     pub certificate_validity_days: u32,
-    /// A TLS handshake that takes longer is dropped (clients that connect and say nothing).
+    /// A TLS handshake, or a request's headers after it, that take longer are dropped (clients
+    /// that connect and say nothing, or trickle).
     pub handshake_timeout_secs: u64,
+    /// Most device connections open at once; more are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for DevicesConfig {
@@ -114,6 +118,7 @@ impl Default for DevicesConfig {
             hostnames: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             certificate_validity_days: 90,
             handshake_timeout_secs: 10,
+            max_connections: 10_000,
         }
     }
 }
@@ -262,6 +267,11 @@ impl Config {
         if !(1..=3650).contains(&self.devices.certificate_validity_days) {
             return Err(ConfigError::Invalid(
                 "devices.certificate_validity_days must be between 1 and 3650".into(),
+            ));
+        }
+        if self.devices.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "devices.max_connections must be greater than 0".into(),
             ));
         }
         if self.devices.hostnames.is_empty() {

@@ -20,7 +20,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -72,7 +72,9 @@ pub fn tls_config(ca: &Ca, cert_pem: &str, key_pem: &str) -> Result<rustls::Serv
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| err("server certificate", &e))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: devices need nothing more, and hyper's HTTP/1 server can time out a client
+    // that goes silent after the handshake (protocol auto-detection cannot).
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
@@ -94,33 +96,61 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Accepts TLS connections until `shutdown` turns true.
+/// How long open device connections get to finish when the server stops.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Accepts TLS connections until `shutdown` turns true, at most `max_connections` at a time
+/// (beyond that a new connection is closed at once: a clear refusal, not an exhausted process).
+/// On shutdown, open connections get [`DRAIN`] to finish, then are cut.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     handshake_timeout: Duration,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    // Out of file descriptors and the like: refuse for a moment, don't spin.
+                    // Out of file descriptors and the like: pause briefly rather than spin.
                     tracing::warn!(error = %e, "device listener cannot accept");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        _ = shutdown.changed() => break,
+                    }
                 }
             },
             _ = shutdown.changed() => break,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max_connections, "device connection refused: at the connection limit");
+            drop(tcp);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
+            let _permit = permit;
             serve_connection(acceptor, tcp, peer, app, handshake_timeout).await;
         });
+    }
+    let drained = tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            open = connections.len(),
+            "cutting device connections still open after the drain period"
+        );
+        connections.abort_all();
     }
 }
 
@@ -159,7 +189,12 @@ async fn serve_connection(
         }
         app.clone().oneshot(req)
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        // Also the limit for a request's headers after the handshake or the previous response:
+        // silent or trickling clients are dropped whether or not they finished TLS.
+        .header_read_timeout(handshake_timeout);
     if let Err(e) = builder
         .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
         .await
@@ -288,17 +323,18 @@ async fn enroll_handler(
     State(state): State<AppState>,
     Json(body): Json<EnrollBody>,
 ) -> Result<Response, Problem> {
-    let outcome = enroll(
-        &state,
-        EnrollRequest {
-            csr: body.csr,
-            token: body.token,
-            tenant: body.tenant,
-            name: body.name,
-            device_type: body.device_type,
-        },
-    )
-    .await?;
+    let req = EnrollRequest {
+        csr: body.csr,
+        token: body.token,
+        tenant: body.tenant,
+        name: body.name,
+        device_type: body.device_type,
+    };
+    // Its own task: a disconnect or time-out drops this handler, not the enrollment half-way.
+    let task_state = state.clone();
+    let outcome = tokio::spawn(async move { enroll(&task_state, req).await })
+        .await
+        .map_err(Problem::internal)??;
     Ok(match outcome {
         EnrollOutcome::Issued {
             device,

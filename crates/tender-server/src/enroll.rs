@@ -3,9 +3,12 @@
 //! facts and carries the decision out.
 //!
 //! Order of effects when a certificate is issued: the token's use is taken first (atomically),
-//! then the device is created or moved to `accepted`, then the certificate is signed and
-//! recorded. A crash in between costs at most one token use; it never yields a certificate for
-//! a device the registry does not know.
+//! then the device is created or moved to `accepted` (compare-and-set from the state the
+//! decision was based on), then the certificate is signed and recorded. A crash in between costs
+//! at most one token use; it never yields a certificate for a device the registry does not know
+//! or that is not `accepted`. A request that races another for the same key, or an operator's
+//! decision on the same device, gets `409` and asks again. The handler runs the enrollment in a
+//! task of its own, so a client that disconnects or a request time-out does not cut it short.
 
 use subtle::ConstantTimeEq;
 use tender_core::device::{Device, DeviceState, validate_device_name};
@@ -204,14 +207,12 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollOutcom
                     insert_or_existing(state, fresh).await?
                 }
                 Some(d) if d.state != new_state => {
-                    tender_store::transition_device(&*state.store, tenant.id, d.id, new_state, now)
-                        .await
-                        .map_err(|e| match e {
-                            tender_store::TransitionError::Store(s) => EnrollError::Store(s),
-                            tender_store::TransitionError::NotAllowed(l) => {
-                                EnrollError::Store(StoreError::Conflict(l.to_string()))
-                            }
-                        })?
+                    // From the state the decision saw: if an operator changed the device in the
+                    // meantime (e.g. rejected it), this fails instead of overriding them.
+                    state
+                        .store
+                        .set_device_state(tenant.id, d.id, d.state, new_state, now)
+                        .await?
                 }
                 Some(d) => d,
             };

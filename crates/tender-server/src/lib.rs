@@ -127,6 +127,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tls,
         device_api::router(state.clone()),
         Duration::from_secs(config.devices.handshake_timeout_secs.max(1)),
+        config.devices.max_connections,
         device_signal,
     ));
     let app = api::router(state, &config.http);

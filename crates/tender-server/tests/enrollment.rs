@@ -207,6 +207,14 @@ async fn token_limits_and_bad_tokens_are_refused(b: Backend) {
     assert_eq!(st, StatusCode::FORBIDDEN);
     assert_eq!(p["type"], "urn:tender:problem:enrollment-token-revoked");
 
+    let (st, p) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/enrollment-tokens",
+        Some(json!({"name": "never", "max_uses": 0})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{p}");
     for bad in [
         "tne_garbage",
         "",
@@ -572,5 +580,77 @@ async fn a_silent_connection_is_dropped() {
         .expect("the server closes a silent connection")
         .unwrap_or(0);
     assert_eq!(n, 0);
+    s.stop().await;
+}
+
+/// A client that finishes TLS (no certificate needed for enrollment) and then says nothing is
+/// dropped too.
+#[tokio::test]
+async fn silence_after_the_handshake_is_dropped() {
+    let mut s = start_with(Backend::Sqlite, |c| c.devices.handshake_timeout_secs = 1).await;
+    let addr = s.server.as_ref().unwrap().device_addr;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem(&s).as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("the handshake completes");
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(std::time::Duration::from_secs(30), tls.read(&mut buf))
+        .await
+        .expect("the server closes a silent connection");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    s.stop().await;
+}
+
+/// Beyond `devices.max_connections` new connections are closed at once, and the listener serves
+/// again when connections go away.
+#[tokio::test]
+async fn the_connection_limit_refuses_cleanly() {
+    let mut s = start_with(Backend::Sqlite, |c| {
+        c.devices.max_connections = 2;
+        // Long, so that only the limit can explain the third connection closing.
+        c.devices.handshake_timeout_secs = 120;
+    })
+    .await;
+    let addr = s.server.as_ref().unwrap().device_addr;
+    let hold1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let hold2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The listener takes connections in order; this one finds both permits in use.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(30), third.read(&mut buf))
+        .await
+        .expect("a connection over the limit is closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    drop((hold1, hold2));
+    // Once the held connections' tasks end, enrollment works again (bounded retries, each
+    // waiting on a real answer).
+    let token = new_token(&s, json!({"name": "t"})).await;
+    let mut enrolled = false;
+    for _ in 0..50 {
+        let r = client(&s, None)
+            .post(format!("{}/device/v1/enroll", device_base(&s)))
+            .json(&json!({"csr": Dev::new().csr(), "token": token}))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status() == StatusCode::CREATED) {
+            enrolled = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(enrolled, "the listener serves again below the limit");
     s.stop().await;
 }

@@ -9,8 +9,9 @@
 //! Invariants every adapter keeps:
 //! - Every record belongs to a tenant and every call that reads or writes tenant data is scoped
 //!   by a [`TenantId`] (a parameter, or the tenant id of the record being inserted). The only
-//!   unscoped reads are [`Store::api_token_for_authentication`] (the caller's tenant is not known
-//!   before authentication) and the tenant lookups themselves.
+//!   unscoped reads are the lookups made before the caller's tenant is known:
+//!   [`Store::api_token_for_authentication`], [`IdentityStore::enrollment_token_for_authentication`],
+//!   [`IdentityStore::certificate_for_authentication`], and the tenant lookups themselves.
 //! - A listing never silently caps: it returns a page and the key of the next one.
 //! - Device lifecycle changes are compare-and-set on the current state; the rules for which
 //!   transitions are allowed live in the core ([`tender_core::device::DeviceState`]).

@@ -347,6 +347,8 @@ pub struct AcceptPending {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AcceptedDevices {
     pub accepted: Vec<String>,
+    /// With `all`: whether pending devices remain beyond this call's limit of 1000 (call again).
+    pub more_pending: bool,
     /// Devices that could not be accepted, with the reason.
     pub failed: Vec<FailedDevice>,
 }
@@ -391,22 +393,25 @@ pub async fn accept_pending(
             format!("at most {MAX_BULK} device_ids per call"),
         ));
     }
+    let mut more_pending = false;
     let ids: Vec<DeviceId> = if body.all {
         let pending = DeviceFilter {
             state: Some(DeviceState::Pending),
         };
-        let mut ids = Vec::new();
-        let mut req = PageRequest::first(
-            PageLimit::new(tender_core::page::MAX_PAGE_LIMIT).map_err(Problem::internal)?,
-        );
-        loop {
-            let page = state.store.list_devices(tenant, &pending, &req).await?;
-            ids.extend(page.items.iter().map(|d| d.id));
-            match page.next {
-                Some(n) => req.after = Some(n),
-                None => break ids,
-            }
-        }
+        // One page per call: an open tenant's pending list can be flooded, and one request must
+        // stay bounded. `more_pending` tells the caller to come back.
+        let page = state
+            .store
+            .list_devices(
+                tenant,
+                &pending,
+                &PageRequest::first(
+                    PageLimit::new(tender_core::page::MAX_PAGE_LIMIT).map_err(Problem::internal)?,
+                ),
+            )
+            .await?;
+        more_pending = page.next.is_some();
+        page.items.iter().map(|d| d.id).collect()
     } else {
         body.device_ids
             .iter()
@@ -424,7 +429,11 @@ pub async fn accept_pending(
             }),
         }
     }
-    Ok(Json(AcceptedDevices { accepted, failed }))
+    Ok(Json(AcceptedDevices {
+        accepted,
+        more_pending,
+        failed,
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -112,6 +112,12 @@ pub async fn create_token(
         tender_core::device::validate_device_name(t)
             .map_err(|e| Problem::bad_request("invalid-field", format!("device_type: {e}")))?;
     }
+    if body.max_uses == Some(0) {
+        return Err(Problem::bad_request(
+            "invalid-field",
+            "max_uses must be at least 1 (leave it out for unlimited)",
+        ));
+    }
     let now = state.clock.now();
     let expires_at = match body.expires_in_secs {
         None => None,
