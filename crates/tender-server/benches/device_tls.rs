@@ -40,7 +40,7 @@ async fn hammer(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Result {
             let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::new());
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                let r: std::io::Result<bool> = async {
+                let attempt = async {
                     let tcp = tokio::net::TcpStream::connect(addr).await?;
                     tcp.set_nodelay(true)?;
                     let mut tls = connector.connect(name.clone(), tcp).await?;
@@ -50,11 +50,12 @@ async fn hammer(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Result {
                         // Some servers close without close_notify after Connection: close.
                         if e.kind() == std::io::ErrorKind::UnexpectedEof { Ok(0) } else { Err(e) }
                     })?;
-                    Ok(buf.starts_with(b"HTTP/1.1 200"))
-                }
-                .await;
+                    Ok::<bool, std::io::Error>(buf.starts_with(b"HTTP/1.1 200"))
+                };
+                // A stuck connection counts as an error instead of stalling the run.
+                let r = tokio::time::timeout(Duration::from_secs(5), attempt).await;
                 match r {
-                    Ok(true) => {
+                    Ok(Ok(true)) => {
                         ok += 1;
                         lat.push(t0.elapsed().as_micros() as u64);
                     }
