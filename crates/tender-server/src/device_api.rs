@@ -44,9 +44,106 @@ pub struct PeerCertificate {
     pub key_fingerprint: String,
 }
 
-/// Builds the TLS configuration: our server certificate, client certificates optional but,
-/// when given, verified against the CA.
-pub fn tls_config(ca: &Ca, cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig, CaError> {
+/// The listener's server certificate, replaceable while the server runs: issued by the CA for
+/// `devices.hostnames`, valid for a year, and re-issued daily by [`rotate_daily`], so a server
+/// that runs for years never presents an expired certificate.
+#[derive(Debug)]
+pub struct ListenerCertificate {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ListenerCertificate {
+    pub fn issue(ca: &Ca, names: &[String], now: tender_core::Timestamp) -> Result<Self, CaError> {
+        Ok(ListenerCertificate {
+            current: std::sync::RwLock::new(Arc::new(certified_key(ca, names, now)?)),
+        })
+    }
+
+    /// Replaces the certificate with a fresh one.
+    pub fn renew(
+        &self,
+        ca: &Ca,
+        names: &[String],
+        now: tender_core::Timestamp,
+    ) -> Result<(), CaError> {
+        let fresh = Arc::new(certified_key(ca, names, now)?);
+        match self.current.write() {
+            Ok(mut c) => *c = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    /// The certificate (DER) being served now.
+    pub fn current_der(&self) -> Option<Vec<u8>> {
+        let c = match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        c.cert.first().map(|d| d.to_vec())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ListenerCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        })
+    }
+}
+
+fn certified_key(
+    ca: &Ca,
+    names: &[String],
+    now: tender_core::Timestamp,
+) -> Result<rustls::sign::CertifiedKey, CaError> {
+    let err = |what: &str, e: &dyn std::fmt::Display| CaError::Generate(format!("{what}: {e}"));
+    let (cert_pem, key_pem) = ca.issue_server_certificate(names, now)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("server certificate", &e))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| err("server key", &e))?;
+    let signing = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| err("server key", &e))?;
+    Ok(rustls::sign::CertifiedKey::new(chain, signing))
+}
+
+/// Re-issues the listener certificate once a day until `shutdown` turns true.
+pub async fn rotate_daily(
+    cert: Arc<ListenerCertificate>,
+    ca: Arc<Ca>,
+    names: Vec<String>,
+    clock: Arc<dyn tender_core::Clock>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(86_400));
+    every.tick().await; // the first tick is immediate; the certificate is fresh already
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                match cert.renew(&ca, &names, clock.now()) {
+                    Ok(()) => tracing::info!("re-issued the device listener's certificate"),
+                    Err(e) => tracing::error!(error = %e, "cannot re-issue the device listener's certificate; retrying tomorrow"),
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// Builds the TLS configuration: the rotating server certificate, client certificates optional
+/// but, when given, verified against the CA.
+pub fn tls_config(
+    ca: &Ca,
+    cert: Arc<ListenerCertificate>,
+) -> Result<rustls::ServerConfig, CaError> {
     let err = |what: &str, e: &dyn std::fmt::Display| CaError::Generate(format!("{what}: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -61,17 +158,11 @@ pub fn tls_config(ca: &Ca, cert_pem: &str, key_pem: &str) -> Result<rustls::Serv
     .allow_unauthenticated()
     .build()
     .map_err(|e| err("client verifier", &e))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| err("server certificate", &e))?;
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| err("server key", &e))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| err("TLS versions", &e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| err("server certificate", &e))?;
+        .with_cert_resolver(cert);
     // HTTP/1.1 only: devices need nothing more, and hyper's HTTP/1 server can time out a client
     // that goes silent after the handshake (protocol auto-detection cannot).
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -417,4 +508,32 @@ async fn renew(
         StatusCode::CREATED,
         Json(issued_answer(&state, &auth.device, &cert)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listener_certificate_can_be_renewed_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let dd = crate::datadir::DataDir::prepare(dir.path()).unwrap();
+        let now = tender_core::Timestamp::from_unix_millis(1_790_000_000_000);
+        let ca = crate::ca::load_or_create(&Default::default(), &dd, now).unwrap();
+        let names = vec!["localhost".to_owned()];
+        let cert = ListenerCertificate::issue(&ca, &names, now).unwrap();
+        let before = cert.current_der().unwrap();
+        cert.renew(&ca, &names, now.plus_millis(86_400_000))
+            .unwrap();
+        let after = cert.current_der().unwrap();
+        assert_ne!(before, after);
+        use x509_parser::prelude::FromDer;
+        let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(&after).unwrap();
+        let days_left =
+            (parsed.validity().not_after.timestamp() * 1000 - now.unix_millis()) / 86_400_000;
+        assert_eq!(
+            days_left, 366,
+            "valid a year from the renewal, not from the first issue"
+        );
+    }
 }

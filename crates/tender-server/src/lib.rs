@@ -109,9 +109,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             addr: config.devices.listen,
             source,
         })?;
-    let (server_cert, server_key) =
-        ca.issue_server_certificate(&config.devices.hostnames, clock.now())?;
-    let tls = Arc::new(device_api::tls_config(&ca, &server_cert, &server_key)?);
+    let listener_cert = Arc::new(device_api::ListenerCertificate::issue(
+        &ca,
+        &config.devices.hostnames,
+        clock.now(),
+    )?);
+    let tls = Arc::new(device_api::tls_config(&ca, listener_cert.clone())?);
 
     let state = AppState {
         store: store.clone(),
@@ -122,6 +125,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         device_cert_validity_days: config.devices.certificate_validity_days,
     };
     let (device_shutdown, device_signal) = watch::channel(false);
+    tokio::spawn(device_api::rotate_daily(
+        listener_cert,
+        state.ca.clone(),
+        config.devices.hostnames.clone(),
+        state.clock.clone(),
+        device_signal.clone(),
+    ));
     let device_task = tokio::spawn(device_api::serve(
         device_listener,
         tls,
