@@ -179,29 +179,12 @@ const OID_ED25519: &str = "1.3.101.112";
 
 /// Parses and verifies a PEM CSR. Only the public key is ever taken from it.
 pub fn parse_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
-    if pem.len() > MAX_CSR_BYTES {
-        return Err(CsrError::TooLarge);
-    }
-    let block = ::pem::parse(pem).map_err(|_| CsrError::NotPem)?;
-    if block.tag() != "CERTIFICATE REQUEST" && block.tag() != "NEW CERTIFICATE REQUEST" {
-        return Err(CsrError::NotPem);
-    }
+    let block = pem_block(pem, &["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"])?;
     let der = block.contents();
     let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
         .map_err(|e| CsrError::Malformed(e.to_string()))?;
     let spki = &req.certification_request_info.subject_pki;
-    let alg = spki.algorithm.algorithm.to_id_string();
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok())
-        .map(|o| o.to_id_string());
-    let key_ok =
-        (alg == OID_EC_PUBLIC_KEY && curve.as_deref() == Some(OID_P256)) || alg == OID_ED25519;
-    if !key_ok {
-        return Err(CsrError::KeyType);
-    }
+    check_key_type(spki)?;
     let key_fingerprint = hex(&Sha256::digest(spki.raw));
     let params =
         CertificateSigningRequestParams::from_der(&der.to_vec().into()).map_err(|e| match e {
@@ -223,17 +206,25 @@ pub fn parse_csr(pem: &str) -> Result<ParsedCsr, CsrError> {
 /// SHA-256 (hex) of a PEM public key (`PUBLIC KEY`, SubjectPublicKeyInfo): how an operator
 /// preauthorizes a device by its key. Only ECDSA P-256 and Ed25519 keys are accepted.
 pub fn public_key_fingerprint(pem: &str) -> Result<String, CsrError> {
-    if pem.len() > MAX_CSR_BYTES {
-        return Err(CsrError::TooLarge);
-    }
-    let block = ::pem::parse(pem).map_err(|_| CsrError::NotPem)?;
-    if block.tag() != "PUBLIC KEY" {
-        return Err(CsrError::NotPem);
-    }
+    let block = pem_block(pem, &["PUBLIC KEY"])?;
     let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(block.contents())
         .map_err(|e| CsrError::Malformed(e.to_string()))?;
     check_key_type(&spki)?;
     Ok(hex(&Sha256::digest(spki.raw)))
+}
+
+/// The one PEM block in `pem`, if its label is one of `labels` and the text is within
+/// [`MAX_CSR_BYTES`].
+fn pem_block(pem: &str, labels: &[&str]) -> Result<::pem::Pem, CsrError> {
+    if pem.len() > MAX_CSR_BYTES {
+        return Err(CsrError::TooLarge);
+    }
+    let block = ::pem::parse(pem).map_err(|_| CsrError::NotPem)?;
+    if labels.contains(&block.tag()) {
+        Ok(block)
+    } else {
+        Err(CsrError::NotPem)
+    }
 }
 
 fn check_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), CsrError> {
