@@ -155,6 +155,8 @@ pub struct Device {
     pub state: DeviceState,
     /// SHA-256 (hex) of the device's public key, once known (enrollment or preauthorization).
     pub key_fingerprint: Option<String>,
+    /// When the device was last heard from (an authenticated request or connection).
+    pub last_seen_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub state_changed_at: Timestamp,
@@ -184,6 +186,7 @@ impl Device {
             device_type,
             state,
             key_fingerprint: None,
+            last_seen_at: None,
             created_at: now,
             updated_at: now,
             state_changed_at: now,

@@ -294,6 +294,9 @@ async fn serve_connection(
     }
 }
 
+/// Last-seen is written at most this often per device (ms), not on every request.
+const LAST_SEEN_GRANULARITY_MS: i64 = 60_000;
+
 /// A device authenticated by its client certificate.
 pub struct DeviceAuth {
     pub tenant_id: TenantId,
@@ -336,6 +339,19 @@ impl FromRequestParts<AppState> for DeviceAuth {
             .ok_or_else(revoked)?;
         if !device.state.may_connect() {
             return Err(revoked());
+        }
+        if device
+            .last_seen_at
+            .is_none_or(|t| now.unix_millis() - t.unix_millis() >= LAST_SEEN_GRANULARITY_MS)
+        {
+            // Bookkeeping: a failure here must not fail the device's request.
+            if let Err(e) = state
+                .store
+                .record_device_seen(cert.tenant_id, cert.device_id, now)
+                .await
+            {
+                tracing::warn!(device = %cert.device_id, error = %e, "cannot record last seen");
+            }
         }
         Ok(DeviceAuth {
             tenant_id: cert.tenant_id,

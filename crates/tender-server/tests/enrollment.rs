@@ -148,10 +148,20 @@ async fn a_token_admits_a_device_that_then_authenticates_by_certificate(b: Backe
     let mut dev = Dev::new();
     let id = enroll_with_token(&s, &mut dev, &token).await;
 
+    let (_, d) = s.admin_get(&format!("/api/v1/devices/{id}")).await;
+    assert!(
+        d["last_seen_at"].is_null(),
+        "not heard from over mTLS yet: {d}"
+    );
     let (st, me) = device_whoami(&s, &dev).await;
     assert_eq!(st, StatusCode::OK, "{me}");
     assert_eq!(me["device_id"], id.as_str());
     assert_eq!(me["state"], "accepted");
+    let (_, d) = s.admin_get(&format!("/api/v1/devices/{id}")).await;
+    assert!(
+        d["last_seen_at"].is_string(),
+        "an authenticated request counts as seen: {d}"
+    );
 
     // The registry shows it, with the token's device type and the key's fingerprint.
     let (_, d) = s.admin_get(&format!("/api/v1/devices/{id}")).await;

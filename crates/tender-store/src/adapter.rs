@@ -272,6 +272,22 @@ macro_rules! impl_sql_store {
                 Ok(n.unsigned_abs())
             }
 
+            async fn record_device_seen(
+                &self,
+                tenant: tender_core::TenantId,
+                id: tender_core::DeviceId,
+                at: tender_core::Timestamp,
+            ) -> $crate::Result<()> {
+                sqlx::query($crate::sql::RECORD_DEVICE_SEEN)
+                    .bind(tenant.as_uuid())
+                    .bind(id.as_uuid())
+                    .bind(at.unix_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("device last seen", e))?;
+                Ok(())
+            }
+
             async fn device_by_key(
                 &self,
                 tenant: tender_core::TenantId,

@@ -57,6 +57,7 @@ macro_rules! conformance_suite {
             enrollment_token_uses_are_atomic,
             device_keys_are_unique_per_tenant,
             certificates_lifecycle,
+            last_seen_only_moves_forward,
         );
         #[tokio::test]
         async fn data_survives_reopen() {
@@ -770,6 +771,53 @@ pub async fn certificates_lifecycle(store: &dyn Store) {
         .unwrap();
     assert_eq!(got.revoked_at, Some(at));
     assert!(!got.is_valid_at(at));
+}
+
+pub async fn last_seen_only_moves_forward(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let other = new_tenant(store, "other").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    assert_eq!(
+        store
+            .device(t.id, d.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_at,
+        None
+    );
+    let later = T0.plus_millis(60_000);
+    store.record_device_seen(t.id, d.id, later).await.unwrap();
+    store.record_device_seen(t.id, d.id, T0).await.unwrap();
+    assert_eq!(
+        store
+            .device(t.id, d.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_at,
+        Some(later),
+        "an older sighting does not move last-seen back"
+    );
+    // Another tenant cannot touch it; an unknown device is nothing to record.
+    store
+        .record_device_seen(other.id, d.id, later.plus_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .device(t.id, d.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_at,
+        Some(later)
+    );
+    store
+        .record_device_seen(t.id, DeviceId::from_uuid(Uuid::now_v7()), later)
+        .await
+        .unwrap();
 }
 
 pub async fn data_survives_reopen(f: &Fixture) {

@@ -133,6 +133,10 @@ pub trait Store: IdentityStore + Send + Sync + 'static {
         page: &PageRequest<DeviceId>,
     ) -> Result<Page<Device, DeviceId>>;
     async fn count_devices(&self, tenant: TenantId, filter: &DeviceFilter) -> Result<u64>;
+    /// Records that the device was heard from at `at`; never moves last-seen backwards. A device
+    /// that does not exist in the tenant is not an error (nothing to record).
+    async fn record_device_seen(&self, tenant: TenantId, id: DeviceId, at: Timestamp)
+    -> Result<()>;
     /// The device identified by the public key with this fingerprint, in this tenant.
     async fn device_by_key(&self, tenant: TenantId, fingerprint: &str) -> Result<Option<Device>>;
     /// Moves a device from `from` to `to` if it is still in `from` (compare-and-set). NotFound

@@ -119,6 +119,7 @@ pub(crate) struct DeviceRow {
     device_type: Option<String>,
     state: String,
     key_fingerprint: Option<String>,
+    last_seen_at: Option<i64>,
     created_at: i64,
     updated_at: i64,
     state_changed_at: i64,
@@ -137,6 +138,7 @@ impl TryFrom<DeviceRow> for Device {
                 .parse::<DeviceState>()
                 .map_err(|e| StoreError::Corrupt(format!("device {}: {e}", r.id)))?,
             key_fingerprint: r.key_fingerprint,
+            last_seen_at: r.last_seen_at.map(ts),
             created_at: ts(r.created_at),
             updated_at: ts(r.updated_at),
             state_changed_at: ts(r.state_changed_at),

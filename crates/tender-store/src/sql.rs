@@ -39,7 +39,7 @@ pub(crate) const REVOKE_TOKEN: &str =
 
 macro_rules! device_columns {
     () => {
-        "tenant_id, id, name, device_type, state, key_fingerprint, created_at, updated_at, state_changed_at"
+        "tenant_id, id, name, device_type, state, key_fingerprint, last_seen_at, created_at, updated_at, state_changed_at"
     };
 }
 pub(crate) const INSERT_DEVICE: &str = "INSERT INTO devices (tenant_id, id, name, device_type, state, key_fingerprint, created_at, updated_at, state_changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
@@ -120,3 +120,5 @@ pub(crate) const DEVICE_CERTIFICATES: &str = concat!(
     " FROM device_certificates WHERE tenant_id = $1 AND device_id = $2 ORDER BY issued_at, serial"
 );
 pub(crate) const REVOKE_DEVICE_CERTIFICATES: &str = "UPDATE device_certificates SET revoked_at = $3 WHERE tenant_id = $1 AND device_id = $2 AND revoked_at IS NULL";
+/// Moves last-seen forward only: $1 tenant, $2 id, $3 at.
+pub(crate) const RECORD_DEVICE_SEEN: &str = "UPDATE devices SET last_seen_at = $3 WHERE tenant_id = $1 AND id = $2 AND (last_seen_at IS NULL OR last_seen_at < $3)";

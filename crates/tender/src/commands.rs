@@ -396,6 +396,7 @@ fn print_device(g: &GlobalArgs, d: &Value) -> Result<ExitCode> {
                 "device_type",
                 "state",
                 "key_fingerprint",
+                "last_seen_at",
                 "created_at",
                 "updated_at",
                 "state_changed_at",

@@ -63,6 +63,9 @@ pub struct DeviceDto {
     pub state: DeviceStateDto,
     /// SHA-256 (hex) of the device's public key, once known.
     pub key_fingerprint: Option<String>,
+    /// When the device was last heard from (RFC 3339; updated at most once a minute).
+    #[schema(format = DateTime)]
+    pub last_seen_at: Option<String>,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -80,6 +83,7 @@ impl From<Device> for DeviceDto {
             device_type: d.device_type,
             state: d.state.into(),
             key_fingerprint: d.key_fingerprint,
+            last_seen_at: d.last_seen_at.map(|t| t.to_rfc3339()),
             created_at: d.created_at.to_rfc3339(),
             updated_at: d.updated_at.to_rfc3339(),
             state_changed_at: d.state_changed_at.to_rfc3339(),
