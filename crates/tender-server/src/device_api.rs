@@ -199,6 +199,7 @@ pub async fn serve(
     app: Router,
     handshake_timeout: Duration,
     max_connections: usize,
+    metrics: Arc<crate::metrics::Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -222,14 +223,18 @@ pub async fn serve(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(%peer, max_connections, "device connection refused: at the connection limit");
+            metrics.device_connection("refused_limit");
             drop(tcp);
             continue;
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let metrics = metrics.clone();
         connections.spawn(async move {
             let _permit = permit;
-            serve_connection(acceptor, tcp, peer, app, handshake_timeout).await;
+            metrics.device_connections_open.inc();
+            serve_connection(acceptor, tcp, peer, app, handshake_timeout, &metrics).await;
+            metrics.device_connections_open.dec();
         });
     }
     let drained = tokio::time::timeout(DRAIN, async {
@@ -251,15 +256,21 @@ async fn serve_connection(
     peer: SocketAddr,
     app: Router,
     handshake_timeout: Duration,
+    metrics: &crate::metrics::Metrics,
 ) {
     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => {
+            metrics.device_connection("accepted");
+            tls
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "device TLS handshake failed");
+            metrics.device_connection("handshake_failed");
             return;
         }
         Err(_) => {
             tracing::debug!(%peer, "device TLS handshake timed out");
+            metrics.device_connection("handshake_timeout");
             return;
         }
     };
@@ -439,9 +450,17 @@ async fn enroll_handler(
     };
     // Its own task: a disconnect or time-out drops this handler, not the enrollment half-way.
     let task_state = state.clone();
-    let outcome = tokio::spawn(async move { enroll(&task_state, req).await })
+    let result = tokio::spawn(async move { enroll(&task_state, req).await })
         .await
-        .map_err(Problem::internal)??;
+        .map_err(Problem::internal)?;
+    state.metrics.enrollment(match &result {
+        Ok(EnrollOutcome::Issued { .. }) => "issued",
+        Ok(EnrollOutcome::Pending { .. }) => "pending",
+        Err(EnrollError::Refused(_) | EnrollError::BadToken) => "refused",
+        Err(EnrollError::Store(_) | EnrollError::Ca(_)) => "error",
+        Err(_) => "invalid",
+    });
+    let outcome = result?;
     Ok(match outcome {
         EnrollOutcome::Issued {
             device,

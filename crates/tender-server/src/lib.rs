@@ -138,6 +138,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         device_api::router(state.clone()),
         Duration::from_secs(config.devices.handshake_timeout_secs.max(1)),
         config.devices.max_connections,
+        state.metrics.clone(),
         device_signal,
     ));
     let app = api::router(state, &config.http);

@@ -32,6 +32,11 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -43,6 +48,12 @@ pub struct Metrics {
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_duration: Family<RouteLabels, Histogram, HistogramCtor>,
     pub http_in_flight: Gauge,
+    /// Device listener connections by outcome: `accepted` (TLS done), `refused_limit`,
+    /// `handshake_failed`, `handshake_timeout`.
+    pub device_connections: Family<OutcomeLabels, Counter>,
+    pub device_connections_open: Gauge,
+    /// Enrollment requests by outcome: `issued`, `pending`, `refused`, `invalid`, `error`.
+    pub device_enrollments: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -73,6 +84,24 @@ impl Metrics {
             "HTTP requests being handled now",
             http_in_flight.clone(),
         );
+        let device_connections = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "device_connections",
+            "Connections to the device listener, by outcome",
+            device_connections.clone(),
+        );
+        let device_connections_open = Gauge::default();
+        registry.register(
+            "device_connections_open",
+            "Device listener connections open now",
+            device_connections_open.clone(),
+        );
+        let device_enrollments = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "device_enrollments",
+            "Enrollment requests, by outcome",
+            device_enrollments.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -85,7 +114,24 @@ impl Metrics {
             http_requests,
             http_duration,
             http_in_flight,
+            device_connections,
+            device_connections_open,
+            device_enrollments,
         }
+    }
+
+    /// Counts one device connection with this outcome.
+    pub fn device_connection(&self, outcome: &'static str) {
+        self.device_connections
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Counts one enrollment request with this outcome.
+    pub fn enrollment(&self, outcome: &'static str) {
+        self.device_enrollments
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     pub fn render(&self) -> String {

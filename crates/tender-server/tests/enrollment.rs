@@ -664,3 +664,54 @@ async fn the_connection_limit_refuses_cleanly() {
     assert!(enrolled, "the listener serves again below the limit");
     s.stop().await;
 }
+
+/// The device listener's outcomes are visible in `/metrics`.
+#[tokio::test]
+async fn device_listener_outcomes_are_counted() {
+    let mut s = start(Backend::Sqlite).await;
+    let token = new_token(&s, json!({"name": "t"})).await;
+    enroll_with_token(&s, &mut Dev::new(), &token).await;
+    let (st, _) = enroll(&s, json!({"csr": Dev::new().csr()})).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let (st, _) = enroll(&s, json!({"csr": Dev::new().csr(), "token": "tne_forged"})).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = enroll(&s, json!({"csr": "nope"})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    // A certificate from another CA fails the handshake.
+    let foreign_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let foreign = CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .self_signed(&foreign_key)
+        .unwrap();
+    let impostor = Dev {
+        key: foreign_key,
+        cert: Some(foreign.pem()),
+    };
+    let _ = client(&s, Some(&impostor))
+        .get(format!("{}/device/v1/whoami", device_base(&s)))
+        .send()
+        .await;
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"tender_device_enrollments_total{outcome="issued"} 1"#,
+        r#"tender_device_enrollments_total{outcome="pending"} 1"#,
+        r#"tender_device_enrollments_total{outcome="refused"} 1"#,
+        r#"tender_device_enrollments_total{outcome="invalid"} 1"#,
+        r#"tender_device_connections_total{outcome="handshake_failed"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line}:\n{text}");
+    }
+    assert!(
+        text.contains(r#"tender_device_connections_total{outcome="accepted"}"#),
+        "{text}"
+    );
+    s.stop().await;
+}
