@@ -5,7 +5,27 @@ use std::str::FromStr;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use tender_core::page::{PageLimit, PageRequest};
+
 use crate::problem::Problem;
+
+/// The page a listing's `limit` and `cursor` query parameters ask for: a limit outside the
+/// allowed range is `400 invalid-limit` (never a silent clamp), a foreign cursor `400
+/// invalid-cursor`.
+pub fn page_request<K: FromStr>(
+    version: &str,
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> Result<PageRequest<K>, Problem> {
+    let limit = match limit {
+        None => PageLimit::default(),
+        Some(n) => {
+            PageLimit::new(n).map_err(|e| Problem::bad_request("invalid-limit", e.to_string()))?
+        }
+    };
+    let after = cursor.map(|c| decode::<K>(version, c)).transpose()?;
+    Ok(PageRequest { after, limit })
+}
 
 pub fn encode(version: &str, after: impl std::fmt::Display) -> String {
     URL_SAFE_NO_PAD.encode(format!("{version}{after}"))

@@ -13,7 +13,7 @@ use tender_core::page::{PageLimit, PageRequest};
 use tender_store::DeviceFilter;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::cursor;
+use crate::api::{check_label, cursor, parse_id};
 use crate::auth::{Authorized, need};
 use crate::problem::Problem;
 use crate::state::AppState;
@@ -132,27 +132,13 @@ pub async fn list_devices(
     auth: Authorized<need::DevicesRead>,
     Query(q): Query<ListDevicesQuery>,
 ) -> Result<Json<DevicePage>, Problem> {
-    let limit = match q.limit {
-        None => PageLimit::default(),
-        Some(n) => {
-            PageLimit::new(n).map_err(|e| Problem::bad_request("invalid-limit", e.to_string()))?
-        }
-    };
-    let after = q
-        .cursor
-        .as_deref()
-        .map(|c| cursor::decode::<DeviceId>(CURSOR_VERSION, c))
-        .transpose()?;
+    let page = cursor::page_request::<DeviceId>(CURSOR_VERSION, q.limit, q.cursor.as_deref())?;
     let filter = DeviceFilter {
         state: q.state.map(Into::into),
     };
     let page = state
         .store
-        .list_devices(
-            auth.principal.tenant_id,
-            &filter,
-            &PageRequest { after, limit },
-        )
+        .list_devices(auth.principal.tenant_id, &filter, &page)
         .await?;
     Ok(Json(DevicePage {
         items: page.items.into_iter().map(Into::into).collect(),
@@ -179,20 +165,13 @@ pub async fn get_device(
     auth: Authorized<need::DevicesRead>,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDto>, Problem> {
-    let id: DeviceId = id.parse().map_err(|e: tender_core::ids::InvalidId| {
-        Problem::bad_request("invalid-id", e.to_string())
-    })?;
+    let id: DeviceId = parse_id(&id)?;
     let device = state
         .store
         .device(auth.principal.tenant_id, id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no device {id}")))?;
     Ok(Json(device.into()))
-}
-
-fn parse_device_id(id: &str) -> Result<DeviceId, Problem> {
-    id.parse()
-        .map_err(|e: tender_core::ids::InvalidId| Problem::bad_request("invalid-id", e.to_string()))
 }
 
 /// Moves a device to `to` if the core allows it; 409 names both states when it does not.
@@ -234,7 +213,7 @@ pub async fn accept_device(
     auth: Authorized<need::DevicesEnroll>,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDto>, Problem> {
-    let id = parse_device_id(&id)?;
+    let id = parse_id::<DeviceId>(&id)?;
     Ok(Json(
         transition(&state, auth.principal.tenant_id, id, DeviceState::Accepted)
             .await?
@@ -262,7 +241,7 @@ pub async fn reject_device(
     auth: Authorized<need::DevicesEnroll>,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDto>, Problem> {
-    let id = parse_device_id(&id)?;
+    let id = parse_id::<DeviceId>(&id)?;
     Ok(Json(
         transition(&state, auth.principal.tenant_id, id, DeviceState::Rejected)
             .await?
@@ -290,7 +269,7 @@ pub async fn decommission_device(
     auth: Authorized<need::DevicesDecommission>,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDto>, Problem> {
-    let id = parse_device_id(&id)?;
+    let id = parse_id::<DeviceId>(&id)?;
     let tenant = auth.principal.tenant_id;
     let device = transition(&state, tenant, id, DeviceState::Decommissioned).await?;
     state
@@ -325,7 +304,7 @@ pub async fn revoke_certificates(
     auth: Authorized<need::DevicesDecommission>,
     Path(id): Path<String>,
 ) -> Result<Json<RevokedCertificates>, Problem> {
-    let id = parse_device_id(&id)?;
+    let id = parse_id::<DeviceId>(&id)?;
     let tenant = auth.principal.tenant_id;
     if state.store.device(tenant, id).await?.is_none() {
         return Err(Problem::not_found(format!("no device {id}")));
@@ -419,7 +398,7 @@ pub async fn accept_pending(
     } else {
         body.device_ids
             .iter()
-            .map(|s| parse_device_id(s))
+            .map(|s| parse_id::<DeviceId>(s))
             .collect::<Result<_, _>>()?
     };
     let mut accepted = Vec::new();
@@ -471,8 +450,7 @@ pub async fn preauthorize(
     let fingerprint = crate::ca::public_key_fingerprint(&body.public_key)
         .map_err(|e| Problem::bad_request("invalid-public-key", e.to_string()))?;
     if let Some(t) = &body.device_type {
-        tender_core::device::validate_device_name(t)
-            .map_err(|e| Problem::bad_request("invalid-field", format!("device_type: {e}")))?;
+        check_label("device_type", t)?;
     }
     let device = Device::new(
         DeviceId::from_uuid(uuid::Uuid::now_v7()),

@@ -7,10 +7,9 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tender_core::TokenId;
 use tender_core::enrollment::EnrollmentToken;
-use tender_core::page::{PageLimit, PageRequest};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::cursor;
+use crate::api::{check_label, cursor, parse_id};
 use crate::auth::{Authorized, ENROLLMENT_TOKEN_PREFIX, mint, need};
 use crate::problem::Problem;
 use crate::state::AppState;
@@ -106,11 +105,9 @@ pub async fn create_token(
     auth: Authorized<need::DevicesEnroll>,
     Json(body): Json<CreateEnrollmentToken>,
 ) -> Result<(StatusCode, Json<CreatedEnrollmentToken>), Problem> {
-    tender_core::device::validate_device_name(&body.name)
-        .map_err(|e| Problem::bad_request("invalid-field", format!("name: {e}")))?;
+    check_label("name", &body.name)?;
     if let Some(t) = &body.device_type {
-        tender_core::device::validate_device_name(t)
-            .map_err(|e| Problem::bad_request("invalid-field", format!("device_type: {e}")))?;
+        check_label("device_type", t)?;
     }
     if body.max_uses == Some(0) {
         return Err(Problem::bad_request(
@@ -172,20 +169,10 @@ pub async fn list_tokens(
     auth: Authorized<need::DevicesEnroll>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<EnrollmentTokenPage>, Problem> {
-    let limit = match q.limit {
-        None => PageLimit::default(),
-        Some(n) => {
-            PageLimit::new(n).map_err(|e| Problem::bad_request("invalid-limit", e.to_string()))?
-        }
-    };
-    let after = q
-        .cursor
-        .as_deref()
-        .map(|c| cursor::decode::<TokenId>("t1:", c))
-        .transpose()?;
+    let page = cursor::page_request::<TokenId>("t1:", q.limit, q.cursor.as_deref())?;
     let page = state
         .store
-        .list_enrollment_tokens(auth.principal.tenant_id, &PageRequest { after, limit })
+        .list_enrollment_tokens(auth.principal.tenant_id, &page)
         .await?;
     let now = state.clock.now();
     Ok(Json(EnrollmentTokenPage {
@@ -217,9 +204,7 @@ pub async fn revoke_token(
     auth: Authorized<need::DevicesEnroll>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    let id: TokenId = id.parse().map_err(|e: tender_core::ids::InvalidId| {
-        Problem::bad_request("invalid-id", e.to_string())
-    })?;
+    let id: TokenId = parse_id(&id)?;
     state
         .store
         .revoke_enrollment_token(auth.principal.tenant_id, id, state.clock.now())

@@ -29,6 +29,21 @@ pub mod devices;
 pub mod enrollment;
 pub mod whoami;
 
+/// A path segment as an id, or `400 invalid-id` naming the kind of id expected.
+pub fn parse_id<T>(s: &str) -> Result<T, Problem>
+where
+    T: std::str::FromStr<Err = tender_core::ids::InvalidId>,
+{
+    s.parse()
+        .map_err(|e: tender_core::ids::InvalidId| Problem::bad_request("invalid-id", e.to_string()))
+}
+
+/// Checks a name-like field (names, device types): `400 invalid-field` naming the field.
+pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
+    tender_core::device::validate_device_name(value)
+        .map_err(|e| Problem::bad_request("invalid-field", format!("{field}: {e}")))
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
