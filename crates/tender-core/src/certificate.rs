@@ -1,5 +1,7 @@
-//! Device certificates as the registry records them (the certificate itself is issued by the
-//! server's CA; the core only keeps the facts needed to authenticate and revoke).
+//! How devices prove who they are, as the registry records it: certificates (issued by the
+//! server's CA; the core only keeps the facts needed to authenticate and revoke) and, for
+//! constrained devices that cannot use a client certificate, a username/password credential
+//! (the core only carries the hash the server computed, never the password).
 
 use serde::Serialize;
 
@@ -30,6 +32,18 @@ impl DeviceCertificate {
         let life = self.not_after.unix_millis() - self.not_before.unix_millis();
         self.not_before.plus_millis(life / 3 * 2)
     }
+}
+
+/// The password credential of a device that cannot present a client certificate. A device has
+/// at most one; setting a new one replaces it (rotation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCredential {
+    pub tenant_id: TenantId,
+    pub device_id: DeviceId,
+    /// A hash of the password, computed by the server; opaque to the core and the store.
+    pub secret_hash: Vec<u8>,
+    /// When this credential was set (the last rotation).
+    pub created_at: Timestamp,
 }
 
 #[cfg(test)]

@@ -64,6 +64,12 @@ id_type!(
     TokenId,
     "token id"
 );
+id_type!(
+    /// One connection of a device to a gateway (MQTT session or HTTPS client), from connect to
+    /// disconnect. Minted when the connection opens, so newer connections sort later.
+    ConnectionId,
+    "connection id"
+);
 
 /// A string that is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,5 +93,7 @@ mod tests {
     fn garbage_is_rejected_with_the_kind_named() {
         let err = "nope".parse::<TenantId>().err();
         assert_eq!(err.map(|e| e.what), Some("tenant id"));
+        let err = "nope".parse::<ConnectionId>().err();
+        assert_eq!(err.map(|e| e.what), Some("connection id"));
     }
 }

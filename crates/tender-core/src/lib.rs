@@ -12,8 +12,9 @@ pub mod device;
 pub mod enrollment;
 pub mod ids;
 pub mod page;
+pub mod presence;
 pub mod tenant;
 pub mod user;
 
 pub use clock::{Clock, ManualClock, Timestamp};
-pub use ids::{DeviceId, TenantId, TokenId, UserId};
+pub use ids::{ConnectionId, DeviceId, TenantId, TokenId, UserId};

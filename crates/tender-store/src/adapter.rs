@@ -521,6 +521,186 @@ macro_rules! impl_sql_store {
                     .map_err(|e| $crate::map_sqlx("certificates", e))?;
                 Ok(done.rows_affected())
             }
+
+            async fn set_device_credential(
+                &self,
+                c: &tender_core::certificate::DeviceCredential,
+            ) -> $crate::Result<()> {
+                // A new credential for a device of another tenant fails the foreign key; replacing
+                // one does not insert, so the upsert only updates a row of the same tenant and
+                // affects nothing otherwise.
+                let done = sqlx::query($crate::sql::UPSERT_CREDENTIAL)
+                    .bind(c.device_id.as_uuid())
+                    .bind(c.tenant_id.as_uuid())
+                    .bind(&c.secret_hash)
+                    .bind(c.created_at.unix_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| {
+                        $crate::map_sqlx(&format!("credential of device {}", c.device_id), e)
+                    })?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound(format!(
+                        "device {}",
+                        c.device_id
+                    )));
+                }
+                Ok(())
+            }
+
+            async fn device_credential_for_authentication(
+                &self,
+                device: tender_core::DeviceId,
+            ) -> $crate::Result<Option<tender_core::certificate::DeviceCredential>> {
+                Ok(sqlx::query_as::<_, $crate::rows::CredentialRow>(
+                    $crate::sql::CREDENTIAL_BY_DEVICE,
+                )
+                .bind(device.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| $crate::map_sqlx("device credential", e))?
+                .map(Into::into))
+            }
+
+            async fn delete_device_credential(
+                &self,
+                tenant: tender_core::TenantId,
+                device: tender_core::DeviceId,
+            ) -> $crate::Result<bool> {
+                let done = sqlx::query($crate::sql::DELETE_CREDENTIAL)
+                    .bind(tenant.as_uuid())
+                    .bind(device.as_uuid())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("device credential", e))?;
+                Ok(done.rows_affected() > 0)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::PresenceStore for $store {
+            async fn open_connection(
+                &self,
+                c: &tender_core::presence::DeviceConnection,
+            ) -> $crate::Result<()> {
+                sqlx::query($crate::sql::INSERT_CONNECTION)
+                    .bind(c.id.as_uuid())
+                    .bind(c.tenant_id.as_uuid())
+                    .bind(c.device_id.as_uuid())
+                    .bind(c.transport.as_str())
+                    .bind(&c.protocol)
+                    .bind(&c.remote_addr)
+                    .bind(c.client_id.as_deref())
+                    .bind(c.connected_at.unix_millis())
+                    .bind(c.disconnected_at.map(|x| x.unix_millis()))
+                    .bind(c.disconnect_reason.as_deref())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&format!("connection {}", c.id), e))?;
+                Ok(())
+            }
+
+            async fn close_connection(
+                &self,
+                tenant: tender_core::TenantId,
+                id: tender_core::ConnectionId,
+                at: tender_core::Timestamp,
+                reason: &str,
+            ) -> $crate::Result<()> {
+                // One statement: matches the connection open or closed, changes it only if open.
+                let done = sqlx::query($crate::sql::CLOSE_CONNECTION)
+                    .bind(tenant.as_uuid())
+                    .bind(id.as_uuid())
+                    .bind(at.unix_millis())
+                    .bind(reason)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("connection", e))?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound(format!("connection {id}")));
+                }
+                Ok(())
+            }
+
+            async fn close_open_connections(
+                &self,
+                at: tender_core::Timestamp,
+                reason: &str,
+            ) -> $crate::Result<u64> {
+                let done = sqlx::query($crate::sql::CLOSE_OPEN_CONNECTIONS)
+                    .bind(at.unix_millis())
+                    .bind(reason)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("open connections", e))?;
+                Ok(done.rows_affected())
+            }
+
+            async fn device_connections(
+                &self,
+                tenant: tender_core::TenantId,
+                device: tender_core::DeviceId,
+                page: &tender_core::page::PageRequest<tender_core::ConnectionId>,
+            ) -> $crate::Result<
+                tender_core::page::Page<
+                    tender_core::presence::DeviceConnection,
+                    tender_core::ConnectionId,
+                >,
+            > {
+                let rows = sqlx::query_as::<_, $crate::rows::ConnectionRow>(
+                    $crate::sql::DEVICE_CONNECTIONS,
+                )
+                .bind(tenant.as_uuid())
+                .bind(device.as_uuid())
+                .bind(page.after.map(|a| *a.as_uuid()))
+                .bind(i64::from(page.limit.get()) + 1)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| $crate::map_sqlx("device connections", e))?;
+                let connections = rows
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect::<$crate::Result<Vec<tender_core::presence::DeviceConnection>>>()?;
+                Ok(tender_core::page::Page::from_overfetch(
+                    connections,
+                    page.limit,
+                    |c| c.id,
+                ))
+            }
+
+            async fn online_devices(
+                &self,
+                tenant: tender_core::TenantId,
+                ids: &[tender_core::DeviceId],
+            ) -> $crate::Result<std::collections::HashSet<tender_core::DeviceId>> {
+                // The statement must be static (sqlx 0.9), and SQLite has no arrays while the
+                // dialects spell JSON table functions differently, so the ids go in chunks
+                // through one fixed query with `ONLINE_DEVICES_CHUNK` (64) placeholders: one
+                // round trip per chunk, the same SQL on both backends, far below either's
+                // parameter limit. A short (last) chunk is padded by repeating its own ids,
+                // which an IN-list ignores.
+                let mut online = std::collections::HashSet::new();
+                let unique: Vec<tender_core::DeviceId> = ids
+                    .iter()
+                    .copied()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                for chunk in unique.chunks($crate::sql::ONLINE_DEVICES_CHUNK) {
+                    let mut query =
+                        sqlx::query_scalar::<_, uuid::Uuid>($crate::sql::ONLINE_DEVICES)
+                            .bind(tenant.as_uuid());
+                    for id in chunk.iter().cycle().take($crate::sql::ONLINE_DEVICES_CHUNK) {
+                        query = query.bind(id.as_uuid());
+                    }
+                    let found = query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("online devices", e))?;
+                    online.extend(found.into_iter().map(tender_core::DeviceId::from_uuid));
+                }
+                Ok(online)
+            }
         }
     };
 }

@@ -8,17 +8,18 @@
 // Test code: a failed expectation is a failed test, which is what unwrap and expect report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use tender_core::auth::Role;
 use tender_core::device::{Device, DeviceState};
 use tender_core::page::{PageLimit, PageRequest};
+use tender_core::presence::{DeviceConnection, Transport};
 use tender_core::tenant::{Tenant, TenantSlug};
 use tender_core::user::{ApiToken, User};
-use tender_core::{DeviceId, TenantId, Timestamp, TokenId, UserId};
+use tender_core::{ConnectionId, DeviceId, TenantId, Timestamp, TokenId, UserId};
 use uuid::Uuid;
 
-use tender_core::certificate::DeviceCertificate;
+use tender_core::certificate::{DeviceCertificate, DeviceCredential};
 use tender_core::enrollment::EnrollmentToken;
 
 use crate::{DeviceFilter, DynStore, OpenOptions, Store, StoreError, TransitionError};
@@ -58,6 +59,13 @@ macro_rules! conformance_suite {
             device_keys_are_unique_per_tenant,
             certificates_lifecycle,
             last_seen_only_moves_forward,
+            connections_round_trip_and_close_once,
+            connections_are_tenant_scoped,
+            connection_history_pages_newest_first,
+            online_devices_are_tenant_scoped,
+            close_open_connections_covers_every_tenant,
+            device_credentials_rotate,
+            device_credentials_are_tenant_scoped,
         );
         #[tokio::test]
         async fn data_survives_reopen() {
@@ -818,6 +826,439 @@ pub async fn last_seen_only_moves_forward(store: &dyn Store) {
         .record_device_seen(t.id, DeviceId::from_uuid(Uuid::now_v7()), later)
         .await
         .unwrap();
+}
+
+fn connection(tenant: TenantId, device: DeviceId, at: Timestamp) -> DeviceConnection {
+    DeviceConnection {
+        id: ConnectionId::from_uuid(Uuid::now_v7()),
+        tenant_id: tenant,
+        device_id: device,
+        transport: Transport::Mqtt,
+        protocol: "mqtt/5".into(),
+        remote_addr: "192.0.2.10:51234".into(),
+        client_id: Some(format!("{device}")),
+        connected_at: at,
+        disconnected_at: None,
+        disconnect_reason: None,
+    }
+}
+
+async fn all_connections(
+    store: &dyn Store,
+    tenant: TenantId,
+    device: DeviceId,
+) -> Vec<DeviceConnection> {
+    store
+        .device_connections(tenant, device, &PageRequest::first(limit(1000)))
+        .await
+        .unwrap()
+        .items
+}
+
+pub async fn connections_round_trip_and_close_once(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    let c = connection(t.id, d.id, T0);
+    store.open_connection(&c).await.unwrap();
+    assert_eq!(all_connections(store, t.id, d.id).await, vec![c.clone()]);
+    // Every field round-trips, including an HTTPS connection without a client id.
+    let mut https = connection(t.id, d.id, T0.plus_millis(1));
+    https.transport = Transport::Https;
+    https.protocol = "http/1.1".into();
+    https.remote_addr = "[2001:db8::7]:443".into();
+    https.client_id = None;
+    store.open_connection(&https).await.unwrap();
+    let got = all_connections(store, t.id, d.id).await;
+    assert!(got.contains(&https) && got.contains(&c), "{got:?}");
+    // The id is the primary key.
+    let err = store.open_connection(&c).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+
+    let closed_at = T0.plus_millis(500);
+    store
+        .close_connection(t.id, c.id, closed_at, "keep-alive timeout")
+        .await
+        .unwrap();
+    let expected = DeviceConnection {
+        disconnected_at: Some(closed_at),
+        disconnect_reason: Some("keep-alive timeout".into()),
+        ..c.clone()
+    };
+    assert!(!expected.is_open());
+    // Closing again is not an error and keeps the first close.
+    store
+        .close_connection(t.id, c.id, closed_at.plus_millis(1), "server shutdown")
+        .await
+        .unwrap();
+    let got = all_connections(store, t.id, d.id).await;
+    assert!(got.contains(&expected), "{got:?}");
+    assert!(
+        got.contains(&https),
+        "the other connection stays open: {got:?}"
+    );
+    // An unknown connection is NotFound.
+    let err = store
+        .close_connection(
+            t.id,
+            ConnectionId::from_uuid(Uuid::now_v7()),
+            closed_at,
+            "x",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+pub async fn connections_are_tenant_scoped(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let d = device(a.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    // A connection needs the device in the connection's own tenant.
+    let err = store
+        .open_connection(&connection(b.id, d.id, T0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let err = store
+        .open_connection(&connection(a.id, DeviceId::from_uuid(Uuid::now_v7()), T0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+
+    let c = connection(a.id, d.id, T0);
+    store.open_connection(&c).await.unwrap();
+    // Another tenant can neither see nor close it.
+    assert!(all_connections(store, b.id, d.id).await.is_empty());
+    let err = store
+        .close_connection(b.id, c.id, T0.plus_millis(1), "x")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(all_connections(store, a.id, d.id).await, vec![c]);
+}
+
+pub async fn connection_history_pages_newest_first(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    let other = device(t.id, "y", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    store.insert_device(&other).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let c = connection(t.id, d.id, T0.plus_millis(i));
+        ids.push(c.id);
+        store.open_connection(&c).await.unwrap();
+        store
+            .close_connection(t.id, c.id, T0.plus_millis(i + 1), "client disconnect")
+            .await
+            .unwrap();
+        // Another device's connections never show up in this one's history.
+        store
+            .open_connection(&connection(t.id, other.id, T0.plus_millis(i)))
+            .await
+            .unwrap();
+    }
+    ids.sort_unstable_by(|x, y| y.cmp(x));
+    let first = store
+        .device_connections(t.id, d.id, &PageRequest::first(limit(2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.items.iter().map(|c| c.id).collect::<Vec<_>>(),
+        ids[..2]
+    );
+    assert_eq!(first.next, Some(ids[1]));
+    let second = store
+        .device_connections(
+            t.id,
+            d.id,
+            &PageRequest {
+                after: first.next,
+                limit: limit(2),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        second.items.iter().map(|c| c.id).collect::<Vec<_>>(),
+        ids[2..],
+        "the second page holds the older connections"
+    );
+    assert_eq!(second.next, None);
+    assert!(
+        first
+            .items
+            .iter()
+            .chain(&second.items)
+            .all(|c| c.device_id == d.id && !c.is_open())
+    );
+    // An exact fit ends without an empty extra page.
+    let all = store
+        .device_connections(t.id, d.id, &PageRequest::first(limit(3)))
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 3);
+    assert_eq!(all.next, None);
+}
+
+pub async fn online_devices_are_tenant_scoped(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    assert!(store.online_devices(a.id, &[]).await.unwrap().is_empty());
+
+    // More devices than one query takes at once, online ones spread across the chunks.
+    let mut devices = Vec::new();
+    for i in 0..150 {
+        let d = device(a.id, &format!("d{i}"), DeviceState::Accepted);
+        store.insert_device(&d).await.unwrap();
+        devices.push(d.id);
+    }
+    let mut expected = HashSet::new();
+    for (i, id) in devices.iter().enumerate() {
+        if i % 7 == 0 {
+            store
+                .open_connection(&connection(a.id, *id, T0))
+                .await
+                .unwrap();
+            expected.insert(*id);
+        } else if i % 7 == 1 {
+            // Only closed connections: offline.
+            let c = connection(a.id, *id, T0);
+            store.open_connection(&c).await.unwrap();
+            store
+                .close_connection(a.id, c.id, T0.plus_millis(1), "client disconnect")
+                .await
+                .unwrap();
+        }
+    }
+    // A device with one open and one closed connection is online.
+    let twice = devices[14];
+    let c = connection(a.id, twice, T0.plus_millis(2));
+    store.open_connection(&c).await.unwrap();
+    store
+        .close_connection(a.id, c.id, T0.plus_millis(3), "client disconnect")
+        .await
+        .unwrap();
+    assert!(expected.contains(&twice));
+
+    // An online device of another tenant never shows up, even when asked for by id.
+    let foreign = device(b.id, "f", DeviceState::Accepted);
+    store.insert_device(&foreign).await.unwrap();
+    store
+        .open_connection(&connection(b.id, foreign.id, T0))
+        .await
+        .unwrap();
+
+    let mut asked = devices.clone();
+    asked.push(foreign.id);
+    asked.push(DeviceId::from_uuid(Uuid::now_v7()));
+    asked.push(devices[0]); // duplicates are harmless
+    assert_eq!(store.online_devices(a.id, &asked).await.unwrap(), expected);
+    assert_eq!(
+        store.online_devices(a.id, &[devices[0]]).await.unwrap(),
+        HashSet::from([devices[0]])
+    );
+    assert!(
+        store
+            .online_devices(a.id, &[devices[1], foreign.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.online_devices(b.id, &asked).await.unwrap(),
+        HashSet::from([foreign.id])
+    );
+}
+
+pub async fn close_open_connections_covers_every_tenant(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let da = device(a.id, "x", DeviceState::Accepted);
+    let db = device(b.id, "y", DeviceState::Accepted);
+    store.insert_device(&da).await.unwrap();
+    store.insert_device(&db).await.unwrap();
+    let open_a = connection(a.id, da.id, T0);
+    let open_b = connection(b.id, db.id, T0);
+    let closed = connection(a.id, da.id, T0);
+    for c in [&open_a, &open_b, &closed] {
+        store.open_connection(c).await.unwrap();
+    }
+    let first_close = T0.plus_millis(1);
+    store
+        .close_connection(a.id, closed.id, first_close, "client disconnect")
+        .await
+        .unwrap();
+
+    let at = T0.plus_millis(10);
+    assert_eq!(
+        store
+            .close_open_connections(at, "server restart")
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(
+        store
+            .online_devices(a.id, &[da.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .online_devices(b.id, &[db.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let history = all_connections(store, a.id, da.id).await;
+    let by_id = |id: ConnectionId| history.iter().find(|c| c.id == id).cloned().unwrap();
+    assert_eq!(by_id(open_a.id).disconnected_at, Some(at));
+    assert_eq!(
+        by_id(open_a.id).disconnect_reason.as_deref(),
+        Some("server restart")
+    );
+    assert_eq!(
+        by_id(closed.id).disconnected_at,
+        Some(first_close),
+        "an already closed connection keeps its first close"
+    );
+    assert_eq!(
+        by_id(closed.id).disconnect_reason.as_deref(),
+        Some("client disconnect")
+    );
+    assert_eq!(
+        all_connections(store, b.id, db.id).await[0].disconnected_at,
+        Some(at)
+    );
+    // Nothing left to close.
+    assert_eq!(
+        store
+            .close_open_connections(at.plus_millis(1), "server restart")
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+fn credential(tenant: TenantId, device: DeviceId, hash: u8, at: Timestamp) -> DeviceCredential {
+    DeviceCredential {
+        tenant_id: tenant,
+        device_id: device,
+        secret_hash: vec![hash; 32],
+        created_at: at,
+    }
+}
+
+pub async fn device_credentials_rotate(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "sensor", DeviceState::Accepted);
+    let other = device(t.id, "other", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    store.insert_device(&other).await.unwrap();
+    assert_eq!(
+        store
+            .device_credential_for_authentication(d.id)
+            .await
+            .unwrap(),
+        None
+    );
+    let first = credential(t.id, d.id, 1, T0);
+    store.set_device_credential(&first).await.unwrap();
+    assert_eq!(
+        store
+            .device_credential_for_authentication(d.id)
+            .await
+            .unwrap(),
+        Some(first)
+    );
+    // Setting it again replaces it: one credential per device.
+    let rotated = credential(t.id, d.id, 2, T0.plus_millis(1000));
+    store.set_device_credential(&rotated).await.unwrap();
+    assert_eq!(
+        store
+            .device_credential_for_authentication(d.id)
+            .await
+            .unwrap(),
+        Some(rotated.clone())
+    );
+    // Another device's credential is its own.
+    let theirs = credential(t.id, other.id, 3, T0);
+    store.set_device_credential(&theirs).await.unwrap();
+    assert_eq!(
+        store
+            .device_credential_for_authentication(other.id)
+            .await
+            .unwrap(),
+        Some(theirs)
+    );
+    assert_eq!(
+        store
+            .device_credential_for_authentication(d.id)
+            .await
+            .unwrap(),
+        Some(rotated)
+    );
+    // Deleting says whether there was one.
+    assert!(store.delete_device_credential(t.id, d.id).await.unwrap());
+    assert!(!store.delete_device_credential(t.id, d.id).await.unwrap());
+    assert_eq!(
+        store
+            .device_credential_for_authentication(d.id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .device_credential_for_authentication(other.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+pub async fn device_credentials_are_tenant_scoped(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let d = device(a.id, "sensor", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    // No credential for a device that does not exist in the credential's tenant, whether or
+    // not the device already has one.
+    let err = store
+        .set_device_credential(&credential(b.id, d.id, 9, T0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let err = store
+        .set_device_credential(&credential(
+            a.id,
+            DeviceId::from_uuid(Uuid::now_v7()),
+            9,
+            T0,
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let mine = credential(a.id, d.id, 1, T0);
+    store.set_device_credential(&mine).await.unwrap();
+    let err = store
+        .set_device_credential(&credential(b.id, d.id, 9, T0.plus_millis(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    // Another tenant cannot delete it.
+    assert!(!store.delete_device_credential(b.id, d.id).await.unwrap());
+    assert_eq!(
+        store
+            .device_credential_for_authentication(d.id)
+            .await
+            .unwrap(),
+        Some(mine)
+    );
 }
 
 pub async fn data_survives_reopen(f: &Fixture) {

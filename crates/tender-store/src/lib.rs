@@ -9,24 +9,31 @@
 //! Invariants every adapter keeps:
 //! - Every record belongs to a tenant and every call that reads or writes tenant data is scoped
 //!   by a [`TenantId`] (a parameter, or the tenant id of the record being inserted). The only
-//!   unscoped reads are the lookups made before the caller's tenant is known:
+//!   unscoped calls are the lookups made before the caller's tenant is known:
 //!   [`Store::api_token_for_authentication`], [`IdentityStore::enrollment_token_for_authentication`],
-//!   [`IdentityStore::certificate_for_authentication`], and the tenant lookups themselves.
+//!   [`IdentityStore::certificate_for_authentication`],
+//!   [`IdentityStore::device_credential_for_authentication`], and the tenant lookups themselves;
+//!   and one write, [`PresenceStore::close_open_connections`], the crash recovery a single server
+//!   runs when it starts (no connection it recorded before can still be open).
 //! - A listing never silently caps: it returns a page and the key of the next one.
 //! - Device lifecycle changes are compare-and-set on the current state; the rules for which
 //!   transitions are allowed live in the core ([`tender_core::device::DeviceState`]).
+//! - A connection, a certificate or a credential can only be recorded for a device that exists in
+//!   the same tenant. A connection is closed at most once: closing it again keeps the first close.
 #![forbid(unsafe_code)]
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tender_core::certificate::DeviceCertificate;
+use tender_core::certificate::{DeviceCertificate, DeviceCredential};
 use tender_core::device::{Device, DeviceState};
 use tender_core::enrollment::EnrollmentToken;
 use tender_core::page::{Page, PageRequest};
+use tender_core::presence::DeviceConnection;
 use tender_core::tenant::{Tenant, TenantSlug};
 use tender_core::user::{ApiToken, User};
-use tender_core::{DeviceId, TenantId, Timestamp, TokenId, UserId};
+use tender_core::{ConnectionId, DeviceId, TenantId, Timestamp, TokenId, UserId};
 
 mod adapter;
 #[cfg(feature = "conformance")]
@@ -86,7 +93,7 @@ pub struct DeviceFilter {
 
 /// The storage port.
 #[async_trait]
-pub trait Store: IdentityStore + Send + Sync + 'static {
+pub trait Store: IdentityStore + PresenceStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Succeeds when the database answers a trivial query.
@@ -153,7 +160,8 @@ pub trait Store: IdentityStore + Send + Sync + 'static {
     ) -> Result<Device>;
 }
 
-/// The device-identity part of the port: enrollment tokens and issued certificates.
+/// The device-identity part of the port: enrollment tokens, issued certificates and password
+/// credentials.
 #[async_trait]
 pub trait IdentityStore: Send + Sync + 'static {
     /// Inserts into `token.tenant_id`.
@@ -205,6 +213,53 @@ pub trait IdentityStore: Send + Sync + 'static {
         device: DeviceId,
         at: Timestamp,
     ) -> Result<u64>;
+
+    /// Sets the device's password credential, replacing the one it had (rotation). NotFound
+    /// when the device does not exist in `credential.tenant_id`.
+    async fn set_device_credential(&self, credential: &DeviceCredential) -> Result<()>;
+    /// Looks a device's credential up before the device's tenant is known (a device logging in
+    /// with username and password). The caller must check the secret hash, and that the device
+    /// may connect, before trusting it.
+    async fn device_credential_for_authentication(
+        &self,
+        device: DeviceId,
+    ) -> Result<Option<DeviceCredential>>;
+    /// Removes the device's credential; true when it had one (in this tenant).
+    async fn delete_device_credential(&self, tenant: TenantId, device: DeviceId) -> Result<bool>;
+}
+
+/// The presence part of the port: the history of device connections, and who is online.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Records a new connection. NotFound when the device does not exist in
+    /// `connection.tenant_id`; Conflict when the id is taken.
+    async fn open_connection(&self, connection: &DeviceConnection) -> Result<()>;
+    /// Closes a connection at `at` for `reason` if it is still open. Closing a closed connection
+    /// is not an error and keeps the first close; NotFound when there is no such connection in
+    /// the tenant.
+    async fn close_connection(
+        &self,
+        tenant: TenantId,
+        id: ConnectionId,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<()>;
+    /// Closes every open connection of every tenant; returns how many. Unscoped on purpose: the
+    /// crash recovery a single server runs when it starts, before it accepts connections (with
+    /// several servers on one database it would close the others' live connections).
+    async fn close_open_connections(&self, at: Timestamp, reason: &str) -> Result<u64>;
+    /// A device's connections, newest first (id descending); `page.after` means strictly older
+    /// than that connection.
+    async fn device_connections(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        page: &PageRequest<ConnectionId>,
+    ) -> Result<Page<DeviceConnection, ConnectionId>>;
+    /// Which of `ids` have at least one open connection in this tenant (devices of other
+    /// tenants never appear). Any number of ids; none costs no query.
+    async fn online_devices(&self, tenant: TenantId, ids: &[DeviceId])
+    -> Result<HashSet<DeviceId>>;
 }
 
 /// A shared, type-erased store.

@@ -2,12 +2,13 @@
 //! derives `FromRow` generically, so one definition serves both adapters.
 
 use tender_core::auth::Role;
-use tender_core::certificate::DeviceCertificate;
+use tender_core::certificate::{DeviceCertificate, DeviceCredential};
 use tender_core::device::{Device, DeviceState};
 use tender_core::enrollment::EnrollmentToken;
+use tender_core::presence::{DeviceConnection, Transport};
 use tender_core::tenant::{Tenant, TenantSlug};
 use tender_core::user::{ApiToken, User};
-use tender_core::{DeviceId, TenantId, Timestamp, TokenId, UserId};
+use tender_core::{ConnectionId, DeviceId, TenantId, Timestamp, TokenId, UserId};
 use uuid::Uuid;
 
 use crate::StoreError;
@@ -205,6 +206,60 @@ impl From<CertificateRow> for DeviceCertificate {
             not_after: ts(r.not_after),
             issued_at: ts(r.issued_at),
             revoked_at: r.revoked_at.map(ts),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ConnectionRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    device_id: Uuid,
+    transport: String,
+    protocol: String,
+    remote_addr: String,
+    client_id: Option<String>,
+    connected_at: i64,
+    disconnected_at: Option<i64>,
+    disconnect_reason: Option<String>,
+}
+
+impl TryFrom<ConnectionRow> for DeviceConnection {
+    type Error = StoreError;
+    fn try_from(r: ConnectionRow) -> Result<DeviceConnection, StoreError> {
+        Ok(DeviceConnection {
+            id: ConnectionId::from_uuid(r.id),
+            tenant_id: TenantId::from_uuid(r.tenant_id),
+            device_id: DeviceId::from_uuid(r.device_id),
+            transport: r
+                .transport
+                .parse::<Transport>()
+                .map_err(|e| StoreError::Corrupt(format!("connection {}: {e}", r.id)))?,
+            protocol: r.protocol,
+            remote_addr: r.remote_addr,
+            client_id: r.client_id,
+            connected_at: ts(r.connected_at),
+            disconnected_at: r.disconnected_at.map(ts),
+            disconnect_reason: r.disconnect_reason,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct CredentialRow {
+    device_id: Uuid,
+    tenant_id: Uuid,
+    secret_hash: Vec<u8>,
+    created_at: i64,
+}
+
+impl From<CredentialRow> for DeviceCredential {
+    fn from(r: CredentialRow) -> DeviceCredential {
+        DeviceCredential {
+            tenant_id: TenantId::from_uuid(r.tenant_id),
+            device_id: DeviceId::from_uuid(r.device_id),
+            secret_hash: r.secret_hash,
+            created_at: ts(r.created_at),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! SQL shared by both adapters (`$N` placeholders work on SQLite and PostgreSQL alike).
-//! Every statement on tenant data has `tenant_id = $1` in its WHERE clause.
+//! Every statement on tenant data has `tenant_id = $1` in its WHERE clause, except the unscoped
+//! calls listed in the crate's invariants (lookups before the tenant is known, start-up recovery).
 
 pub(crate) const PING: &str = "SELECT 1";
 
@@ -122,3 +123,71 @@ pub(crate) const DEVICE_CERTIFICATES: &str = concat!(
 pub(crate) const REVOKE_DEVICE_CERTIFICATES: &str = "UPDATE device_certificates SET revoked_at = $3 WHERE tenant_id = $1 AND device_id = $2 AND revoked_at IS NULL";
 /// Moves last-seen forward only: $1 tenant, $2 id, $3 at.
 pub(crate) const RECORD_DEVICE_SEEN: &str = "UPDATE devices SET last_seen_at = $3 WHERE tenant_id = $1 AND id = $2 AND (last_seen_at IS NULL OR last_seen_at < $3)";
+
+macro_rules! connection_columns {
+    () => {
+        "id, tenant_id, device_id, transport, protocol, remote_addr, client_id, connected_at, disconnected_at, disconnect_reason"
+    };
+}
+pub(crate) const INSERT_CONNECTION: &str = concat!(
+    "INSERT INTO device_connections (",
+    connection_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+);
+/// Closes a connection once: $1 tenant, $2 id, $3 at, $4 reason. Matches the row whether or not
+/// it is still open (so zero rows affected means "no such connection in the tenant"), but only
+/// an open one changes: the right-hand sides read the row as it was before the update.
+pub(crate) const CLOSE_CONNECTION: &str = "UPDATE device_connections \
+     SET disconnected_at = COALESCE(disconnected_at, $3), \
+     disconnect_reason = CASE WHEN disconnected_at IS NULL THEN $4 ELSE disconnect_reason END \
+     WHERE tenant_id = $1 AND id = $2";
+/// Unscoped on purpose (crash recovery at start-up): $1 at, $2 reason.
+pub(crate) const CLOSE_OPEN_CONNECTIONS: &str = "UPDATE device_connections \
+     SET disconnected_at = $1, disconnect_reason = $2 WHERE disconnected_at IS NULL";
+/// Newest first: $1 tenant, $2 device, $3 before-id (the previous page's last) or NULL, $4 limit.
+pub(crate) const DEVICE_CONNECTIONS: &str = concat!(
+    "SELECT ",
+    connection_columns!(),
+    " FROM device_connections WHERE tenant_id = $1 AND device_id = $2 \
+     AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+);
+/// How many device ids [`ONLINE_DEVICES`] takes at once.
+pub(crate) const ONLINE_DEVICES_CHUNK: usize = 64;
+/// Which of up to [`ONLINE_DEVICES_CHUNK`] devices have an open connection: $1 tenant, $2 to
+/// $65 device ids. The IN-list has a fixed length so that the statement is static (and
+/// prepared once) on both dialects; callers pad a short chunk by repeating its ids.
+pub(crate) const ONLINE_DEVICES: &str = concat!(
+    "SELECT DISTINCT device_id FROM device_connections \
+     WHERE tenant_id = $1 AND disconnected_at IS NULL AND device_id IN (",
+    "$2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, ",
+    "$19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, ",
+    "$35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, ",
+    "$51, $52, $53, $54, $55, $56, $57, $58, $59, $60, $61, $62, $63, $64, $65",
+    ")"
+);
+
+pub(crate) const UPSERT_CREDENTIAL: &str = "INSERT INTO device_credentials \
+     (device_id, tenant_id, secret_hash, created_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (device_id) DO UPDATE SET secret_hash = excluded.secret_hash, \
+     created_at = excluded.created_at WHERE device_credentials.tenant_id = excluded.tenant_id";
+/// Unscoped: the lookup before the device's tenant is known.
+pub(crate) const CREDENTIAL_BY_DEVICE: &str = "SELECT device_id, tenant_id, secret_hash, created_at FROM device_credentials WHERE device_id = $1";
+pub(crate) const DELETE_CREDENTIAL: &str =
+    "DELETE FROM device_credentials WHERE tenant_id = $1 AND device_id = $2";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_online_devices_in_list_has_one_placeholder_per_chunk_slot() {
+        let list = ONLINE_DEVICES
+            .split_once("IN (")
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .map(|l| l.split(", ").collect::<Vec<_>>());
+        let expected: Vec<String> = (2..ONLINE_DEVICES_CHUNK + 2)
+            .map(|i| format!("${i}"))
+            .collect();
+        assert_eq!(list, Some(expected.iter().map(String::as_str).collect()));
+    }
+}
