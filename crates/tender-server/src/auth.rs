@@ -236,6 +236,40 @@ impl<R: Requirement> FromRequestParts<AppState> for Authorized<R> {
     }
 }
 
+/// Prefix of device passwords (MQTT username/password for devices without a certificate).
+pub const DEVICE_SECRET_PREFIX: &str = "tnp_";
+
+fn device_secret_input(device: tender_core::DeviceId, secret: &str) -> String {
+    // Bound to the device: a hash copied to another device's record does not verify there.
+    format!("device:{device}:{secret}")
+}
+
+/// Mints a device password: the plaintext to hand out once and the hash to store.
+pub fn mint_device_secret(key: &TokenKey, device: tender_core::DeviceId) -> (String, Vec<u8>) {
+    let mut secret = [0u8; SECRET_BYTES];
+    rand::rng().fill_bytes(&mut secret);
+    let plaintext = format!("{DEVICE_SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));
+    let hash = key.hash(&device_secret_input(device, &plaintext));
+    (plaintext, hash)
+}
+
+/// Checks a password a device presented against its stored credential, in constant time.
+pub fn verify_device_secret(
+    key: &TokenKey,
+    device: tender_core::DeviceId,
+    password: &[u8],
+    credential: &tender_core::certificate::DeviceCredential,
+) -> bool {
+    let Ok(password) = std::str::from_utf8(password) else {
+        return false;
+    };
+    if credential.device_id != device || !password.starts_with(DEVICE_SECRET_PREFIX) {
+        return false;
+    }
+    let hash = key.hash(&device_secret_input(device, password));
+    bool::from(hash.ct_eq(&credential.secret_hash))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

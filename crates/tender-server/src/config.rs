@@ -38,6 +38,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "devices.certificate_validity_days",
     ),
     ("TENDER_DEVICES_MAX_CONNECTIONS", "devices.max_connections"),
+    ("TENDER_MQTT_ENABLED", "mqtt.enabled"),
+    ("TENDER_MQTT_LISTEN", "mqtt.listen"),
+    ("TENDER_MQTT_MAX_CONNECTIONS", "mqtt.max_connections"),
     ("TENDER_LOG_FORMAT", "log.format"),
     ("TENDER_LOG_LEVEL", "log.level"),
     ("TENDER_CA_CERT_FILE", "ca.cert_file"),
@@ -51,6 +54,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub http: HttpConfig,
     pub devices: DevicesConfig,
+    pub mqtt: MqttConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub ca: CaConfig,
@@ -62,6 +66,7 @@ impl Default for Config {
             data_dir: PathBuf::from("tender-data"),
             http: HttpConfig::default(),
             devices: DevicesConfig::default(),
+            mqtt: MqttConfig::default(),
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             ca: CaConfig::default(),
@@ -119,6 +124,56 @@ impl Default for DevicesConfig {
             certificate_validity_days: 90,
             handshake_timeout_secs: 10,
             max_connections: 10_000,
+        }
+    }
+}
+
+/// The device-facing MQTT 3.1.1/5 gateway (TLS; client certificate or device credential).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Whether the gateway listens at all.
+    pub enabled: bool,
+    /// Address of the MQTT-over-TLS listener. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Most MQTT connections open at once; more are closed right after accept.
+    pub max_connections: usize,
+    /// A connection that has not finished TLS and sent CONNECT within this time is closed.
+    pub connect_timeout_secs: u64,
+    /// Largest MQTT packet accepted from a device (remaining length, bytes). Larger: refused
+    /// with reason 0x95 (MQTT 5) or a close (3.1.1).
+    pub max_packet_bytes: u32,
+    /// Longest keepalive a device may ask for; MQTT 5 clients asking for more (or for none)
+    /// are told this value in CONNACK. Silence beyond 1.5 times the keepalive closes the
+    /// connection.
+    pub max_keepalive_secs: u16,
+    /// Sustained messages per second one connection may send; beyond it the gateway stops
+    /// reading from that connection until the budget refills (TCP back-pressure, nothing is
+    /// dropped) and counts `tender_mqtt_throttled_total`.
+    pub messages_per_sec: u32,
+    /// Messages a connection may send in a burst above the sustained rate.
+    pub burst: u32,
+    /// Longest time a persistent session (clean session off) is kept after its device
+    /// disconnects.
+    pub max_session_expiry_secs: u32,
+    /// Messages queued for a device (while offline with a persistent session, or not yet
+    /// acknowledged) before the oldest are dropped and counted.
+    pub max_queued_messages: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            max_connections: 10_000,
+            connect_timeout_secs: 10,
+            max_packet_bytes: 256 * 1024,
+            max_keepalive_secs: 1200,
+            messages_per_sec: 50,
+            burst: 200,
+            max_session_expiry_secs: 7 * 86_400,
+            max_queued_messages: 1000,
         }
     }
 }
@@ -272,6 +327,31 @@ impl Config {
         if self.devices.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "devices.max_connections must be greater than 0".into(),
+            ));
+        }
+        if self.mqtt.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "mqtt.max_connections must be greater than 0".into(),
+            ));
+        }
+        if self.mqtt.max_packet_bytes < 128 {
+            return Err(ConfigError::Invalid(
+                "mqtt.max_packet_bytes must be at least 128".into(),
+            ));
+        }
+        if self.mqtt.max_keepalive_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "mqtt.max_keepalive_secs must be greater than 0".into(),
+            ));
+        }
+        if self.mqtt.messages_per_sec == 0 || self.mqtt.burst == 0 {
+            return Err(ConfigError::Invalid(
+                "mqtt.messages_per_sec and mqtt.burst must be greater than 0".into(),
+            ));
+        }
+        if self.mqtt.max_queued_messages == 0 {
+            return Err(ConfigError::Invalid(
+                "mqtt.max_queued_messages must be greater than 0".into(),
             ));
         }
         if self.devices.hostnames.is_empty() {

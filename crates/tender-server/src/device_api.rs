@@ -144,6 +144,17 @@ pub fn tls_config(
     ca: &Ca,
     cert: Arc<ListenerCertificate>,
 ) -> Result<rustls::ServerConfig, CaError> {
+    // HTTP/1.1 only: devices need nothing more, and hyper's HTTP/1 server can time out a client
+    // that goes silent after the handshake (protocol auto-detection cannot).
+    tls_config_with_alpn(ca, cert, vec![b"http/1.1".to_vec()])
+}
+
+/// [`tls_config`] with the ALPN protocols to offer (none: the MQTT gateway).
+pub fn tls_config_with_alpn(
+    ca: &Ca,
+    cert: Arc<ListenerCertificate>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<rustls::ServerConfig, CaError> {
     let err = |what: &str, e: &dyn std::fmt::Display| CaError::Generate(format!("{what}: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -163,9 +174,7 @@ pub fn tls_config(
         .map_err(|e| err("TLS versions", &e))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert);
-    // HTTP/1.1 only: devices need nothing more, and hyper's HTTP/1 server can time out a client
-    // that goes silent after the handshake (protocol auto-detection cannot).
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn;
     Ok(cfg)
 }
 
@@ -316,6 +325,43 @@ pub struct DeviceAuth {
     pub certificate: DeviceCertificate,
 }
 
+/// Why a client certificate does not authenticate a device.
+#[derive(Debug, thiserror::Error)]
+pub enum CertAuthError {
+    /// Unknown to Tender, revoked, expired, for another key, or its device may not connect.
+    #[error("certificate not valid")]
+    NotValid,
+    #[error(transparent)]
+    Store(#[from] tender_store::StoreError),
+}
+
+/// Checks a verified client certificate against what Tender recorded: issued by us, unrevoked,
+/// valid now, for the key presented, and its device in a state that may connect. One rule for
+/// every device transport.
+pub async fn authenticate_certificate(
+    state: &AppState,
+    peer: &PeerCertificate,
+) -> Result<(DeviceCertificate, Device), CertAuthError> {
+    let cert = state
+        .store
+        .certificate_for_authentication(&peer.serial)
+        .await?
+        .ok_or(CertAuthError::NotValid)?;
+    let now = state.clock.now();
+    if cert.key_fingerprint != peer.key_fingerprint || !cert.is_valid_at(now) {
+        return Err(CertAuthError::NotValid);
+    }
+    let device = state
+        .store
+        .device(cert.tenant_id, cert.device_id)
+        .await?
+        .ok_or(CertAuthError::NotValid)?;
+    if !device.state.may_connect() {
+        return Err(CertAuthError::NotValid);
+    }
+    Ok((cert, device))
+}
+
 impl FromRequestParts<AppState> for DeviceAuth {
     type Rejection = Problem;
 
@@ -329,28 +375,16 @@ impl FromRequestParts<AppState> for DeviceAuth {
                     "this needs a client certificate issued by Tender; enroll first",
                 )
             })?;
-        let revoked = || {
-            Problem::forbidden(
-                "this certificate is not valid: it was revoked, has expired, or its device may not connect",
-            )
+        let (cert, device) = match authenticate_certificate(state, &peer).await {
+            Ok(found) => found,
+            Err(CertAuthError::Store(e)) => return Err(e.into()),
+            Err(CertAuthError::NotValid) => {
+                return Err(Problem::forbidden(
+                    "this certificate is not valid: it was revoked, has expired, or its device may not connect",
+                ));
+            }
         };
-        let cert = state
-            .store
-            .certificate_for_authentication(&peer.serial)
-            .await?
-            .ok_or_else(revoked)?;
         let now = state.clock.now();
-        if cert.key_fingerprint != peer.key_fingerprint || !cert.is_valid_at(now) {
-            return Err(revoked());
-        }
-        let device = state
-            .store
-            .device(cert.tenant_id, cert.device_id)
-            .await?
-            .ok_or_else(revoked)?;
-        if !device.state.may_connect() {
-            return Err(revoked());
-        }
         if device
             .last_seen_at
             .is_none_or(|t| now.unix_millis() - t.unix_millis() >= LAST_SEEN_GRANULARITY_MS)

@@ -23,6 +23,7 @@ pub mod datadir;
 pub mod device_api;
 pub mod enroll;
 pub mod metrics;
+pub mod mqtt;
 pub mod problem;
 pub mod state;
 
@@ -55,6 +56,10 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     /// Where the HTTPS device API listens.
     pub device_addr: SocketAddr,
+    /// Where the MQTT gateway listens, when enabled.
+    pub mqtt_addr: Option<SocketAddr>,
+    /// The MQTT gateway's registry (send to devices, see who is connected).
+    pub gateway: mqtt::Gateway,
     /// The first admin's API token: only on the start that created the admin.
     pub bootstrap_token: Option<String>,
     /// The CA certificate devices must trust.
@@ -67,6 +72,7 @@ pub struct RunningServer {
     task: JoinHandle<std::io::Result<()>>,
     device_shutdown: watch::Sender<bool>,
     device_task: JoinHandle<()>,
+    mqtt_task: Option<JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -115,6 +121,35 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         clock.now(),
     )?);
     let tls = Arc::new(device_api::tls_config(&ca, listener_cert.clone())?);
+    let mqtt_listener = if config.mqtt.enabled {
+        let l = TcpListener::bind(config.mqtt.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.mqtt.listen,
+                source,
+            })?;
+        Some(l)
+    } else {
+        None
+    };
+    let mqtt_addr = match &mqtt_listener {
+        Some(l) => Some(l.local_addr().map_err(|source| StartError::Listen {
+            addr: config.mqtt.listen,
+            source,
+        })?),
+        None => None,
+    };
+    // Connections still marked open were cut by a stop or crash of this server.
+    let stale = store
+        .close_open_connections(clock.now(), "server restart")
+        .await?;
+    if stale > 0 {
+        tracing::info!(
+            stale,
+            "closed device connections left open by the previous run"
+        );
+    }
+    let gateway = mqtt::Gateway::new(config.mqtt.clone());
 
     let state = AppState {
         store: store.clone(),
@@ -123,8 +158,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         metrics: Arc::new(metrics::Metrics::new()),
         ca,
         device_cert_validity_days: config.devices.certificate_validity_days,
+        gateway: gateway.clone(),
     };
     let (device_shutdown, device_signal) = watch::channel(false);
+    let listener_cert_for_mqtt = listener_cert.clone();
+    let device_signal_for_mqtt = device_signal.clone();
     tokio::spawn(device_api::rotate_daily(
         listener_cert,
         state.ca.clone(),
@@ -141,6 +179,24 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         state.metrics.clone(),
         device_signal,
     ));
+    let mqtt_task = match mqtt_listener {
+        Some(listener) => {
+            let mqtt_tls = Arc::new(device_api::tls_config_with_alpn(
+                &state.ca,
+                listener_cert_for_mqtt,
+                Vec::new(),
+            )?);
+            Some(tokio::spawn(mqtt::serve(
+                listener,
+                mqtt_tls,
+                state.clone(),
+                gateway.clone(),
+                Arc::new(mqtt::uplink::ServerUplinks::new(state.clone())),
+                device_signal_for_mqtt,
+            )))
+        }
+        None => None,
+    };
     let app = api::router(state, &config.http);
     let (shutdown, signal) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -150,12 +206,15 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             })
             .await
     });
-    tracing::info!(%http_addr, %device_addr, database = %redact_url(&config.database_url()), "server started");
+    tracing::info!(%http_addr, %device_addr, mqtt_addr = ?mqtt_addr, database = %redact_url(&config.database_url()), "server started");
     Ok(RunningServer {
         http_addr,
         device_addr,
+        mqtt_addr,
+        gateway,
         device_shutdown,
         device_task,
+        mqtt_task,
         bootstrap_token: boot.admin_token,
         ca_cert_path,
         database: redact_url(&config.database_url()),
@@ -182,6 +241,9 @@ impl RunningServer {
     pub async fn shutdown(self) -> bool {
         let _ = self.device_shutdown.send(true);
         let _ = self.device_task.await;
+        if let Some(t) = self.mqtt_task {
+            let _ = t.await;
+        }
         let _ = self.shutdown.send(());
         let mut task = self.task;
         match tokio::time::timeout(self.grace, &mut task).await {

@@ -37,6 +37,16 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -54,6 +64,20 @@ pub struct Metrics {
     pub device_connections_open: Gauge,
     /// Enrollment requests by outcome: `issued`, `pending`, `refused`, `invalid`, `error`.
     pub device_enrollments: Family<OutcomeLabels, Counter>,
+    /// MQTT connections by outcome: `accepted`, `refused_limit`, `handshake_failed`,
+    /// `connect_timeout`, `protocol_error`, `refused_auth`, `refused_client_id`, `refused_other`.
+    pub mqtt_connections: Family<OutcomeLabels, Counter>,
+    pub mqtt_connections_open: Gauge,
+    /// Messages received from devices and accepted, by kind.
+    pub mqtt_messages_received: Family<KindLabels, Counter>,
+    /// Messages sent to devices.
+    pub mqtt_messages_sent: Counter,
+    /// Packets refused, by reason (`not_authorized`, `topic_invalid`, `payload_invalid`, ...).
+    pub mqtt_refused: Family<ReasonLabels, Counter>,
+    /// Times a connection was slowed down for exceeding its message rate.
+    pub mqtt_throttled: Counter,
+    /// Downlink messages dropped, by reason (`queue_full`, `session_expired`).
+    pub mqtt_dropped: Family<ReasonLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -102,6 +126,48 @@ impl Metrics {
             "Enrollment requests, by outcome",
             device_enrollments.clone(),
         );
+        let mqtt_connections = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "mqtt_connections",
+            "Connections to the MQTT gateway, by outcome",
+            mqtt_connections.clone(),
+        );
+        let mqtt_connections_open = Gauge::default();
+        registry.register(
+            "mqtt_connections_open",
+            "MQTT connections open now (TLS and after)",
+            mqtt_connections_open.clone(),
+        );
+        let mqtt_messages_received = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mqtt_messages_received",
+            "MQTT messages accepted from devices, by kind",
+            mqtt_messages_received.clone(),
+        );
+        let mqtt_messages_sent = Counter::default();
+        registry.register(
+            "mqtt_messages_sent",
+            "MQTT messages published to devices",
+            mqtt_messages_sent.clone(),
+        );
+        let mqtt_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "mqtt_refused",
+            "MQTT packets refused, by reason",
+            mqtt_refused.clone(),
+        );
+        let mqtt_throttled = Counter::default();
+        registry.register(
+            "mqtt_throttled",
+            "Times an MQTT connection was slowed for exceeding its message rate",
+            mqtt_throttled.clone(),
+        );
+        let mqtt_dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "mqtt_dropped",
+            "Messages for devices dropped, by reason",
+            mqtt_dropped.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -117,7 +183,32 @@ impl Metrics {
             device_connections,
             device_connections_open,
             device_enrollments,
+            mqtt_connections,
+            mqtt_connections_open,
+            mqtt_messages_received,
+            mqtt_messages_sent,
+            mqtt_refused,
+            mqtt_throttled,
+            mqtt_dropped,
         }
+    }
+
+    pub fn mqtt_connection(&self, outcome: &'static str) {
+        self.mqtt_connections
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn mqtt_refusal(&self, reason: &'static str) {
+        self.mqtt_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn mqtt_drop(&self, reason: &'static str) {
+        self.mqtt_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts one device connection with this outcome.

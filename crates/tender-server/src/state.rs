@@ -18,6 +18,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub ca: Arc<Ca>,
     pub device_cert_validity_days: u32,
+    /// The MQTT gateway's session registry: send to devices, disconnect them.
+    pub gateway: crate::mqtt::Gateway,
 }
 
 /// The system clock, millisecond precision.

@@ -379,6 +379,8 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/devices/{id}/reject",
         "/api/v1/devices/{id}/decommission",
         "/api/v1/devices/{id}/revoke-certificates",
+        "/api/v1/devices/{id}/connections",
+        "/api/v1/devices/{id}/credentials",
         "/api/v1/enrollment-tokens",
         "/api/v1/enrollment-tokens/{id}",
         "/api/v1/tenant/enrollment",

@@ -63,9 +63,13 @@ pub struct DeviceDto {
     pub state: DeviceStateDto,
     /// SHA-256 (hex) of the device's public key, once known.
     pub key_fingerprint: Option<String>,
-    /// When the device was last heard from (RFC 3339; updated at most once a minute).
+    /// When the device was last heard from (RFC 3339; updated at most once a minute while
+    /// it polls over HTTPS, and at connect and disconnect on MQTT).
     #[schema(format = DateTime)]
     pub last_seen_at: Option<String>,
+    /// Whether the device holds an open MQTT connection now (accurate to its keepalive: a
+    /// silent connection is closed after 1.5 times the keepalive).
+    pub online: bool,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -84,6 +88,7 @@ impl From<Device> for DeviceDto {
             state: d.state.into(),
             key_fingerprint: d.key_fingerprint,
             last_seen_at: d.last_seen_at.map(|t| t.to_rfc3339()),
+            online: false,
             created_at: d.created_at.to_rfc3339(),
             updated_at: d.updated_at.to_rfc3339(),
             state_changed_at: d.state_changed_at.to_rfc3339(),
@@ -136,12 +141,22 @@ pub async fn list_devices(
     let filter = DeviceFilter {
         state: q.state.map(Into::into),
     };
-    let page = state
-        .store
-        .list_devices(auth.principal.tenant_id, &filter, &page)
-        .await?;
+    let tenant = auth.principal.tenant_id;
+    let page = state.store.list_devices(tenant, &filter, &page).await?;
+    let ids: Vec<DeviceId> = page.items.iter().map(|d| d.id).collect();
+    let online = state.store.online_devices(tenant, &ids).await?;
     Ok(Json(DevicePage {
-        items: page.items.into_iter().map(Into::into).collect(),
+        items: page
+            .items
+            .into_iter()
+            .map(|d| {
+                let on = online.contains(&d.id);
+                DeviceDto {
+                    online: on,
+                    ..d.into()
+                }
+            })
+            .collect(),
         next_cursor: page.next.map(|id| cursor::encode(CURSOR_VERSION, id)),
     }))
 }
@@ -166,12 +181,17 @@ pub async fn get_device(
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDto>, Problem> {
     let id: DeviceId = parse_id(&id)?;
+    let tenant = auth.principal.tenant_id;
     let device = state
         .store
-        .device(auth.principal.tenant_id, id)
+        .device(tenant, id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no device {id}")))?;
-    Ok(Json(device.into()))
+    let online = state.store.online_devices(tenant, &[id]).await?;
+    Ok(Json(DeviceDto {
+        online: online.contains(&id),
+        ..device.into()
+    }))
 }
 
 /// Moves a device to `to` if the core allows it; 409 names both states when it does not.
@@ -276,6 +296,10 @@ pub async fn decommission_device(
         .store
         .revoke_device_certificates(tenant, id, state.clock.now())
         .await?;
+    state.store.delete_device_credential(tenant, id).await?;
+    state
+        .gateway
+        .disconnect_device(id, crate::mqtt::Authenticated::Any);
     Ok(Json(device.into()))
 }
 
@@ -313,6 +337,9 @@ pub async fn revoke_certificates(
         .store
         .revoke_device_certificates(tenant, id, state.clock.now())
         .await?;
+    state
+        .gateway
+        .disconnect_device(id, crate::mqtt::Authenticated::ByCertificate);
     Ok(Json(RevokedCertificates { revoked }))
 }
 
@@ -423,8 +450,10 @@ pub async fn accept_pending(
 #[serde(deny_unknown_fields)]
 pub struct Preauthorize {
     pub name: String,
-    /// The device's public key, PEM (`-----BEGIN PUBLIC KEY-----`, ECDSA P-256 or Ed25519).
-    pub public_key: String,
+    /// The device's public key, PEM (`-----BEGIN PUBLIC KEY-----`, ECDSA P-256 or Ed25519):
+    /// the device enrolls with a CSR for this key. Omit it for a device that will log in with
+    /// a password instead (`POST /api/v1/devices/{id}/credentials`).
+    pub public_key: Option<String>,
     pub device_type: Option<String>,
 }
 
@@ -447,8 +476,13 @@ pub async fn preauthorize(
     auth: Authorized<need::DevicesEnroll>,
     Json(body): Json<Preauthorize>,
 ) -> Result<(axum::http::StatusCode, Json<DeviceDto>), Problem> {
-    let fingerprint = crate::ca::public_key_fingerprint(&body.public_key)
-        .map_err(|e| Problem::bad_request("invalid-public-key", e.to_string()))?;
+    let fingerprint = match &body.public_key {
+        Some(pem) => Some(
+            crate::ca::public_key_fingerprint(pem)
+                .map_err(|e| Problem::bad_request("invalid-public-key", e.to_string()))?,
+        ),
+        None => None,
+    };
     if let Some(t) = &body.device_type {
         check_label("device_type", t)?;
     }
@@ -460,8 +494,11 @@ pub async fn preauthorize(
         DeviceState::Preauthorized,
         state.clock.now(),
     )
-    .map_err(|e| Problem::bad_request("invalid-field", format!("name: {e}")))?
-    .with_key_fingerprint(fingerprint);
+    .map_err(|e| Problem::bad_request("invalid-field", format!("name: {e}")))?;
+    let device = match fingerprint {
+        Some(f) => device.with_key_fingerprint(f),
+        None => device,
+    };
     state
         .store
         .insert_device(&device)

@@ -24,6 +24,7 @@ use crate::config::HttpConfig;
 use crate::problem::{Problem, problem_for_plain_errors};
 use crate::state::AppState;
 
+pub mod connections;
 pub mod cursor;
 pub mod devices;
 pub mod enrollment;
@@ -60,6 +61,9 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         devices::decommission_device,
         devices::revoke_certificates,
         devices::accept_pending,
+        connections::list_connections,
+        connections::issue_credential,
+        connections::delete_credential,
         enrollment::create_token,
         enrollment::list_tokens,
         enrollment::revoke_token,
@@ -113,6 +117,14 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .route(
             "/devices/{id}/revoke-certificates",
             post(devices::revoke_certificates),
+        )
+        .route(
+            "/devices/{id}/connections",
+            get(connections::list_connections),
+        )
+        .route(
+            "/devices/{id}/credentials",
+            post(connections::issue_credential).delete(connections::delete_credential),
         )
         .route(
             "/enrollment-tokens",

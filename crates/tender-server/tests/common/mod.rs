@@ -48,6 +48,7 @@ pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Te
     };
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.devices.listen = "127.0.0.1:0".parse().unwrap();
+    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     config.http.body_limit_bytes = 64 * 1024;
     config.database.url = db.as_ref().map(|d| d.url.clone());
     config.database.max_connections = 4;

@@ -1,0 +1,70 @@
+//! Where messages from devices go once the gateway has accepted them.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tender_core::{DeviceId, TenantId, Timestamp};
+
+use super::topic::Uplink;
+
+/// The device a message came from, as authenticated at CONNECT.
+#[derive(Debug, Clone, Copy)]
+pub struct From {
+    pub tenant_id: TenantId,
+    pub device_id: DeviceId,
+}
+
+/// Why an uplink message was not taken. The gateway answers each with a reason code (MQTT 5)
+/// or closes the connection (3.1.1 QoS 1/2, which has no way to refuse one message).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// A topic of the scheme that this server does not process yet.
+    #[error("{0}")]
+    NotSupported(String),
+    /// The payload does not follow the documented schema.
+    #[error("{0}")]
+    PayloadInvalid(String),
+    /// Storage failed: the device should retry.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Processes accepted uplink messages. Returning `Ok` means the message is stored (or fully
+/// acted on): only then does the gateway acknowledge it.
+#[async_trait]
+pub trait UplinkHandler: Send + Sync + 'static {
+    async fn handle(
+        &self,
+        from: From,
+        uplink: &Uplink,
+        payload: &Bytes,
+        received_at: Timestamp,
+    ) -> Result<(), Refusal>;
+}
+
+/// The server's handler: stores what the server processes and refuses the rest clearly.
+pub struct ServerUplinks {
+    state: crate::state::AppState,
+}
+
+impl ServerUplinks {
+    pub fn new(state: crate::state::AppState) -> Self {
+        ServerUplinks { state }
+    }
+}
+
+#[async_trait]
+impl UplinkHandler for ServerUplinks {
+    async fn handle(
+        &self,
+        _from: From,
+        uplink: &Uplink,
+        _payload: &Bytes,
+        _received_at: Timestamp,
+    ) -> Result<(), Refusal> {
+        let _ = &self.state;
+        Err(Refusal::NotSupported(format!(
+            "{} messages are not processed by this server version yet",
+            uplink.kind()
+        )))
+    }
+}

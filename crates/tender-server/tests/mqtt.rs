@@ -1,0 +1,888 @@
+//! The MQTT gateway over real mTLS: devices enrolled through the HTTPS device API, then talking
+//! MQTT 3.1.1 and 5 from Rust (a client built on the same codec crate, which also lets the
+//! abuse cases send exactly the bytes they need), from Mosquitto's command-line clients and
+//! from Python paho-mqtt. Each abuse case checks the reason code or close, then that the
+//! gateway still serves a well-behaved device.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use rcgen::{CertificateParams, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
+use reqwest::StatusCode;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v5::{self, ConnectAckReason, DisconnectReasonCode, PublishAckReason};
+use rmqtt_codec::{MqttCodec, MqttPacket, v3};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+mod common;
+use common::*;
+
+/// Bound on any wait for the server; generous, never asserted as a duration.
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Dev {
+    id: String,
+    key: KeyPair,
+    cert: String,
+}
+
+fn ca_pem(s: &TestServer) -> String {
+    std::fs::read_to_string(s.config.data_dir.join("ca/ca.crt")).unwrap()
+}
+
+async fn admin(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = s.http.request(method, s.url(path)).bearer_auth(&s.token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let st = resp.status();
+    let text = resp.text().await.unwrap();
+    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn csr(key: &KeyPair) -> String {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "device");
+    p.serialize_request(key).unwrap().pem().unwrap()
+}
+
+/// Enrolls a new device with a fresh enrollment token.
+async fn enroll(s: &TestServer) -> Dev {
+    let (st, t) = admin(
+        s,
+        reqwest::Method::POST,
+        "/api/v1/enrollment-tokens",
+        Some(json!({"name": "t"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{t}");
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let ca = reqwest::Certificate::from_pem(ca_pem(s).as_bytes()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let addr = s.server.as_ref().unwrap().device_addr;
+    let resp = http
+        .post(format!(
+            "https://127.0.0.1:{}/device/v1/enroll",
+            addr.port()
+        ))
+        .json(&json!({"csr": csr(&key), "token": t["token"], "name": "d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let a: Value = resp.json().await.unwrap();
+    Dev {
+        id: a["device_id"].as_str().unwrap().to_owned(),
+        key,
+        cert: a["certificate"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn mqtt_addr(s: &TestServer) -> std::net::SocketAddr {
+    s.server.as_ref().unwrap().mqtt_addr.unwrap()
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// TLS to the gateway, trusting only Tender's CA, presenting the given certificate and key.
+async fn tls(s: &TestServer, identity: Option<(&str, &KeyPair)>) -> std::io::Result<Tls> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem(s).as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(mqtt_addr(s)).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// A bare MQTT client: sends what it is told, returns what arrives.
+struct Client {
+    io: Tls,
+    codec: MqttCodec,
+    buf: BytesMut,
+}
+
+impl Client {
+    async fn open(s: &TestServer, dev: Option<&Dev>, v5: bool) -> Client {
+        let io = tls(s, dev.map(|d| (d.cert.as_str(), &d.key)))
+            .await
+            .expect("TLS handshake");
+        Client {
+            io,
+            codec: if v5 {
+                MqttCodec::V5(v5::Codec::new(1 << 20, 1 << 20))
+            } else {
+                MqttCodec::V3(v3::Codec::new(1 << 20))
+            },
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, p: MqttPacket) {
+        let mut out = BytesMut::new();
+        self.codec.encode(p, &mut out).unwrap();
+        self.io.write_all(&out).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
+    /// The next packet, or `None` when the server closed the connection.
+    async fn recv(&mut self) -> Option<MqttPacket> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.codec.decode(&mut self.buf) {
+                    Ok(Some((p, _))) => return Some(p),
+                    Ok(None) => {}
+                    Err(e) => panic!("the server sent a malformed packet: {e}"),
+                }
+                match self.io.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("the server answers or closes in time")
+    }
+
+    /// Expects the server to close (after an optional DISCONNECT, returned).
+    async fn closed(&mut self) -> Option<MqttPacket> {
+        let first = self.recv().await;
+        if first.is_some() {
+            assert!(self.recv().await.is_none(), "closed after {first:?}");
+        }
+        first
+    }
+
+    async fn connect_v5(&mut self, client_id: &str, clean: bool, expiry: u32) -> v5::ConnectAck {
+        self.send(MqttPacket::V5(v5::Packet::Connect(Box::new(v5::Connect {
+            client_id: ByteString::from(client_id),
+            keep_alive: 30,
+            clean_start: clean,
+            session_expiry_interval_secs: expiry,
+            ..Default::default()
+        }))))
+        .await;
+        match self.recv().await {
+            Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => *a,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn connect_v3(&mut self, client_id: &str) -> v3::ConnectAck {
+        self.send(MqttPacket::V3(v3::Packet::Connect(Box::new(v3::Connect {
+            client_id: ByteString::from(client_id),
+            keep_alive: 30,
+            clean_session: true,
+            ..Default::default()
+        }))))
+        .await;
+        match self.recv().await {
+            Some(MqttPacket::V3(v3::Packet::ConnectAck(a))) => a,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn publish_v5(&mut self, topic: &str, payload: &str, qos: QoS, id: u16) {
+        self.send(MqttPacket::V5(v5::Packet::Publish(Box::new(
+            rmqtt_codec::types::Publish {
+                dup: false,
+                retain: false,
+                qos,
+                topic: ByteString::from(topic),
+                packet_id: NonZeroU16::new(id),
+                payload: Bytes::from(payload.to_owned()),
+                properties: Some(Default::default()),
+            },
+        ))))
+        .await;
+    }
+
+    async fn puback_v5(&mut self) -> v5::PublishAck {
+        match self.recv().await {
+            Some(MqttPacket::V5(v5::Packet::PublishAck(a))) => a,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+
+    async fn subscribe_v5(&mut self, filters: &[&str]) -> Vec<v5::SubscribeAckReason> {
+        self.send(MqttPacket::V5(v5::Packet::Subscribe(v5::Subscribe {
+            packet_id: NonZeroU16::new(1).unwrap(),
+            id: None,
+            user_properties: Vec::new(),
+            topic_filters: filters
+                .iter()
+                .map(|f| {
+                    (
+                        ByteString::from(*f),
+                        v5::SubscriptionOptions {
+                            qos: QoS::AtLeastOnce,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+        })))
+        .await;
+        match self.recv().await {
+            Some(MqttPacket::V5(v5::Packet::SubscribeAck(a))) => a.status,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+}
+
+fn disconnect_reason(p: Option<MqttPacket>) -> DisconnectReasonCode {
+    match p {
+        Some(MqttPacket::V5(v5::Packet::Disconnect(d))) => d.reason_code,
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+}
+
+async fn device_json(s: &TestServer, id: &str) -> Value {
+    let (st, d) = admin(
+        s,
+        reqwest::Method::GET,
+        &format!("/api/v1/devices/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{d}");
+    d
+}
+
+async fn connections(s: &TestServer, id: &str) -> Vec<Value> {
+    let (st, c) = admin(
+        s,
+        reqwest::Method::GET,
+        &format!("/api/v1/devices/{id}/connections"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{c}");
+    c["items"].as_array().unwrap().clone()
+}
+
+/// Waits until the device's newest connection is closed (the server records the close after
+/// the socket is gone, so poll the record rather than sleep a guess).
+async fn wait_closed(s: &TestServer, id: &str) -> Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let c = connections(s, id).await;
+            if let Some(first) = c.first()
+                && !first["disconnected_at"].is_null()
+            {
+                return first.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the connection is recorded as closed")
+}
+
+/// A well-behaved device still gets through: the gateway kept serving.
+async fn still_serving(s: &TestServer) {
+    let dev = enroll(s).await;
+    let mut c = Client::open(s, Some(&dev), true).await;
+    let ack = c.connect_v5(&dev.id, true, 0).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    let codes = c
+        .subscribe_v5(&[&format!("tender/v1/{}/commands/+", dev.id)])
+        .await;
+    assert_eq!(codes, vec![v5::SubscribeAckReason::GrantedQos1]);
+}
+
+on_both_backends!(
+    a_device_connects_and_is_online_until_it_leaves,
+    revocation_and_decommissioning_cut_live_sessions,
+);
+
+async fn a_device_connects_and_is_online_until_it_leaves(b: Backend) {
+    let mut s = start(b).await;
+    let dev = enroll(&s).await;
+    assert_eq!(device_json(&s, &dev.id).await["online"], false);
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    let ack = c.connect_v5("", true, 0).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    assert_eq!(
+        ack.assigned_client_id.as_deref(),
+        Some(dev.id.as_str()),
+        "an empty client id is assigned the device id"
+    );
+    assert_eq!(device_json(&s, &dev.id).await["online"], true);
+    let (st, list) = admin(&s, reqwest::Method::GET, "/api/v1/devices", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(list["items"][0]["online"], true);
+    let history = connections(&s, &dev.id).await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["protocol"], "mqtt/5");
+    assert!(history[0]["disconnected_at"].is_null());
+
+    c.send(MqttPacket::V5(v5::Packet::Disconnect(
+        v5::Disconnect::default(),
+    )))
+    .await;
+    assert!(c.recv().await.is_none());
+    let closed = wait_closed(&s, &dev.id).await;
+    assert_eq!(closed["disconnect_reason"], "client disconnect");
+    assert_eq!(device_json(&s, &dev.id).await["online"], false);
+    assert!(!device_json(&s, &dev.id).await["last_seen_at"].is_null());
+    s.stop().await;
+}
+
+async fn revocation_and_decommissioning_cut_live_sessions(b: Backend) {
+    let mut s = start(b).await;
+    let dev = enroll(&s).await;
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    assert_eq!(
+        c.connect_v5(&dev.id, true, 0).await.reason_code,
+        ConnectAckReason::Success
+    );
+    let (st, _) = admin(
+        &s,
+        reqwest::Method::POST,
+        &format!("/api/v1/devices/{}/revoke-certificates", dev.id),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::NotAuthorized
+    );
+    assert_eq!(
+        wait_closed(&s, &dev.id).await["disconnect_reason"],
+        "revoked"
+    );
+    // The revoked certificate still chains to the CA, so TLS succeeds; CONNECT is refused.
+    let mut again = Client::open(&s, Some(&dev), true).await;
+    assert_eq!(
+        again.connect_v5(&dev.id, true, 0).await.reason_code,
+        ConnectAckReason::NotAuthorized
+    );
+    assert!(again.recv().await.is_none());
+
+    let other = enroll(&s).await;
+    let mut c = Client::open(&s, Some(&other), false).await;
+    assert_eq!(
+        c.connect_v3(&other.id).await.return_code,
+        v3::ConnectAckReason::ConnectionAccepted
+    );
+    let (st, _) = admin(
+        &s,
+        reqwest::Method::POST,
+        &format!("/api/v1/devices/{}/decommission", other.id),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        c.closed().await.is_none(),
+        "3.1.1 has no DISCONNECT: a close"
+    );
+    let mut again = Client::open(&s, Some(&other), false).await;
+    assert_eq!(
+        again.connect_v3(&other.id).await.return_code,
+        v3::ConnectAckReason::NotAuthorized
+    );
+    still_serving(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn client_id_hijack_is_refused() {
+    let mut s = start(Backend::Sqlite).await;
+    let a = enroll(&s).await;
+    let b = enroll(&s).await;
+    let mut c = Client::open(&s, Some(&a), true).await;
+    assert_eq!(
+        c.connect_v5(&b.id, true, 0).await.reason_code,
+        ConnectAckReason::ClientIdentifierNotValid
+    );
+    let mut c = Client::open(&s, Some(&a), false).await;
+    assert_eq!(
+        c.connect_v3("some-other-id").await.return_code,
+        v3::ConnectAckReason::IdentifierRejected
+    );
+    still_serving(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_connection_takes_the_session_over() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let mut first = Client::open(&s, Some(&dev), true).await;
+    first.connect_v5(&dev.id, true, 0).await;
+    let mut second = Client::open(&s, Some(&dev), true).await;
+    assert_eq!(
+        second.connect_v5(&dev.id, true, 0).await.reason_code,
+        ConnectAckReason::Success
+    );
+    assert_eq!(
+        disconnect_reason(first.closed().await),
+        DisconnectReasonCode::SessionTakenOver
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_outside_the_device_prefix_are_refused() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let neighbour = enroll(&s).await;
+    // A device of another tenant.
+    let other_tenant = tender_core::tenant::Tenant {
+        id: tender_core::TenantId::from_uuid(uuid::Uuid::now_v7()),
+        slug: tender_core::tenant::TenantSlug::parse("other").unwrap(),
+        name: "Other".into(),
+        enrollment_open: false,
+        created_at: now(),
+    };
+    s.store().create_tenant(&other_tenant).await.unwrap();
+    let foreign = s
+        .add_devices(
+            other_tenant.id,
+            1,
+            tender_core::device::DeviceState::Accepted,
+        )
+        .await[0];
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.connect_v5(&dev.id, true, 0).await;
+    let own = format!("tender/v1/{}/commands/+", dev.id);
+    let neighbours = format!("tender/v1/{}/commands/+", neighbour.id);
+    let foreigners = format!("tender/v1/{foreign}/#");
+    let share = format!("$share/g/tender/v1/{}/#", dev.id);
+    let codes = c
+        .subscribe_v5(&[
+            &own,
+            &neighbours,
+            &foreigners,
+            "#",
+            "tender/v1/+/commands",
+            "$SYS/#",
+            &share,
+        ])
+        .await;
+    use v5::SubscribeAckReason as R;
+    assert_eq!(
+        codes,
+        vec![
+            R::GrantedQos1,
+            R::NotAuthorized,
+            R::NotAuthorized,
+            R::NotAuthorized,
+            R::NotAuthorized,
+            R::NotAuthorized,
+            R::SharedSubscriptionNotSupported
+        ]
+    );
+    // Same over 3.1.1: failures are 0x80.
+    let mut c3 = Client::open(&s, Some(&neighbour), false).await;
+    c3.connect_v3(&neighbour.id).await;
+    c3.send(MqttPacket::V3(v3::Packet::Subscribe {
+        packet_id: NonZeroU16::new(7).unwrap(),
+        topic_filters: vec![
+            (
+                ByteString::from(format!("tender/v1/{}/#", dev.id)),
+                QoS::AtLeastOnce,
+            ),
+            (
+                ByteString::from(format!("tender/v1/{}/#", neighbour.id)),
+                QoS::ExactlyOnce,
+            ),
+        ],
+    }))
+    .await;
+    match c3.recv().await {
+        Some(MqttPacket::V3(v3::Packet::SubscribeAck { status, .. })) => assert_eq!(
+            status,
+            vec![
+                v3::SubscribeReturnCode::Failure,
+                v3::SubscribeReturnCode::Success(QoS::AtLeastOnce)
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn publishing_outside_the_uplink_topics_is_refused() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let neighbour = enroll(&s).await;
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.connect_v5(&dev.id, true, 0).await;
+    // QoS 1 over MQTT 5: refused one by one, the connection stays.
+    c.publish_v5(
+        &format!("tender/v1/{}/telemetry", neighbour.id),
+        "{}",
+        QoS::AtLeastOnce,
+        1,
+    )
+    .await;
+    assert_eq!(
+        c.puback_v5().await.reason_code,
+        PublishAckReason::NotAuthorized
+    );
+    c.publish_v5("$SYS/broker/uptime", "1", QoS::AtLeastOnce, 2)
+        .await;
+    assert_eq!(
+        c.puback_v5().await.reason_code,
+        PublishAckReason::NotAuthorized
+    );
+    c.publish_v5(
+        &format!("tender/v1/{}/state/desired", dev.id),
+        "{}",
+        QoS::AtLeastOnce,
+        3,
+    )
+    .await;
+    assert_eq!(
+        c.puback_v5().await.reason_code,
+        PublishAckReason::NotAuthorized
+    );
+    c.publish_v5(
+        &format!("tender/v1/{}/+", dev.id),
+        "{}",
+        QoS::AtLeastOnce,
+        4,
+    )
+    .await;
+    assert_eq!(
+        c.puback_v5().await.reason_code,
+        PublishAckReason::TopicNameInvalid
+    );
+    // QoS 0 has no acknowledgement: the refusal is a DISCONNECT.
+    c.publish_v5(&format!("tender/v1/{}/#", dev.id), "{}", QoS::AtMostOnce, 0)
+        .await;
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::TopicNameInvalid
+    );
+    // 3.1.1 cannot refuse one message: a close.
+    let mut c3 = Client::open(&s, Some(&dev), false).await;
+    c3.connect_v3(&dev.id).await;
+    c3.send(MqttPacket::V3(v3::Packet::Publish(Box::new(
+        rmqtt_codec::types::Publish {
+            dup: false,
+            retain: false,
+            qos: QoS::AtLeastOnce,
+            topic: ByteString::from(format!("tender/v1/{}/telemetry", neighbour.id)),
+            packet_id: NonZeroU16::new(1),
+            payload: Bytes::from_static(b"{}"),
+            properties: None,
+        },
+    ))))
+    .await;
+    assert!(c3.closed().await.is_none());
+    still_serving(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_and_oversize_packets_close_the_connection() {
+    let mut s = start_with(Backend::Sqlite, |c| c.mqtt.max_packet_bytes = 1024).await;
+    let dev = enroll(&s).await;
+    // Garbage instead of CONNECT.
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.send_raw(b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(c.recv().await.is_none());
+    // A CONNECT for an unknown protocol level: 3.1.1's "unacceptable protocol version".
+    let mut c = Client::open(&s, Some(&dev), false).await;
+    c.send_raw(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 9, 2, 0, 30, 0, 0])
+        .await;
+    match c.recv().await {
+        Some(MqttPacket::V3(v3::Packet::ConnectAck(a))) => assert_eq!(
+            a.return_code,
+            v3::ConnectAckReason::UnacceptableProtocolVersion
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.recv().await.is_none());
+    // A 3.1.1 PUBLISH with a zero-length topic.
+    let mut c = Client::open(&s, Some(&dev), false).await;
+    c.connect_v3(&dev.id).await;
+    c.send_raw(&[0x30, 0x04, 0x00, 0x00, b'h', b'i']).await;
+    assert!(c.closed().await.is_none());
+    // An oversize packet over MQTT 5: 0x95, announced before the body is even sent.
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.connect_v5(&dev.id, true, 0).await;
+    c.send_raw(&[0x30, 0x80, 0x80, 0x04]).await; // PUBLISH of 64 KiB
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::PacketTooLarge
+    );
+    // A packet that is not CONNECT first.
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.send_raw(&[0xc0, 0x00]).await;
+    assert!(c.recv().await.is_none());
+    still_serving(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn silence_before_connect_and_after_keepalive_closes() {
+    let mut s = start_with(Backend::Sqlite, |c| {
+        c.mqtt.connect_timeout_secs = 1;
+        c.mqtt.max_keepalive_secs = 1;
+    })
+    .await;
+    let dev = enroll(&s).await;
+    // TCP only, no TLS.
+    let mut tcp = tokio::net::TcpStream::connect(mqtt_addr(&s)).await.unwrap();
+    let mut b = [0u8; 8];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // TLS, then no CONNECT.
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    assert!(c.recv().await.is_none());
+    // Connected, asks for keepalive 30 (more than the maximum of 1): told 1, then dropped.
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    let ack = c.connect_v5(&dev.id, true, 0).await;
+    assert_eq!(ack.server_keepalive_sec, Some(1));
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::KeepAliveTimeout
+    );
+    assert_eq!(
+        wait_closed(&s, &dev.id).await["disconnect_reason"],
+        "keep-alive timeout"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn foreign_and_expired_certificates_fail_the_handshake() {
+    let mut s = start(Backend::Sqlite).await;
+    let foreign_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "impostor");
+    let cert = p.self_signed(&foreign_key).unwrap().pem();
+    let r = async {
+        let mut io = tls(&s, Some((&cert, &foreign_key))).await?;
+        // TLS 1.3: the server's verdict on the client certificate arrives with the first read.
+        io.write_all(&[0xc0, 0]).await?;
+        let mut b = [0u8; 4];
+        let n = io.read(&mut b).await?;
+        Ok::<usize, std::io::Error>(n)
+    }
+    .await;
+    assert!(matches!(r, Err(_) | Ok(0)), "refused: {r:?}");
+
+    let dev = enroll(&s).await;
+    let dd = tender_server::datadir::DataDir::prepare(&s.config.data_dir).unwrap();
+    let ca = tender_server::ca::load_or_create(&Default::default(), &dd, now()).unwrap();
+    let csr = tender_server::ca::parse_csr(&csr(&dev.key)).unwrap();
+    let long_ago = tender_core::Timestamp::from_unix_millis(now().unix_millis() - 3 * 86_400_000);
+    let old = ca
+        .sign_device(
+            &csr,
+            dev.id.parse().unwrap(),
+            &tender_core::tenant::TenantSlug::default_tenant(),
+            long_ago,
+            1,
+        )
+        .unwrap();
+    let r = async {
+        let mut io = tls(&s, Some((&old.pem, &dev.key))).await?;
+        io.write_all(&[0xc0, 0]).await?;
+        let mut b = [0u8; 4];
+        io.read(&mut b).await
+    }
+    .await;
+    assert!(matches!(r, Err(_) | Ok(0)), "refused: {r:?}");
+    // No certificate and no password.
+    let mut c = Client::open(&s, None, true).await;
+    assert_eq!(
+        c.connect_v5("", true, 0).await.reason_code,
+        ConnectAckReason::BadUserNameOrPassword
+    );
+    still_serving(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_persistent_session_keeps_subscriptions_and_queued_messages() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let device_id: tender_core::DeviceId = dev.id.parse().unwrap();
+    let gateway = s.server.as_ref().unwrap().gateway.clone();
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    let ack = c.connect_v5(&dev.id, false, 300).await;
+    assert!(!ack.session_present);
+    c.subscribe_v5(&[&format!("tender/v1/{}/commands/+", dev.id)])
+        .await;
+    c.send(MqttPacket::V5(v5::Packet::Disconnect(
+        v5::Disconnect::default(),
+    )))
+    .await;
+    assert!(c.recv().await.is_none());
+    wait_closed(&s, &dev.id).await;
+    let metrics = tender_server::metrics::Metrics::new();
+    let d = gateway.send(
+        device_id,
+        "commands/c-1",
+        Bytes::from_static(b"{\"reboot\":true}"),
+        QoS::AtLeastOnce,
+        &metrics,
+    );
+    assert_eq!(d, tender_server::mqtt::Delivery::Queued);
+    assert_eq!(
+        gateway.send(
+            device_id,
+            "state/desired",
+            Bytes::new(),
+            QoS::AtLeastOnce,
+            &metrics
+        ),
+        tender_server::mqtt::Delivery::NotSubscribed
+    );
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    let ack = c.connect_v5(&dev.id, false, 300).await;
+    assert!(ack.session_present);
+    match c.recv().await {
+        Some(MqttPacket::V5(v5::Packet::Publish(p))) => {
+            assert_eq!(p.topic, format!("tender/v1/{}/commands/c-1", dev.id));
+            assert_eq!(p.qos, QoS::AtLeastOnce);
+            assert_eq!(&p.payload[..], b"{\"reboot\":true}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A clean start forgets the session.
+    drop(c);
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    assert!(!c.connect_v5(&dev.id, true, 0).await.session_present);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_without_a_certificate_logs_in_with_its_password() {
+    let mut s = start(Backend::Sqlite).await;
+    let (st, d) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/devices",
+        Some(json!({"name": "tiny-sensor"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{d}");
+    let id = d["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/devices/{id}/credentials");
+    let (st, cred) = admin(&s, reqwest::Method::POST, &path, None).await;
+    assert_eq!(st, StatusCode::CREATED, "{cred}");
+    assert_eq!(cred["username"], id.as_str());
+    let password = cred["password"].as_str().unwrap().to_owned();
+
+    let login = |user: String, pass: String| v5::Connect {
+        client_id: ByteString::from(user.clone()),
+        keep_alive: 30,
+        clean_start: true,
+        username: Some(ByteString::from(user)),
+        password: Some(Bytes::from(pass)),
+        ..Default::default()
+    };
+    let mut c = Client::open(&s, None, true).await;
+    c.send(MqttPacket::V5(v5::Packet::Connect(Box::new(login(
+        id.clone(),
+        "tnp_wrong".into(),
+    )))))
+    .await;
+    match c.recv().await {
+        Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => {
+            assert_eq!(a.reason_code, ConnectAckReason::BadUserNameOrPassword)
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut c = Client::open(&s, None, true).await;
+    c.send(MqttPacket::V5(v5::Packet::Connect(Box::new(login(
+        id.clone(),
+        password.clone(),
+    )))))
+    .await;
+    match c.recv().await {
+        Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => {
+            assert_eq!(a.reason_code, ConnectAckReason::Success)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(device_json(&s, &id).await["state"], "accepted");
+    // Rotation: the live session is cut and the old password stops working.
+    let (st, rotated) = admin(&s, reqwest::Method::POST, &path, None).await;
+    assert_eq!(st, StatusCode::CREATED);
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::NotAuthorized
+    );
+    let mut c = Client::open(&s, None, true).await;
+    c.send(MqttPacket::V5(v5::Packet::Connect(Box::new(login(
+        id.clone(),
+        password,
+    )))))
+    .await;
+    match c.recv().await {
+        Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => {
+            assert_eq!(a.reason_code, ConnectAckReason::BadUserNameOrPassword)
+        }
+        other => panic!("{other:?}"),
+    }
+    let new_password = rotated["password"].as_str().unwrap().to_owned();
+    let (st, _) = admin(&s, reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let mut c = Client::open(&s, None, true).await;
+    c.send(MqttPacket::V5(v5::Packet::Connect(Box::new(login(
+        id.clone(),
+        new_password,
+    )))))
+    .await;
+    match c.recv().await {
+        Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => {
+            assert_eq!(a.reason_code, ConnectAckReason::BadUserNameOrPassword)
+        }
+        other => panic!("{other:?}"),
+    }
+    s.stop().await;
+}
