@@ -25,6 +25,8 @@ fn one_start(data: &Path) -> (Duration, u64) {
             "127.0.0.1:0",
             "--device-listen",
             "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
             "--log-level",
             "warn",
             "--data-dir",

@@ -151,6 +151,9 @@ pub struct ServerArgs {
     /// HTTPS device API (mTLS) listen address [default: 127.0.0.1:8443]
     #[arg(long, value_name = "ADDR")]
     pub device_listen: Option<SocketAddr>,
+    /// MQTT gateway (TLS) listen address [default: 127.0.0.1:8883]
+    #[arg(long, value_name = "ADDR")]
+    pub mqtt_listen: Option<SocketAddr>,
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [default: SQLite in the data dir]
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
@@ -200,16 +203,42 @@ pub enum DevicesCommand {
         /// Device id
         id: String,
     },
-    /// Register a device's public key in advance; it enrolls without a token
+    /// Connection history of a device, newest first
+    Connections {
+        /// Device id
+        id: String,
+        /// Connections per page (1-1000)
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// MQTT password of a device that cannot hold a client certificate
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// Register a device in advance: with its public key it enrolls without a token; without
+    /// one, give it a password with `tender devices credentials issue`
     Preauthorize {
         /// Device name
         #[arg(long)]
         name: String,
         /// PEM public key file (`openssl pkey -pubout`)
         #[arg(long, value_name = "FILE")]
-        public_key: PathBuf,
+        public_key: Option<PathBuf>,
         #[arg(long)]
         device_type: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CredentialsCommand {
+    /// Issue a new password (replaces the previous one and cuts a session that used it)
+    Issue {
+        /// Device id
+        id: String,
+    },
+    /// Delete the password (cuts a session that used it)
+    Delete {
+        /// Device id
+        id: String,
     },
 }
 

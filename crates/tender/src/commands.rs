@@ -6,8 +6,8 @@ use anyhow::{Result, anyhow};
 use serde_json::Value;
 
 use crate::cli::{
-    Cli, Command, DevicesCommand, EnrollmentPolicy, GlobalArgs, ListDevicesArgs, OutputFormat,
-    TenantCommand, TokensCommand,
+    Cli, Command, CredentialsCommand, DevicesCommand, EnrollmentPolicy, GlobalArgs,
+    ListDevicesArgs, OutputFormat, TenantCommand, TokensCommand,
 };
 use crate::client::ApiClient;
 use crate::{output, profile, serve};
@@ -78,8 +78,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             public_key,
             device_type,
         }) => {
-            let pem = std::fs::read_to_string(public_key)
-                .map_err(|e| anyhow!("cannot read {}: {e}", public_key.display()))?;
+            let pem = match public_key {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?,
+                ),
+                None => None,
+            };
             let d: Value = connect(g)?
                 .send(
                     reqwest::Method::POST,
@@ -88,6 +93,66 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 )
                 .await?;
             print_device(g, &d)
+        }
+        Command::Devices(DevicesCommand::Connections { id, limit }) => {
+            check_device_id(id)?;
+            let r: Value = connect(g)?
+                .get(
+                    &format!("devices/{id}/connections"),
+                    &[("limit", limit.to_string())],
+                )
+                .await?;
+            match g.output {
+                OutputFormat::Json => output::json(&r)?,
+                OutputFormat::Table => {
+                    let rows: Vec<Vec<String>> = r["items"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            vec![
+                                str_at(c, "/connected_at"),
+                                str_at(c, "/disconnected_at"),
+                                str_at(c, "/protocol"),
+                                str_at(c, "/remote_addr"),
+                                str_at(c, "/disconnect_reason"),
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &["connected", "disconnected", "protocol", "from", "reason"],
+                        &rows,
+                    )?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Devices(DevicesCommand::Credentials(CredentialsCommand::Issue { id })) => {
+            check_device_id(id)?;
+            let r: Value = connect(g)?
+                .send(
+                    reqwest::Method::POST,
+                    &format!("devices/{id}/credentials"),
+                    &Value::Null,
+                )
+                .await?;
+            match g.output {
+                OutputFormat::Json => output::json(&r)?,
+                OutputFormat::Table => {
+                    println!("username {}", str_at(&r, "/username"));
+                    println!("password {}", str_at(&r, "/password"));
+                    eprintln!("Store the password now: Tender keeps only a hash of it.");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Devices(DevicesCommand::Credentials(CredentialsCommand::Delete { id })) => {
+            check_device_id(id)?;
+            connect(g)?
+                .delete(&format!("devices/{id}/credentials"))
+                .await?;
+            eprintln!("deleted the password of device {id}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::EnrollmentTokens(cmd) => tokens(g, cmd).await,
         Command::Tenant(TenantCommand::Enrollment { policy }) => {
@@ -358,11 +423,19 @@ async fn list_devices(g: &GlobalArgs, args: &ListDevicesArgs) -> Result<ExitCode
                         str_at(d, "/name"),
                         str_at(d, "/device_type"),
                         str_at(d, "/state"),
-                        str_at(d, "/created_at"),
+                        if d["online"] == Value::Bool(true) {
+                            "online".to_owned()
+                        } else {
+                            "offline".to_owned()
+                        },
+                        str_at(d, "/last_seen_at"),
                     ]
                 })
                 .collect();
-            output::table(&["id", "name", "type", "state", "created"], &rows)?;
+            output::table(
+                &["id", "name", "type", "state", "presence", "last seen"],
+                &rows,
+            )?;
             match next {
                 Some(n) => eprintln!(
                     "{} devices shown; more follow: add --all, or --cursor {n}",
@@ -395,6 +468,7 @@ fn print_device(g: &GlobalArgs, d: &Value) -> Result<ExitCode> {
                 "name",
                 "device_type",
                 "state",
+                "online",
                 "key_fingerprint",
                 "last_seen_at",
                 "created_at",

@@ -22,6 +22,9 @@ pub fn config(args: &ServerArgs) -> Result<Config> {
     if let Some(l) = args.device_listen {
         c.devices.listen = l;
     }
+    if let Some(l) = args.mqtt_listen {
+        c.mqtt.listen = l;
+    }
     if let Some(u) = &args.database_url {
         c.database.url = Some(u.clone());
     }
@@ -72,6 +75,9 @@ pub async fn run(args: &ServerArgs) -> Result<ExitCode> {
         "  devices      https://{}/device/v1  (mTLS)",
         server.device_addr
     );
+    if let Some(mqtt) = server.mqtt_addr {
+        println!("  mqtt         mqtts://{mqtt}  (MQTT 3.1.1/5 over TLS)");
+    }
     println!("  data dir     {}", server.data_dir.display());
     println!("  database     {}", server.database);
     println!("  device CA    {}", server.ca_cert_path.display());

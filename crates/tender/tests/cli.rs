@@ -60,6 +60,8 @@ fn start_server(profile_dir: &Path, data_dir: &Path, extra: &[&str]) -> ServerPr
             "127.0.0.1:0",
             "--device-listen",
             "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data_dir)
@@ -150,6 +152,7 @@ fn help_shows_the_command_tree() {
         "--data-dir",
         "--listen",
         "--device-listen",
+        "--mqtt-listen",
         "--database-url",
         "--log-format",
         "--log-level",
@@ -277,7 +280,13 @@ fn the_server_runs_on_postgres() {
 /// Runs `tender server` expecting it to fail at start-up; returns its stderr.
 fn failing_start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let mut cmd = tender(dir);
-    cmd.args(["server", "--device-listen", "127.0.0.1:0"])
+    cmd.args([
+        "server",
+        "--device-listen",
+        "127.0.0.1:0",
+        "--mqtt-listen",
+        "127.0.0.1:0",
+    ])
         .args(args);
     for (k, v) in env {
         cmd.env(k, v);
