@@ -287,7 +287,7 @@ fn failing_start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
         "--mqtt-listen",
         "127.0.0.1:0",
     ])
-        .args(args);
+    .args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
