@@ -13,6 +13,7 @@ pub mod enrollment;
 pub mod ids;
 pub mod page;
 pub mod presence;
+pub mod telemetry;
 pub mod tenant;
 pub mod user;
 

@@ -14,6 +14,7 @@ use tender_core::auth::Role;
 use tender_core::device::{Device, DeviceState};
 use tender_core::page::{PageLimit, PageRequest};
 use tender_core::presence::{DeviceConnection, Transport};
+use tender_core::telemetry::{MetricName, Sample};
 use tender_core::tenant::{Tenant, TenantSlug};
 use tender_core::user::{ApiToken, User};
 use tender_core::{ConnectionId, DeviceId, TenantId, Timestamp, TokenId, UserId};
@@ -66,6 +67,14 @@ macro_rules! conformance_suite {
             close_open_connections_covers_every_tenant,
             device_credentials_rotate,
             device_credentials_are_tenant_scoped,
+            samples_round_trip,
+            samples_replace_on_the_same_timestamp,
+            sample_writes_are_all_or_nothing,
+            sample_reads_are_tenant_scoped,
+            sample_ranges_include_from_and_exclude_to,
+            sample_queries_page_by_limit,
+            latest_samples_are_the_newest_per_metric,
+            a_thousand_samples_in_one_call,
         );
         #[tokio::test]
         async fn data_survives_reopen() {
@@ -1258,6 +1267,445 @@ pub async fn device_credentials_are_tenant_scoped(store: &dyn Store) {
             .await
             .unwrap(),
         Some(mine)
+    );
+}
+
+fn metric(name: &str) -> MetricName {
+    MetricName::parse(name).expect("test metric names are valid")
+}
+
+fn sample(name: &str, at: Timestamp, value: f64) -> Sample {
+    Sample {
+        metric: metric(name),
+        at,
+        value,
+    }
+}
+
+const BEGINNING: Timestamp = Timestamp::from_unix_millis(i64::MIN);
+const END: Timestamp = Timestamp::from_unix_millis(i64::MAX);
+
+/// Every sample of one metric of a device, oldest first (at most 1000).
+async fn samples_of(
+    store: &dyn Store,
+    tenant: TenantId,
+    device: DeviceId,
+    name: &str,
+) -> Vec<Sample> {
+    let page = store
+        .query_samples(tenant, device, &metric(name), BEGINNING, END, limit(1000))
+        .await
+        .unwrap();
+    assert_eq!(page.next, None, "more than 1000 samples of {name}");
+    page.items
+}
+
+pub async fn samples_round_trip(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    let given = vec![
+        sample("temperature", T0.plus_millis(2000), -3.25),
+        sample("temperature", T0, 21.5),
+        sample("cpu.load", T0, 0.1 + 0.2),
+        sample("temperature", T0.plus_millis(1000), 21.75),
+        sample("big", T0, f64::MAX),
+        sample("tiny", T0, f64::MIN_POSITIVE / 4.0),
+        sample("int", T0, 9_007_199_254_740_992.0),
+        sample("disk:/dev/sda1", T0, 0.0),
+    ];
+    assert_eq!(store.insert_samples(t.id, d.id, &given).await.unwrap(), 8);
+    // Oldest first, every value bit for bit.
+    let temperature = samples_of(store, t.id, d.id, "temperature").await;
+    assert_eq!(
+        temperature,
+        vec![
+            sample("temperature", T0, 21.5),
+            sample("temperature", T0.plus_millis(1000), 21.75),
+            sample("temperature", T0.plus_millis(2000), -3.25),
+        ]
+    );
+    for s in given.iter().filter(|s| s.metric.as_str() != "temperature") {
+        let got = samples_of(store, t.id, d.id, s.metric.as_str()).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].at, s.at);
+        assert_eq!(got[0].value.to_bits(), s.value.to_bits(), "{}", s.metric);
+    }
+    assert!(samples_of(store, t.id, d.id, "humidity").await.is_empty());
+    assert_eq!(
+        store.latest_samples(t.id, d.id).await.unwrap(),
+        vec![
+            sample("big", T0, f64::MAX),
+            sample("cpu.load", T0, 0.1 + 0.2),
+            sample("disk:/dev/sda1", T0, 0.0),
+            sample("int", T0, 9_007_199_254_740_992.0),
+            sample("temperature", T0.plus_millis(2000), -3.25),
+            sample("tiny", T0, f64::MIN_POSITIVE / 4.0),
+        ]
+    );
+}
+
+pub async fn samples_replace_on_the_same_timestamp(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    let first = [sample("t", T0, 1.0), sample("t", T0.plus_millis(1), 2.0)];
+    assert_eq!(store.insert_samples(t.id, d.id, &first).await.unwrap(), 2);
+    // The same message delivered again: written again, stored once.
+    assert_eq!(store.insert_samples(t.id, d.id, &first).await.unwrap(), 2);
+    assert_eq!(samples_of(store, t.id, d.id, "t").await, first.to_vec());
+    // A new value for an existing time replaces the old one; other times stay.
+    assert_eq!(
+        store
+            .insert_samples(t.id, d.id, &[sample("t", T0, 10.0)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        samples_of(store, t.id, d.id, "t").await,
+        vec![sample("t", T0, 10.0), sample("t", T0.plus_millis(1), 2.0)]
+    );
+    // Within one call the last value for a key wins and the key counts once.
+    let repeated = [
+        sample("h", T0, 1.0),
+        sample("h", T0, 2.0),
+        sample("h", T0, 3.0),
+    ];
+    assert_eq!(
+        store.insert_samples(t.id, d.id, &repeated).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        samples_of(store, t.id, d.id, "h").await,
+        vec![sample("h", T0, 3.0)]
+    );
+    // Also when the repeats fall into different statements of one call.
+    let mut many: Vec<Sample> = (0..150)
+        .map(|i| sample("m", T0.plus_millis(i), 1.0))
+        .collect();
+    many.push(sample("m", T0, 99.0));
+    assert_eq!(store.insert_samples(t.id, d.id, &many).await.unwrap(), 150);
+    let got = samples_of(store, t.id, d.id, "m").await;
+    assert_eq!(got.len(), 150);
+    assert_eq!(got[0], sample("m", T0, 99.0));
+    // The same metric and time of another device is another sample.
+    let other = device(t.id, "y", DeviceState::Accepted);
+    store.insert_device(&other).await.unwrap();
+    assert_eq!(
+        store
+            .insert_samples(t.id, other.id, &[sample("t", T0, 5.0)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        samples_of(store, t.id, other.id, "t").await,
+        vec![sample("t", T0, 5.0)]
+    );
+    assert_eq!(
+        samples_of(store, t.id, d.id, "t").await[0],
+        sample("t", T0, 10.0)
+    );
+}
+
+pub async fn sample_writes_are_all_or_nothing(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let d = device(a.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    let stored = [sample("t", T0, 1.0), sample("t", T0.plus_millis(1), 2.0)];
+    store.insert_samples(a.id, d.id, &stored).await.unwrap();
+    // The device's samples are as they were, and nothing was added anywhere.
+    let check = async || {
+        assert_eq!(samples_of(store, a.id, d.id, "t").await, stored.to_vec());
+        assert!(samples_of(store, a.id, d.id, "new").await.is_empty());
+        assert!(samples_of(store, b.id, d.id, "t").await.is_empty());
+    };
+
+    // The device is in another tenant: new keys, existing keys, both, many (several
+    // statements): refused whole.
+    let new_keys: Vec<Sample> = (0..5)
+        .map(|i| sample("new", T0.plus_millis(i), 7.0))
+        .collect();
+    let existing_keys = [
+        sample("t", T0, 100.0),
+        sample("t", T0.plus_millis(1), 200.0),
+    ];
+    let mut both = existing_keys.to_vec();
+    both.extend(new_keys.iter().cloned());
+    let mut many: Vec<Sample> = (0..250)
+        .map(|i| sample("t", T0.plus_millis(i), 9.0))
+        .collect();
+    many.extend((0..250).map(|i| sample("new", T0.plus_millis(i), 9.0)));
+    for attempt in [
+        &new_keys[..],
+        &existing_keys[..],
+        &both[..],
+        &many[..],
+        &[][..],
+    ] {
+        let err = store.insert_samples(b.id, d.id, attempt).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+        check().await;
+    }
+    // A device that does not exist anywhere.
+    let ghost = DeviceId::from_uuid(Uuid::now_v7());
+    for attempt in [&new_keys[..], &[][..]] {
+        let err = store
+            .insert_samples(a.id, ghost, attempt)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    }
+    // A value that is not a finite number spoils the whole call, wherever it is.
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut with_bad = many.clone();
+        with_bad.push(sample("new", T0.plus_millis(1000), bad));
+        let err = store
+            .insert_samples(a.id, d.id, &with_bad)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Internal(_)), "{err}");
+        check().await;
+    }
+    // Nothing to write for a device of the tenant is fine.
+    assert_eq!(store.insert_samples(a.id, d.id, &[]).await.unwrap(), 0);
+    check().await;
+}
+
+pub async fn sample_reads_are_tenant_scoped(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let d = device(a.id, "x", DeviceState::Accepted);
+    let neighbour = device(a.id, "y", DeviceState::Accepted);
+    let foreign = device(b.id, "z", DeviceState::Accepted);
+    for dev in [&d, &neighbour, &foreign] {
+        store.insert_device(dev).await.unwrap();
+    }
+    store
+        .insert_samples(a.id, d.id, &[sample("t", T0, 1.0)])
+        .await
+        .unwrap();
+    store
+        .insert_samples(a.id, neighbour.id, &[sample("t", T0.plus_millis(1), 2.0)])
+        .await
+        .unwrap();
+    store
+        .insert_samples(b.id, foreign.id, &[sample("t", T0.plus_millis(2), 3.0)])
+        .await
+        .unwrap();
+    // Another tenant sees nothing of the device, even by its id.
+    let page = store
+        .query_samples(b.id, d.id, &metric("t"), BEGINNING, END, limit(10))
+        .await
+        .unwrap();
+    assert!(page.items.is_empty() && page.next.is_none());
+    assert!(store.latest_samples(b.id, d.id).await.unwrap().is_empty());
+    assert!(
+        store
+            .latest_samples(a.id, foreign.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Each device sees its own samples only.
+    assert_eq!(
+        samples_of(store, a.id, d.id, "t").await,
+        vec![sample("t", T0, 1.0)]
+    );
+    assert_eq!(
+        store.latest_samples(a.id, neighbour.id).await.unwrap(),
+        vec![sample("t", T0.plus_millis(1), 2.0)]
+    );
+    assert_eq!(
+        store.latest_samples(b.id, foreign.id).await.unwrap(),
+        vec![sample("t", T0.plus_millis(2), 3.0)]
+    );
+}
+
+pub async fn sample_ranges_include_from_and_exclude_to(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    let at = |i: i64| T0.plus_millis(i);
+    let samples: Vec<Sample> = (0..4).map(|i| sample("t", at(i), i as f64)).collect();
+    store.insert_samples(t.id, d.id, &samples).await.unwrap();
+    store
+        .insert_samples(
+            t.id,
+            d.id,
+            &[sample("h", at(1), 9.0), sample("t2", at(1), 9.0)],
+        )
+        .await
+        .unwrap();
+    let range = async |from: Timestamp, to: Timestamp| {
+        store
+            .query_samples(t.id, d.id, &metric("t"), from, to, limit(100))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|s| s.at)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(range(at(1), at(3)).await, vec![at(1), at(2)]);
+    assert_eq!(range(at(0), at(4)).await, vec![at(0), at(1), at(2), at(3)]);
+    assert_eq!(range(at(3), at(4)).await, vec![at(3)]);
+    assert_eq!(range(at(1), at(2)).await, vec![at(1)]);
+    assert_eq!(range(at(1), at(1)).await, vec![], "an empty range");
+    assert_eq!(range(at(3), at(1)).await, vec![], "a reversed range");
+    assert_eq!(range(at(4), END).await, vec![]);
+    assert_eq!(range(BEGINNING, at(0)).await, vec![]);
+    assert_eq!(range(BEGINNING, END).await.len(), 4);
+}
+
+pub async fn sample_queries_page_by_limit(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    // Every 10 s, inserted newest first.
+    let samples: Vec<Sample> = (0..25)
+        .rev()
+        .map(|i| sample("t", T0.plus_millis(i * 10_000), i as f64))
+        .collect();
+    store.insert_samples(t.id, d.id, &samples).await.unwrap();
+    let to = T0.plus_millis(1_000_000);
+    let mut from = T0;
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    loop {
+        let page = store
+            .query_samples(t.id, d.id, &metric("t"), from, to, limit(10))
+            .await
+            .unwrap();
+        sizes.push(page.items.len());
+        seen.extend(page.items.iter().map(|s| s.value));
+        match page.next {
+            Some(next) => {
+                assert_eq!(Some(next), page.items.last().map(|s| s.at));
+                from = next.plus_millis(1);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(sizes, vec![10, 10, 5]);
+    assert_eq!(seen, (0..25).map(|i| i as f64).collect::<Vec<_>>());
+    // An exact fit ends without an empty extra page; one short says more follow.
+    let all = store
+        .query_samples(t.id, d.id, &metric("t"), T0, to, limit(25))
+        .await
+        .unwrap();
+    assert_eq!((all.items.len(), all.next), (25, None));
+    let short = store
+        .query_samples(t.id, d.id, &metric("t"), T0, to, limit(24))
+        .await
+        .unwrap();
+    assert_eq!(short.items.len(), 24);
+    assert_eq!(short.next, Some(T0.plus_millis(230_000)));
+    let one = store
+        .query_samples(t.id, d.id, &metric("t"), T0, to, limit(1))
+        .await
+        .unwrap();
+    assert_eq!(one.items, vec![sample("t", T0, 0.0)]);
+    assert_eq!(one.next, Some(T0));
+}
+
+pub async fn latest_samples_are_the_newest_per_metric(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    let other = device(t.id, "y", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    store.insert_device(&other).await.unwrap();
+    assert!(store.latest_samples(t.id, d.id).await.unwrap().is_empty());
+    assert!(
+        store
+            .latest_samples(t.id, DeviceId::from_uuid(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Names whose bytewise order differs from a natural-language collation.
+    let names = [
+        "b1", "Zeta", "alpha", "a_b", "a.b", "a-b", "a:b", "a/b", "a0", "B2", "A", "a", "9",
+    ];
+    let mut expected = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let newest = T0.plus_millis(1000 + i as i64);
+        // Newest written first, then older ones: the newest is by time, not by arrival.
+        store
+            .insert_samples(t.id, d.id, &[sample(name, newest, i as f64)])
+            .await
+            .unwrap();
+        let older: Vec<Sample> = (0..3)
+            .map(|k| sample(name, T0.plus_millis(k), -1.0))
+            .collect();
+        store.insert_samples(t.id, d.id, &older).await.unwrap();
+        expected.push(sample(name, newest, i as f64));
+    }
+    // Another device's newer samples of the same metrics do not count.
+    let theirs: Vec<Sample> = names
+        .iter()
+        .map(|n| sample(n, T0.plus_millis(5000), 42.0))
+        .collect();
+    store.insert_samples(t.id, other.id, &theirs).await.unwrap();
+    // A replaced newest value shows its new value.
+    store
+        .insert_samples(t.id, d.id, &[sample("alpha", T0.plus_millis(1002), 7.5)])
+        .await
+        .unwrap();
+    expected[2].value = 7.5;
+    expected.sort_by(|x, y| {
+        x.metric
+            .as_str()
+            .as_bytes()
+            .cmp(y.metric.as_str().as_bytes())
+    });
+    let got = store.latest_samples(t.id, d.id).await.unwrap();
+    assert_eq!(
+        got.iter().map(|s| s.metric.as_str()).collect::<Vec<_>>(),
+        vec![
+            "9", "A", "B2", "Zeta", "a", "a-b", "a.b", "a/b", "a0", "a:b", "a_b", "alpha", "b1"
+        ]
+    );
+    assert_eq!(got, expected);
+}
+
+pub async fn a_thousand_samples_in_one_call(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    // What one full payload carries: 10 metrics, 100 times each.
+    let batch: Vec<Sample> = (0..1000)
+        .map(|i| sample(&format!("m{}", i % 10), T0.plus_millis(i / 10), i as f64))
+        .collect();
+    assert_eq!(
+        store.insert_samples(t.id, d.id, &batch).await.unwrap(),
+        1000
+    );
+    // Delivered again, with some new samples beyond a multiple of the statement size.
+    let mut again = batch.clone();
+    again.extend(
+        (1000..1037).map(|i| sample(&format!("m{}", i % 10), T0.plus_millis(i / 10), i as f64)),
+    );
+    assert_eq!(
+        store.insert_samples(t.id, d.id, &again).await.unwrap(),
+        1037
+    );
+    let mut total = 0;
+    for m in 0..10 {
+        let got = samples_of(store, t.id, d.id, &format!("m{m}")).await;
+        assert!(got.windows(2).all(|w| w[0].at < w[1].at));
+        assert!(got.iter().all(|s| s.value as i64 % 10 == m));
+        total += got.len();
+    }
+    assert_eq!(total, 1037);
+    let latest = store.latest_samples(t.id, d.id).await.unwrap();
+    assert_eq!(latest.len(), 10);
+    assert!(
+        latest
+            .iter()
+            .all(|s| s.at == T0.plus_millis(103) || s.at == T0.plus_millis(102))
     );
 }
 

@@ -18,8 +18,11 @@
 //! - A listing never silently caps: it returns a page and the key of the next one.
 //! - Device lifecycle changes are compare-and-set on the current state; the rules for which
 //!   transitions are allowed live in the core ([`tender_core::device::DeviceState`]).
-//! - A connection, a certificate or a credential can only be recorded for a device that exists in
-//!   the same tenant. A connection is closed at most once: closing it again keeps the first close.
+//! - A connection, a certificate, a credential or a telemetry sample can only be recorded for a
+//!   device that exists in the same tenant. A connection is closed at most once: closing it again
+//!   keeps the first close.
+//! - The samples of one [`TelemetryStore::insert_samples`] call are written together or not at
+//!   all, and a sample for a (device, metric, time) that has one replaces its value.
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
@@ -29,8 +32,9 @@ use async_trait::async_trait;
 use tender_core::certificate::{DeviceCertificate, DeviceCredential};
 use tender_core::device::{Device, DeviceState};
 use tender_core::enrollment::EnrollmentToken;
-use tender_core::page::{Page, PageRequest};
+use tender_core::page::{Page, PageLimit, PageRequest};
 use tender_core::presence::DeviceConnection;
+use tender_core::telemetry::{MetricName, Sample};
 use tender_core::tenant::{Tenant, TenantSlug};
 use tender_core::user::{ApiToken, User};
 use tender_core::{ConnectionId, DeviceId, TenantId, Timestamp, TokenId, UserId};
@@ -93,7 +97,7 @@ pub struct DeviceFilter {
 
 /// The storage port.
 #[async_trait]
-pub trait Store: IdentityStore + PresenceStore + Send + Sync + 'static {
+pub trait Store: IdentityStore + PresenceStore + TelemetryStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Succeeds when the database answers a trivial query.
@@ -260,6 +264,40 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// tenants never appear). Any number of ids; none costs no query.
     async fn online_devices(&self, tenant: TenantId, ids: &[DeviceId])
     -> Result<HashSet<DeviceId>>;
+}
+
+/// The telemetry part of the port: numeric samples per device and metric, keyed by time.
+#[async_trait]
+pub trait TelemetryStore: Send + Sync + 'static {
+    /// Writes the samples of one device, all or none (one transaction). A sample for a
+    /// (device, metric, at) that is already stored replaces its value, so a message delivered
+    /// twice is stored once; within `samples`, the last one for a key wins. Returns how many
+    /// samples were written (inserted or replaced), counting each key once. NotFound when the
+    /// device does not exist in the tenant, also for an empty `samples`; nothing is written then.
+    /// Values must be finite (the core's payload parser only makes finite ones); a NaN or an
+    /// infinity is refused as Internal, and nothing is written.
+    async fn insert_samples(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        samples: &[Sample],
+    ) -> Result<u64>;
+    /// The device's samples of `metric` with `from <= at < to`, oldest first, at most `limit`.
+    /// Like every listing it never caps silently: `next` is the time of the last sample
+    /// returned when more follow (ask again from one millisecond after it), `None` otherwise.
+    /// Samples of a device of another tenant are never returned.
+    async fn query_samples(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        metric: &MetricName,
+        from: Timestamp,
+        to: Timestamp,
+        limit: PageLimit,
+    ) -> Result<Page<Sample, Timestamp>>;
+    /// The newest sample of each of the device's metrics, in metric-name order (bytewise, the
+    /// same on every backend). Empty for a device of another tenant.
+    async fn latest_samples(&self, tenant: TenantId, device: DeviceId) -> Result<Vec<Sample>>;
 }
 
 /// A shared, type-erased store.

@@ -6,6 +6,7 @@ use tender_core::certificate::{DeviceCertificate, DeviceCredential};
 use tender_core::device::{Device, DeviceState};
 use tender_core::enrollment::EnrollmentToken;
 use tender_core::presence::{DeviceConnection, Transport};
+use tender_core::telemetry::{MetricName, Sample};
 use tender_core::tenant::{Tenant, TenantSlug};
 use tender_core::user::{ApiToken, User};
 use tender_core::{ConnectionId, DeviceId, TenantId, Timestamp, TokenId, UserId};
@@ -261,5 +262,24 @@ impl From<CredentialRow> for DeviceCredential {
             secret_hash: r.secret_hash,
             created_at: ts(r.created_at),
         }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SampleRow {
+    metric: String,
+    at: i64,
+    value: f64,
+}
+
+impl TryFrom<SampleRow> for Sample {
+    type Error = StoreError;
+    fn try_from(r: SampleRow) -> Result<Sample, StoreError> {
+        Ok(Sample {
+            metric: MetricName::parse(&r.metric)
+                .map_err(|e| StoreError::Corrupt(format!("telemetry sample at {}: {e}", r.at)))?,
+            at: ts(r.at),
+            value: r.value,
+        })
     }
 }

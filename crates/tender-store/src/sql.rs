@@ -175,6 +175,105 @@ pub(crate) const CREDENTIAL_BY_DEVICE: &str = "SELECT device_id, tenant_id, secr
 pub(crate) const DELETE_CREDENTIAL: &str =
     "DELETE FROM device_credentials WHERE tenant_id = $1 AND device_id = $2";
 
+/// How many samples one [`INSERT_SAMPLES`] statement writes.
+pub(crate) const INSERT_SAMPLES_CHUNK: usize = 100;
+/// Writes up to [`INSERT_SAMPLES_CHUNK`] samples of one device: $1 tenant, $2 device, then
+/// (metric, at, value) per sample in $3 to $302. The statement has a fixed number of rows so
+/// that it is static (and prepared once) on both dialects; callers pad a short chunk by
+/// repeating its rows, which `DISTINCT` removes again (an upsert must not meet one key twice
+/// in a statement on PostgreSQL). The rows go in key order, so that concurrent writers to one
+/// device take row locks in the same order. The tenant is part of the key: a device of another
+/// tenant fails the foreign key, whether or not the device has samples at those times.
+/// (`WHERE true` keeps SQLite from reading `ON CONFLICT` as a join constraint.)
+pub(crate) static INSERT_SAMPLES: &str = match std::str::from_utf8(&INSERT_SAMPLES_SQL) {
+    Ok(sql) => sql,
+    Err(_) => panic!("INSERT_SAMPLES is ASCII"),
+};
+const INSERT_SAMPLES_HEAD: &[u8] =
+    b"INSERT INTO telemetry_samples (tenant_id, device_id, metric, at, value) \
+    SELECT DISTINCT $1, $2, column1, column2, column3 FROM (VALUES ";
+const INSERT_SAMPLES_TAIL: &[u8] = b") AS v WHERE true ORDER BY column1, column2 \
+    ON CONFLICT (tenant_id, device_id, metric, at) DO UPDATE SET value = excluded.value";
+const INSERT_SAMPLES_LEN: usize = write_insert_samples(&mut []);
+static INSERT_SAMPLES_SQL: [u8; INSERT_SAMPLES_LEN] = {
+    let mut sql = [0; INSERT_SAMPLES_LEN];
+    write_insert_samples(&mut sql);
+    sql
+};
+
+/// Writes the statement into `out` (as much as fits) and returns its full length.
+const fn write_insert_samples(out: &mut [u8]) -> usize {
+    let mut end = put(out, 0, INSERT_SAMPLES_HEAD);
+    let mut row = 0;
+    while row < INSERT_SAMPLES_CHUNK {
+        if row > 0 {
+            end = put(out, end, b", ");
+        }
+        let first = 3 + 3 * row;
+        end = put(out, end, b"($");
+        end = put_number(out, end, first);
+        end = put(out, end, b", $");
+        end = put_number(out, end, first + 1);
+        end = put(out, end, b", $");
+        end = put_number(out, end, first + 2);
+        end = put(out, end, b")");
+        row += 1;
+    }
+    put(out, end, INSERT_SAMPLES_TAIL)
+}
+
+const fn put(out: &mut [u8], mut end: usize, bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while i < bytes.len() {
+        if end < out.len() {
+            out[end] = bytes[i];
+        }
+        end += 1;
+        i += 1;
+    }
+    end
+}
+
+const fn put_number(out: &mut [u8], end: usize, n: usize) -> usize {
+    let mut digits = [0; 20];
+    let mut len = 0;
+    let mut rest = n;
+    loop {
+        digits[digits.len() - 1 - len] = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let (_, used) = digits.split_at(digits.len() - len);
+    put(out, end, used)
+}
+
+/// A metric's samples with $4 <= at < $5, oldest first: $1 tenant, $2 device, $3 metric,
+/// $6 limit. One range scan of the primary key.
+pub(crate) const QUERY_SAMPLES: &str = "SELECT metric, at, value FROM telemetry_samples \
+     WHERE tenant_id = $1 AND device_id = $2 AND metric = $3 AND at >= $4 AND at < $5 \
+     ORDER BY at LIMIT $6";
+/// The newest sample of each metric of a device: $1 tenant, $2 device. A `GROUP BY metric`
+/// would read every sample the device ever sent; instead the recursive part hops from one
+/// metric to the next through the primary key (a loose index scan, which neither database
+/// does by itself), and each metric's newest sample is one more index lookup: the cost grows
+/// with the number of metrics, not of samples. Metric names are ASCII and compared bytewise on both backends (PostgreSQL: `COLLATE "C"` on
+/// the column).
+pub(crate) const LATEST_SAMPLES: &str = "WITH RECURSIVE metrics (metric) AS ( \
+     SELECT MIN(metric) FROM telemetry_samples WHERE tenant_id = $1 AND device_id = $2 \
+     UNION ALL \
+     SELECT (SELECT MIN(n.metric) FROM telemetry_samples n \
+     WHERE n.tenant_id = $1 AND n.device_id = $2 AND n.metric > metrics.metric) \
+     FROM metrics WHERE metrics.metric IS NOT NULL) \
+     SELECT s.metric, s.at, s.value FROM metrics \
+     JOIN telemetry_samples s ON s.tenant_id = $1 AND s.device_id = $2 \
+     AND s.metric = metrics.metric \
+     AND s.at = (SELECT MAX(l.at) FROM telemetry_samples l \
+     WHERE l.tenant_id = $1 AND l.device_id = $2 AND l.metric = metrics.metric) \
+     ORDER BY s.metric";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +288,21 @@ mod tests {
             .map(|i| format!("${i}"))
             .collect();
         assert_eq!(list, Some(expected.iter().map(String::as_str).collect()));
+    }
+
+    #[test]
+    fn the_insert_samples_statement_has_three_placeholders_per_chunk_slot() {
+        let rows = INSERT_SAMPLES
+            .split_once("(VALUES ")
+            .and_then(|(_, rest)| rest.split_once(") AS v"))
+            .map(|(rows, _)| rows.to_owned());
+        let expected: Vec<String> = (0..INSERT_SAMPLES_CHUNK)
+            .map(|r| format!("(${}, ${}, ${})", 3 + 3 * r, 4 + 3 * r, 5 + 3 * r))
+            .collect();
+        assert_eq!(rows, Some(expected.join(", ")));
+        assert!(INSERT_SAMPLES.starts_with("INSERT INTO telemetry_samples "));
+        assert!(INSERT_SAMPLES.contains("($3, $4, $5), ($6, $7, $8)"));
+        assert!(INSERT_SAMPLES.contains("($300, $301, $302)) AS v WHERE true"));
+        assert!(INSERT_SAMPLES.ends_with("SET value = excluded.value"));
     }
 }
