@@ -886,3 +886,381 @@ async fn a_device_without_a_certificate_logs_in_with_its_password() {
     }
     s.stop().await;
 }
+
+/// Writes the device's key, certificate and the CA into `dir` for third-party clients.
+fn write_identity(s: &TestServer, dev: &Dev, dir: &std::path::Path) {
+    std::fs::write(dir.join("ca.crt"), ca_pem(s)).unwrap();
+    std::fs::write(dir.join("device.crt"), &dev.cert).unwrap();
+    std::fs::write(dir.join("device.key"), dev.key.serialize_pem()).unwrap();
+}
+
+fn tls_args(dir: &std::path::Path) -> Vec<String> {
+    let p = |f: &str| dir.join(f).display().to_string();
+    vec![
+        "--cafile".into(),
+        p("ca.crt"),
+        "--cert".into(),
+        p("device.crt"),
+        "--key".into(),
+        p("device.key"),
+    ]
+}
+
+async fn latest(s: &TestServer, id: &str) -> Vec<tender_core::telemetry::Sample> {
+    let tenant = s.default_tenant().await.id;
+    s.store()
+        .latest_samples(tenant, id.parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Mosquitto's own clients, following docs/device-protocol.md: subscribe, publish telemetry at
+/// QoS 1 over MQTT 5 and 3.1.1, see it stored, get a message sent to the device, and see a
+/// refused publish reported.
+#[tokio::test]
+async fn mosquitto_clients_publish_telemetry_and_receive_commands() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_identity(&s, &dev, dir.path());
+    let port = mqtt_addr(&s).port().to_string();
+    let base = |v: &str| {
+        let mut a: Vec<String> = vec![
+            "-V".into(),
+            v.into(),
+            "-h".into(),
+            "localhost".into(),
+            "-p".into(),
+            port.clone(),
+            "-i".into(),
+            dev.id.clone(),
+        ];
+        a.extend(tls_args(dir.path()));
+        a
+    };
+    let structured = format!(
+        r#"{{"ts": "{}", "values": {{"humidity": 40}}}}"#,
+        now().to_rfc3339()
+    );
+    for (v, payload) in [
+        ("mqttv5", r#"{"temperature": 21.5}"#),
+        ("mqttv311", structured.as_str()),
+    ] {
+        let out = tokio::process::Command::new("mosquitto_pub")
+            .args(base(v))
+            .args([
+                "-q",
+                "1",
+                "-t",
+                &format!("tender/v1/{}/telemetry", dev.id),
+                "-m",
+                payload,
+            ])
+            .output()
+            .await
+            .expect("mosquitto_pub is installed (Debian: mosquitto-clients)");
+        assert!(
+            out.status.success(),
+            "{v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stored = latest(&s, &dev.id).await;
+    let names: Vec<&str> = stored.iter().map(|x| x.metric.as_str()).collect();
+    assert_eq!(names, vec!["humidity", "temperature"]);
+    assert_eq!(stored[1].value, 21.5);
+
+    // A refused publish: MQTT 5 reports the reason code and mosquitto_pub fails.
+    let out = tokio::process::Command::new("mosquitto_pub")
+        .args(base("mqttv5"))
+        .args([
+            "-q",
+            "1",
+            "-t",
+            &format!("tender/v1/{}/telemetry", dev.id),
+            "-m",
+            "not json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() || said.to_lowercase().contains("payload"),
+        "a bad payload is refused visibly: {said}"
+    );
+
+    // mosquitto_sub waits for one message meant for the device.
+    let mut sub = tokio::process::Command::new("mosquitto_sub")
+        .args(base("mqttv5"))
+        .args([
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-v",
+            "-t",
+            &format!("tender/v1/{}/#", dev.id),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let gateway = s.server.as_ref().unwrap().gateway.clone();
+    let device_id: tender_core::DeviceId = dev.id.parse().unwrap();
+    let metrics = tender_server::metrics::Metrics::new();
+    // The subscription exists once the gateway reports the message as sent.
+    tokio::time::timeout(WAIT, async {
+        while gateway.send(
+            device_id,
+            "commands/reboot-1",
+            Bytes::from_static(b"{\"name\":\"reboot\"}"),
+            QoS::AtLeastOnce,
+            &metrics,
+        ) != tender_server::mqtt::Delivery::Sent
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("mosquitto_sub subscribes");
+    let mut out = String::new();
+    sub.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.trim(),
+        format!(
+            "tender/v1/{}/commands/reboot-1 {{\"name\":\"reboot\"}}",
+            dev.id
+        )
+    );
+    s.stop().await;
+}
+
+/// Python paho-mqtt (Debian's python3-paho-mqtt) over MQTT 5 and 3.1.1 with the device's
+/// certificate: QoS 1 telemetry acknowledged, a foreign topic refused with 0x87.
+#[tokio::test]
+async fn paho_mqtt_publishes_over_both_versions() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let neighbour = enroll(&s).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_identity(&s, &dev, dir.path());
+    let script = r#"
+import json, sys
+import paho.mqtt.client as mqtt
+port, d, dev, other = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+results = {}
+for version in (mqtt.MQTTv5, mqtt.MQTTv311):
+    c = mqtt.Client(client_id=dev, protocol=version)
+    c.tls_set(ca_certs=d + "/ca.crt", certfile=d + "/device.crt", keyfile=d + "/device.key")
+    c.connect("localhost", port, keepalive=30)
+    c.loop_start()
+    info = c.publish("tender/v1/%s/telemetry" % dev, json.dumps({"paho_v%d" % version: 1}), qos=1)
+    info.wait_for_publish(timeout=20)
+    results["v%d" % version] = info.is_published()
+    c.disconnect()
+    c.loop_stop()
+# MQTT 5: a publish to another device's topic is answered (with reason 0x87) and not stored.
+c = mqtt.Client(client_id=dev, protocol=mqtt.MQTTv5)
+c.tls_set(ca_certs=d + "/ca.crt", certfile=d + "/device.crt", keyfile=d + "/device.key")
+c.connect("localhost", port, keepalive=30)
+c.loop_start()
+info = c.publish("tender/v1/%s/telemetry" % other, "{}", qos=1)
+info.wait_for_publish(timeout=20)
+results["foreign_answered"] = info.is_published()
+c.disconnect()
+c.loop_stop()
+print(json.dumps(results))
+"#;
+    let out = tokio::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(mqtt_addr(&s).port().to_string())
+        .arg(dir.path())
+        .arg(&dev.id)
+        .arg(&neighbour.id)
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "paho (Debian: python3-paho-mqtt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["v5"], true, "{r}");
+    assert_eq!(r["v4"], true, "{r}");
+    let stored = latest(&s, &dev.id).await;
+    let names: Vec<&str> = stored.iter().map(|x| x.metric.as_str()).collect();
+    assert_eq!(names, vec!["paho_v4", "paho_v5"]);
+    // The refused publish was answered (paho completes on any PUBACK) and stored nothing.
+    assert_eq!(r["foreign_answered"], true, "{r}");
+    assert!(latest(&s, &neighbour.id).await.is_empty());
+    s.stop().await;
+}
+
+/// The three ways in all end in the same MQTT session: a token (above), an operator's approval
+/// of a pending device, and a preauthorized key.
+#[tokio::test]
+async fn pending_and_preauthorized_devices_talk_mqtt_once_admitted() {
+    let mut s = start(Backend::Sqlite).await;
+    let ca = reqwest::Certificate::from_pem(ca_pem(&s).as_bytes()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let enroll_url = format!(
+        "https://127.0.0.1:{}/device/v1/enroll",
+        s.server.as_ref().unwrap().device_addr.port()
+    );
+    // Pending, then accepted by an operator, then asks again.
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let body = json!({"csr": csr(&key), "name": "pending-one"});
+    let r = http.post(&enroll_url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<Value>().await.unwrap()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (st, _) = admin(
+        &s,
+        reqwest::Method::POST,
+        &format!("/api/v1/devices/{id}/accept"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let r = http.post(&enroll_url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cert = r.json::<Value>().await.unwrap()["certificate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pending = Dev { id, key, cert };
+    // Preauthorized by key, then enrolls without a token.
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let (st, d) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/devices",
+        Some(json!({"name": "pre", "public_key": key.public_key_pem()})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{d}");
+    let r = http
+        .post(&enroll_url)
+        .json(&json!({"csr": csr(&key)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["device_id"], d["id"]);
+    let pre = Dev {
+        id: a["device_id"].as_str().unwrap().to_owned(),
+        key,
+        cert: a["certificate"].as_str().unwrap().to_owned(),
+    };
+    for dev in [&pending, &pre] {
+        let mut c = Client::open(&s, Some(dev), true).await;
+        assert_eq!(
+            c.connect_v5(&dev.id, true, 0).await.reason_code,
+            ConnectAckReason::Success
+        );
+        c.publish_v5(
+            &format!("tender/v1/{}/telemetry", dev.id),
+            r#"{"up": 1}"#,
+            QoS::AtLeastOnce,
+            1,
+        )
+        .await;
+        assert_eq!(c.puback_v5().await.reason_code, PublishAckReason::Success);
+        assert_eq!(latest(&s, &dev.id).await.len(), 1);
+    }
+    s.stop().await;
+}
+
+/// A will on the device's telemetry topic is stored when the connection drops without
+/// DISCONNECT, and not when the device says goodbye.
+#[tokio::test]
+async fn the_will_is_published_only_on_an_abrupt_end() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let with_will = |metric: &str| v5::Connect {
+        client_id: ByteString::from(dev.id.clone()),
+        keep_alive: 30,
+        clean_start: true,
+        last_will: Some(v5::LastWill {
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: ByteString::from(format!("tender/v1/{}/telemetry", dev.id)),
+            message: Bytes::from(format!("{{\"{metric}\": 1}}")),
+            will_delay_interval_sec: None,
+            correlation_data: None,
+            message_expiry_interval: None,
+            content_type: None,
+            user_properties: Vec::new(),
+            is_utf8_payload: None,
+            response_topic: None,
+        }),
+        ..Default::default()
+    };
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.send(MqttPacket::V5(v5::Packet::Connect(Box::new(with_will(
+        "polite",
+    )))))
+    .await;
+    c.recv().await.unwrap();
+    c.send(MqttPacket::V5(v5::Packet::Disconnect(
+        v5::Disconnect::default(),
+    )))
+    .await;
+    assert!(c.recv().await.is_none());
+    wait_closed(&s, &dev.id).await;
+
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.send(MqttPacket::V5(v5::Packet::Connect(Box::new(with_will(
+        "abrupt",
+    )))))
+    .await;
+    c.recv().await.unwrap();
+    drop(c); // no DISCONNECT
+    tokio::time::timeout(WAIT, async {
+        while latest(&s, &dev.id).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the will is stored");
+    let names: Vec<String> = latest(&s, &dev.id)
+        .await
+        .iter()
+        .map(|x| x.metric.as_str().to_owned())
+        .collect();
+    assert_eq!(names, vec!["abrupt".to_owned()]);
+    // A will outside the device's topics is refused at CONNECT.
+    let mut bad = with_will("x");
+    if let Some(w) = bad.last_will.as_mut() {
+        w.topic = ByteString::from("tender/v1/someone-else/telemetry");
+    }
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.send(MqttPacket::V5(v5::Packet::Connect(Box::new(bad))))
+        .await;
+    match c.recv().await {
+        Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => {
+            assert_eq!(a.reason_code, ConnectAckReason::NotAuthorized)
+        }
+        other => panic!("{other:?}"),
+    }
+    s.stop().await;
+}

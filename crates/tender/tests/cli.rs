@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tender_store::conformance::PgTestDatabase;
 
@@ -47,6 +47,8 @@ struct ServerProc {
     base: String,
     /// host:port of the HTTPS device API.
     device_addr: String,
+    /// host:port of the MQTT gateway.
+    mqtt_addr: String,
     token: Option<String>,
     _lines: Receiver<String>,
 }
@@ -81,6 +83,7 @@ fn start_server(profile_dir: &Path, data_dir: &Path, extra: &[&str]) -> ServerPr
     });
     let mut base = None;
     let mut device_addr = None;
+    let mut mqtt_addr = None;
     let mut token = None;
     loop {
         let line = rx.recv_timeout(WAIT).expect("server banner");
@@ -97,6 +100,10 @@ fn start_server(profile_dir: &Path, data_dir: &Path, extra: &[&str]) -> ServerPr
                     .to_owned(),
             );
         }
+        if let Some(rest) = t.strip_prefix("mqtt") {
+            let url = rest.split_whitespace().next().unwrap();
+            mqtt_addr = Some(url.trim_start_matches("mqtts://").to_owned());
+        }
         if t.starts_with("tnd_") {
             token = Some(t.to_owned());
         }
@@ -108,6 +115,7 @@ fn start_server(profile_dir: &Path, data_dir: &Path, extra: &[&str]) -> ServerPr
         child,
         base: base.expect("banner names the API address"),
         device_addr: device_addr.expect("banner names the device API address"),
+        mqtt_addr: mqtt_addr.expect("banner names the MQTT address"),
         token,
         _lines: rx,
     }
@@ -428,8 +436,9 @@ fn the_cli_explains_what_is_missing_or_wrong() {
     server.stop();
 }
 
-/// The operator's CLI and a device that follows docs/device-protocol.md with `openssl` and
-/// `curl` only.
+/// The operator's CLI and a device that follows docs/device-protocol.md with `openssl`, `curl`
+/// and Mosquitto's clients only: it enrolls, publishes telemetry over MQTT, shows online while
+/// subscribed, and decommissioning cuts its session at once.
 #[test]
 fn a_device_enrolls_with_openssl_and_curl() {
     let dir = tempfile::tempdir().unwrap();
@@ -495,14 +504,54 @@ fn a_device_enrolls_with_openssl_and_curl() {
     let me: serde_json::Value = serde_json::from_str(&me).unwrap();
     assert_eq!(me["device_id"], answer["device_id"]);
 
-    // The operator sees it, and decommissioning locks it out at once.
+    // MQTT with the same identity.
     let id = answer["device_id"].as_str().unwrap();
-    let list = op(&["devices", "list"]);
+    let (host, port) = server.mqtt_addr.rsplit_once(':').unwrap();
+    let mqtt = format!(
+        "-V mqttv5 -h localhost -p {port} --cafile ca.crt --cert device.crt --key device.key -i {id}"
+    );
+    assert_eq!(host, "127.0.0.1");
+    sh(&format!(
+        "mosquitto_pub {mqtt} -q 1 -t tender/v1/{id}/telemetry -m '{{\"temperature\": 21.5}}'"
+    ));
+    let sub = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec mosquitto_sub {mqtt} -q 1 -t 'tender/v1/{id}/#' -v"
+        ))
+        .current_dir(&dev)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The operator sees it online (once the subscriber's CONNECT is through).
+    let deadline = Instant::now() + WAIT;
+    let list = loop {
+        let list = op(&["devices", "list"]);
+        if list.contains("online") || Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
-        list.contains(id) && list.contains("kiosk-17") && list.contains("accepted"),
+        list.contains(id)
+            && list.contains("kiosk-17")
+            && list.contains("accepted")
+            && list.contains("online"),
         "{list}"
     );
+    assert!(op(&["devices", "connections", id]).contains("mqtt/5"));
+    // Decommissioning cuts the live session at once and locks the device out.
     op(&["devices", "decommission", id]);
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(sub.wait_with_output());
+    });
+    // mosquitto_sub ends when the server disconnects it (reason 0x87).
+    rx.recv_timeout(WAIT)
+        .expect("mosquitto_sub is disconnected")
+        .unwrap();
+    assert!(op(&["devices", "connections", id]).contains("revoked"));
     let code = sh(&format!(
         "curl -s -o /dev/null -w '%{{http_code}}' --cacert ca.crt --cert device.crt --key device.key https://{addr}/device/v1/whoami"
     ));

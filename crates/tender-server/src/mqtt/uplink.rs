@@ -56,15 +56,29 @@ impl ServerUplinks {
 impl UplinkHandler for ServerUplinks {
     async fn handle(
         &self,
-        _from: From,
+        from: From,
         uplink: &Uplink,
-        _payload: &Bytes,
-        _received_at: Timestamp,
+        payload: &Bytes,
+        received_at: Timestamp,
     ) -> Result<(), Refusal> {
-        let _ = &self.state;
-        Err(Refusal::NotSupported(format!(
-            "{} messages are not processed by this server version yet",
-            uplink.kind()
-        )))
+        match uplink {
+            Uplink::Telemetry => {
+                let samples = tender_core::telemetry::parse_payload(payload, received_at)
+                    .map_err(|e| Refusal::PayloadInvalid(e.to_string()))?;
+                self.state
+                    .store
+                    .insert_samples(from.tenant_id, from.device_id, &samples)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(device = %from.device_id, error = %e, "cannot store telemetry");
+                        Refusal::Unavailable("telemetry could not be stored; retry".into())
+                    })?;
+                Ok(())
+            }
+            other => Err(Refusal::NotSupported(format!(
+                "{} messages are not processed by this server version yet",
+                other.kind()
+            ))),
+        }
     }
 }
