@@ -969,6 +969,38 @@ async fn mosquitto_clients_publish_telemetry_and_receive_commands() {
     let names: Vec<&str> = stored.iter().map(|x| x.metric.as_str()).collect();
     assert_eq!(names, vec!["humidity", "temperature"]);
     assert_eq!(stored[1].value, 21.5);
+    // Operators read it back through the API.
+    let (st, t) = admin(
+        &s,
+        reqwest::Method::GET,
+        &format!("/api/v1/devices/{}/telemetry", dev.id),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    assert_eq!(t["items"][1]["metric"], "temperature");
+    assert_eq!(t["items"][1]["value"], 21.5);
+    let (st, r) = admin(
+        &s,
+        reqwest::Method::GET,
+        &format!("/api/v1/devices/{}/telemetry/humidity?limit=10", dev.id),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["items"].as_array().unwrap().len(), 1);
+    assert_eq!(r["items"][0]["value"], 40.0);
+    let (st, r) = admin(
+        &s,
+        reqwest::Method::GET,
+        &format!(
+            "/api/v1/devices/{}/telemetry/humidity?from=yesterday",
+            dev.id
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{r}");
 
     // A refused publish: MQTT 5 reports the reason code and mosquitto_pub fails.
     let out = tokio::process::Command::new("mosquitto_pub")
@@ -1262,5 +1294,56 @@ async fn the_will_is_published_only_on_an_abrupt_end() {
         }
         other => panic!("{other:?}"),
     }
+    s.stop().await;
+}
+
+/// A client may send PUBLISH right behind CONNECT without waiting for CONNACK (paho does):
+/// packets that arrive in the same read as CONNECT are handled, not left in the buffer.
+#[tokio::test]
+async fn packets_pipelined_behind_connect_are_handled() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let mut c = Client::open(&s, Some(&dev), false).await;
+    let mut bytes = BytesMut::new();
+    let mut codec = v3::Codec::new(1 << 20);
+    codec
+        .encode(
+            v3::Packet::Connect(Box::new(v3::Connect {
+                client_id: ByteString::from(dev.id.clone()),
+                keep_alive: 30,
+                clean_session: true,
+                ..Default::default()
+            })),
+            &mut bytes,
+        )
+        .unwrap();
+    codec
+        .encode(
+            v3::Packet::Publish(Box::new(rmqtt_codec::types::Publish {
+                dup: false,
+                retain: false,
+                qos: QoS::AtLeastOnce,
+                topic: ByteString::from(format!("tender/v1/{}/telemetry", dev.id)),
+                packet_id: NonZeroU16::new(9),
+                payload: Bytes::from_static(b"{\"pipelined\": 1}"),
+                properties: None,
+            })),
+            &mut bytes,
+        )
+        .unwrap();
+    c.send_raw(&bytes).await;
+    match c.recv().await {
+        Some(MqttPacket::V3(v3::Packet::ConnectAck(a))) => {
+            assert_eq!(a.return_code, v3::ConnectAckReason::ConnectionAccepted)
+        }
+        other => panic!("{other:?}"),
+    }
+    match c.recv().await {
+        Some(MqttPacket::V3(v3::Packet::PublishAck { packet_id })) => {
+            assert_eq!(packet_id.get(), 9)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(latest(&s, &dev.id).await.len(), 1);
     s.stop().await;
 }

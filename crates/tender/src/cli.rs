@@ -211,6 +211,23 @@ pub enum DevicesCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Telemetry of a device: the newest value of each metric, or one metric over time
+    Telemetry {
+        /// Device id
+        id: String,
+        /// One metric's samples instead of the newest of each
+        #[arg(long)]
+        metric: Option<String>,
+        /// With --metric: start (RFC 3339) [default: 24 hours ago]
+        #[arg(long, requires = "metric")]
+        from: Option<String>,
+        /// With --metric: end, exclusive (RFC 3339) [default: now]
+        #[arg(long, requires = "metric")]
+        to: Option<String>,
+        /// With --metric: samples to show (1-1000)
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// MQTT password of a device that cannot hold a client certificate
     #[command(subcommand)]
     Credentials(CredentialsCommand),

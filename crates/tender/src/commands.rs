@@ -127,6 +127,47 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Devices(DevicesCommand::Telemetry {
+            id,
+            metric,
+            from,
+            to,
+            limit,
+        }) => {
+            check_device_id(id)?;
+            let client = connect(g)?;
+            let r: Value = match metric {
+                None => client.get(&format!("devices/{id}/telemetry"), &[]).await?,
+                Some(m) => {
+                    let mut q = vec![("limit", limit.to_string())];
+                    if let Some(f) = from {
+                        q.push(("from", f.clone()));
+                    }
+                    if let Some(t) = to {
+                        q.push(("to", t.clone()));
+                    }
+                    client
+                        .get(&format!("devices/{id}/telemetry/{m}"), &q)
+                        .await?
+                }
+            };
+            match g.output {
+                OutputFormat::Json => output::json(&r)?,
+                OutputFormat::Table => {
+                    let rows: Vec<Vec<String>> = r["items"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|x| vec![str_at(x, "/metric"), str_at(x, "/at"), str_at(x, "/value")])
+                        .collect();
+                    output::table(&["metric", "at", "value"], &rows)?;
+                    if r["next_cursor"].is_string() {
+                        eprintln!("more samples follow: narrow --from/--to or raise --limit");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Devices(DevicesCommand::Credentials(CredentialsCommand::Issue { id })) => {
             check_device_id(id)?;
             let r: Value = connect(g)?

@@ -541,6 +541,11 @@ fn a_device_enrolls_with_openssl_and_curl() {
         "{list}"
     );
     assert!(op(&["devices", "connections", id]).contains("mqtt/5"));
+    let telemetry = op(&["devices", "telemetry", id]);
+    assert!(
+        telemetry.contains("temperature") && telemetry.contains("21.5"),
+        "{telemetry}"
+    );
     // Decommissioning cuts the live session at once and locks the device out.
     op(&["devices", "decommission", id]);
     let (tx, rx) = channel();

@@ -28,6 +28,7 @@ pub mod connections;
 pub mod cursor;
 pub mod devices;
 pub mod enrollment;
+pub mod telemetry;
 pub mod whoami;
 
 /// A path segment as an id, or `400 invalid-id` naming the kind of id expected.
@@ -64,6 +65,8 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         connections::list_connections,
         connections::issue_credential,
         connections::delete_credential,
+        telemetry::latest,
+        telemetry::range,
         enrollment::create_token,
         enrollment::list_tokens,
         enrollment::revoke_token,
@@ -74,6 +77,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
     modifiers(&BearerAuth),
     tags(
         (name = "devices", description = "The device registry and device lifecycle"),
+        (name = "telemetry", description = "Time series sent by devices"),
         (name = "enrollment", description = "How devices join: enrollment tokens and the tenant's policy"),
         (name = "operators", description = "Who is calling"),
     ),
@@ -122,6 +126,8 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
             "/devices/{id}/connections",
             get(connections::list_connections),
         )
+        .route("/devices/{id}/telemetry", get(telemetry::latest))
+        .route("/devices/{id}/telemetry/{metric}", get(telemetry::range))
         .route(
             "/devices/{id}/credentials",
             post(connections::issue_credential).delete(connections::delete_credential),

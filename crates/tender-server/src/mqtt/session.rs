@@ -635,6 +635,28 @@ impl Session {
                     }
                 };
             }
+            // Packets already buffered (e.g. sent right behind CONNECT, or several in one read)
+            // are handled before waiting for more bytes.
+            loop {
+                let packet = match self.conn.codec.decode(&mut self.conn.inbuf) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.ctx.state.metrics.mqtt_refusal(match e {
+                            DecodeError::MaxSizeExceeded { .. } => "packet_too_large",
+                            _ => "malformed",
+                        });
+                        return End::server(wire::reason_for(&e), format!("protocol error: {e}"));
+                    }
+                };
+                if let Some(end) = self.handle(packet).await {
+                    return end;
+                }
+            }
+            if self.conn.inbuf.is_empty() && self.conn.inbuf.capacity() > 64 * 1024 {
+                // A large packet came and went: give the memory back.
+                self.conn.inbuf = BytesMut::with_capacity(256);
+            }
             self.pump_downlinks();
             if let Err(e) = self.conn.flush().await {
                 return End::abrupt(format!("write failed: {e}"));
@@ -659,25 +681,6 @@ impl Session {
             }
             keepalive_deadline = Instant::now() + self.keepalive;
             self.last_heard = self.ctx.state.clock.now();
-            loop {
-                let packet = match self.conn.codec.decode(&mut self.conn.inbuf) {
-                    Ok(Some(p)) => p,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.ctx.state.metrics.mqtt_refusal(match e {
-                            DecodeError::MaxSizeExceeded { .. } => "packet_too_large",
-                            _ => "malformed",
-                        });
-                        return End::server(wire::reason_for(&e), format!("protocol error: {e}"));
-                    }
-                };
-                if let Some(end) = self.handle(packet).await {
-                    return end;
-                }
-            }
-            if self.conn.inbuf.is_empty() && self.conn.inbuf.capacity() > 64 * 1024 {
-                self.conn.inbuf = BytesMut::with_capacity(256);
-            }
         }
     }
 
