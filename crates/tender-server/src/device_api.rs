@@ -44,6 +44,19 @@ pub struct PeerCertificate {
     pub key_fingerprint: String,
 }
 
+impl PeerCertificate {
+    /// The first certificate the client presented (already verified against the CA by rustls).
+    pub fn of(tls: &rustls::ServerConnection) -> Option<Self> {
+        tls.peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|der| crate::ca::certificate_identity(der))
+            .map(|(serial, key_fingerprint)| PeerCertificate {
+                serial,
+                key_fingerprint,
+            })
+    }
+}
+
 /// The listener's server certificate, replaceable while the server runs: issued by the CA for
 /// `devices.hostnames`, valid for a year, and re-issued daily by [`rotate_daily`], so a server
 /// that runs for years never presents an expired certificate.
@@ -283,16 +296,7 @@ async fn serve_connection(
             return;
         }
     };
-    let cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|der| crate::ca::certificate_identity(der))
-        .map(|(serial, key_fingerprint)| PeerCertificate {
-            serial,
-            key_fingerprint,
-        });
+    let cert = PeerCertificate::of(tls.get_ref().1);
     let svc = tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let mut req = req.map(axum::body::Body::new);
         if let Some(c) = &cert {

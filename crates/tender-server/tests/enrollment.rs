@@ -37,10 +37,6 @@ impl Dev {
     }
 }
 
-fn ca_pem(s: &TestServer) -> String {
-    std::fs::read_to_string(s.config.data_dir.join("ca/ca.crt")).unwrap()
-}
-
 fn device_base(s: &TestServer) -> String {
     format!(
         "https://127.0.0.1:{}",
@@ -82,22 +78,6 @@ async fn device_whoami(s: &TestServer, dev: &Dev) -> (StatusCode, Value) {
         .unwrap();
     let st = resp.status();
     (st, resp.json().await.unwrap())
-}
-
-async fn admin(
-    s: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = s.http.request(method, s.url(path)).bearer_auth(&s.token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let st = resp.status();
-    let text = resp.text().await.unwrap();
-    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 async fn new_token(s: &TestServer, body: Value) -> String {

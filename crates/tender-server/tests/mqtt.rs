@@ -32,26 +32,6 @@ struct Dev {
     cert: String,
 }
 
-fn ca_pem(s: &TestServer) -> String {
-    std::fs::read_to_string(s.config.data_dir.join("ca/ca.crt")).unwrap()
-}
-
-async fn admin(
-    s: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = s.http.request(method, s.url(path)).bearer_auth(&s.token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let st = resp.status();
-    let text = resp.text().await.unwrap();
-    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 fn csr(key: &KeyPair) -> String {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, "device");
@@ -267,6 +247,13 @@ impl Client {
             Some(MqttPacket::V5(v5::Packet::SubscribeAck(a))) => a.status,
             other => panic!("expected SUBACK, got {other:?}"),
         }
+    }
+}
+
+async fn connack(c: &mut Client) -> ConnectAckReason {
+    match c.recv().await {
+        Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => a.reason_code,
+        other => panic!("expected CONNACK, got {other:?}"),
     }
 }
 
@@ -831,24 +818,17 @@ async fn a_device_without_a_certificate_logs_in_with_its_password() {
         "tnp_wrong".into(),
     )))))
     .await;
-    match c.recv().await {
-        Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => {
-            assert_eq!(a.reason_code, ConnectAckReason::BadUserNameOrPassword)
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        connack(&mut c).await,
+        ConnectAckReason::BadUserNameOrPassword
+    );
     let mut c = Client::open(&s, None, true).await;
     c.send(MqttPacket::V5(v5::Packet::Connect(Box::new(login(
         id.clone(),
         password.clone(),
     )))))
     .await;
-    match c.recv().await {
-        Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => {
-            assert_eq!(a.reason_code, ConnectAckReason::Success)
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(connack(&mut c).await, ConnectAckReason::Success);
     assert_eq!(device_json(&s, &id).await["state"], "accepted");
     // Rotation: the live session is cut and the old password stops working.
     let (st, rotated) = admin(&s, reqwest::Method::POST, &path, None).await;
@@ -863,12 +843,10 @@ async fn a_device_without_a_certificate_logs_in_with_its_password() {
         password,
     )))))
     .await;
-    match c.recv().await {
-        Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => {
-            assert_eq!(a.reason_code, ConnectAckReason::BadUserNameOrPassword)
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        connack(&mut c).await,
+        ConnectAckReason::BadUserNameOrPassword
+    );
     let new_password = rotated["password"].as_str().unwrap().to_owned();
     let (st, _) = admin(&s, reqwest::Method::DELETE, &path, None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
@@ -878,12 +856,10 @@ async fn a_device_without_a_certificate_logs_in_with_its_password() {
         new_password,
     )))))
     .await;
-    match c.recv().await {
-        Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => {
-            assert_eq!(a.reason_code, ConnectAckReason::BadUserNameOrPassword)
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        connack(&mut c).await,
+        ConnectAckReason::BadUserNameOrPassword
+    );
     s.stop().await;
 }
 
@@ -1288,12 +1264,7 @@ async fn the_will_is_published_only_on_an_abrupt_end() {
     let mut c = Client::open(&s, Some(&dev), true).await;
     c.send(MqttPacket::V5(v5::Packet::Connect(Box::new(bad))))
         .await;
-    match c.recv().await {
-        Some(MqttPacket::V5(v5::Packet::ConnectAck(a))) => {
-            assert_eq!(a.reason_code, ConnectAckReason::NotAuthorized)
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(connack(&mut c).await, ConnectAckReason::NotAuthorized);
     s.stop().await;
 }
 

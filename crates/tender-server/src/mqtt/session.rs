@@ -211,16 +211,7 @@ pub(crate) async fn run(ctx: Context, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let peer_cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|der| crate::ca::certificate_identity(der))
-        .map(|(serial, key_fingerprint)| PeerCertificate {
-            serial,
-            key_fingerprint,
-        });
+    let peer_cert = PeerCertificate::of(tls.get_ref().1);
     let mut conn = Conn {
         io: tls,
         inbuf: BytesMut::with_capacity(256),

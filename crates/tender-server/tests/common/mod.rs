@@ -185,6 +185,28 @@ impl TestServer {
     }
 }
 
+/// Calls the operator API as the bootstrap admin; the body as JSON (`Null` when not JSON).
+pub async fn admin(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = s.http.request(method, s.url(path)).bearer_auth(&s.token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let st = resp.status();
+    let text = resp.text().await.unwrap();
+    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The device CA certificate devices trust (PEM).
+pub fn ca_pem(s: &TestServer) -> String {
+    std::fs::read_to_string(s.config.data_dir.join("ca/ca.crt")).unwrap()
+}
+
 pub fn now() -> Timestamp {
     Timestamp::from_datetime(time::OffsetDateTime::now_utc())
 }
