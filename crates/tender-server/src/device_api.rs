@@ -196,6 +196,7 @@ pub fn router(state: AppState) -> Router {
         .route("/device/v1/enroll", post(enroll_handler))
         .route("/device/v1/whoami", get(whoami))
         .route("/device/v1/renew", post(renew))
+        .route("/device/v1/telemetry", post(telemetry))
         .fallback(|uri: axum::http::Uri| async move {
             Problem::not_found(format!("no such resource: {}", uri.path()))
         })
@@ -581,6 +582,32 @@ async fn renew(
         StatusCode::CREATED,
         Json(issued_answer(&state, &auth.device, &cert)),
     ))
+}
+
+/// Telemetry from a device that polls instead of holding an MQTT connection: the same payload
+/// and the same handler as `tender/v1/{id}/telemetry`; `204` once stored.
+async fn telemetry(
+    State(state): State<AppState>,
+    auth: DeviceAuth,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, Problem> {
+    use crate::mqtt::uplink::{From, Refusal, ServerUplinks, UplinkHandler};
+    let from = From {
+        tenant_id: auth.tenant_id,
+        device_id: auth.device_id,
+    };
+    let now = state.clock.now();
+    ServerUplinks::new(state)
+        .handle(from, &crate::mqtt::topic::Uplink::Telemetry, &body, now)
+        .await
+        .map_err(|r| match r {
+            Refusal::PayloadInvalid(why) => Problem::bad_request("invalid-payload", why),
+            Refusal::NotSupported(why) => Problem::not_found(why),
+            Refusal::Unavailable(why) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why)
+            }
+        })?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -1318,3 +1318,47 @@ async fn packets_pipelined_behind_connect_are_handled() {
     assert_eq!(latest(&s, &dev.id).await.len(), 1);
     s.stop().await;
 }
+
+/// A device that polls instead of holding an MQTT connection sends the same telemetry over the
+/// HTTPS device API, with the same rules.
+#[tokio::test]
+async fn telemetry_over_https_follows_the_same_rules() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let ca = reqwest::Certificate::from_pem(ca_pem(&s).as_bytes()).unwrap();
+    let identity =
+        reqwest::Identity::from_pem(format!("{}{}", dev.cert, dev.key.serialize_pem()).as_bytes())
+            .unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .identity(identity)
+        .build()
+        .unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/device/v1/telemetry",
+        s.server.as_ref().unwrap().device_addr.port()
+    );
+    let r = http
+        .post(&url)
+        .body(r#"{"battery": 3.7}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = http
+        .post(&url)
+        .body(r#"{"battery": "full"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("battery"),
+        "{problem}"
+    );
+    let stored = latest(&s, &dev.id).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].value, 3.7);
+    s.stop().await;
+}
