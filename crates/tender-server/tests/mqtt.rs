@@ -548,9 +548,12 @@ async fn publishing_outside_the_uplink_topics_is_refused() {
         1,
     )
     .await;
-    assert_eq!(
-        c.puback_v5().await.reason_code,
-        PublishAckReason::NotAuthorized
+    let ack = c.puback_v5().await;
+    assert_eq!(ack.reason_code, PublishAckReason::NotAuthorized);
+    assert!(
+        ack.reason_string
+            .is_some_and(|r| r.contains("own uplink topics")),
+        "the reason says why"
     );
     c.publish_v5("$SYS/broker/uptime", "1", QoS::AtLeastOnce, 2)
         .await;

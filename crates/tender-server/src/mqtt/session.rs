@@ -441,6 +441,8 @@ struct Session {
     awaiting_release: std::collections::HashSet<u16>,
     connection_id: ConnectionId,
     last_heard: Timestamp,
+    /// Whether the client wants reason strings in acknowledgements (MQTT 5).
+    problem_info: bool,
 }
 
 impl Session {
@@ -528,6 +530,7 @@ impl Session {
             awaiting_release: Default::default(),
             connection_id,
             last_heard: now,
+            problem_info: connect.problem_info,
             ctx,
             conn,
             identity,
@@ -920,7 +923,7 @@ impl Session {
                             self.conn.queue(Outgoing::PubAck {
                                 packet_id: id,
                                 reason: ack,
-                                why: Some(why),
+                                why: self.problem_info.then_some(why),
                             });
                         }
                         None

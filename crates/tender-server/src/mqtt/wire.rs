@@ -50,6 +50,9 @@ pub struct Connect {
     pub max_packet_size: Option<u32>,
     /// MQTT 5: an enhanced-authentication method we do not support.
     pub auth_method: bool,
+    /// MQTT 5 Request Problem Information (default true): when false, reason strings go only
+    /// in CONNACK and DISCONNECT.
+    pub problem_info: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -244,6 +247,7 @@ impl Codec {
                     }),
                     max_packet_size: None,
                     auth_method: false,
+                    problem_info: true,
                 }))
             }
             P::Publish(p) => Incoming::Publish(Box::new(Publish {
@@ -310,6 +314,7 @@ impl Codec {
                     }),
                     max_packet_size: c.max_packet_size.map(NonZeroU32::get),
                     auth_method: c.auth_method.is_some(),
+                    problem_info: c.request_problem_info,
                 }))
             }
             P::Publish(p) => Incoming::Publish(Box::new(Publish {
