@@ -1365,3 +1365,46 @@ async fn telemetry_over_https_follows_the_same_rules() {
     assert_eq!(stored[0].value, 3.7);
     s.stop().await;
 }
+
+/// Beyond `mqtt.max_connections` a new connection is closed right after accept, counted, and
+/// the sessions already open keep working.
+#[tokio::test]
+async fn the_connection_limit_refuses_cleanly() {
+    let mut s = start_with(Backend::Sqlite, |c| c.mqtt.max_connections = 2).await;
+    let a = enroll(&s).await;
+    let b = enroll(&s).await;
+    let mut ca = Client::open(&s, Some(&a), true).await;
+    assert_eq!(
+        ca.connect_v5(&a.id, true, 0).await.reason_code,
+        ConnectAckReason::Success
+    );
+    let mut cb = Client::open(&s, Some(&b), true).await;
+    assert_eq!(
+        cb.connect_v5(&b.id, true, 0).await.reason_code,
+        ConnectAckReason::Success
+    );
+    // The third: the server closes it before or during the handshake.
+    let third = async {
+        let mut io = tls(&s, Some((a.cert.as_str(), &a.key))).await?;
+        io.write_all(&[0xc0, 0]).await?;
+        let mut buf = [0u8; 4];
+        io.read(&mut buf).await
+    }
+    .await;
+    assert!(matches!(third, Err(_) | Ok(0)), "refused: {third:?}");
+    let (_, _, metrics) = s.get("/metrics", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("tender_mqtt_connections_total{outcome=\"refused_limit\"} 1"),
+        "{metrics}"
+    );
+    // The open sessions still work.
+    ca.send(MqttPacket::V5(v5::Packet::PingRequest)).await;
+    assert!(matches!(
+        ca.recv().await,
+        Some(MqttPacket::V5(v5::Packet::PingResponse))
+    ));
+    s.stop().await;
+}
