@@ -1,22 +1,140 @@
-//! `tender-agent`: the device agent. Its spine (identity, connection, inventory, telemetry,
-//! store-and-forward) arrives with the device identity and agent work; until then the binary
-//! exists so that packaging and the workspace layout are settled.
+//! `tender-agent`: the Tender device agent.
 #![forbid(unsafe_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tender_agent::config::AgentConfig;
+use tender_agent::identity::Identity;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "tender-agent",
     version,
-    about = "The Tender device agent (not functional yet in this release)"
+    about = "The Tender device agent: enrolls the device, keeps an MQTT connection and sends system telemetry"
 )]
-struct Args {}
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Enroll if needed, connect and send telemetry until stopped (SIGINT/SIGTERM).
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the device id, certificate expiry and the running agent's last state.
+    Status {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    let _ = Args::parse();
-    eprintln!("tender-agent: the device agent is not implemented in this release");
-    ExitCode::from(2)
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match args.command {
+        Command::Run { config } => run(&config),
+        Command::Status { config } => status(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tender-agent: {}", one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let config = AgentConfig::load(path)?;
+    tender_agent::identity::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        tender_agent::agent::run(&config, Default::default(), shutdown_signal()).await
+    })?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn status(path: &Path) -> anyhow::Result<()> {
+    let config = AgentConfig::load(path)?;
+    let identity = Identity::load(&config.data_dir)?;
+    let status = tender_agent::status::read(&config.data_dir);
+    match &identity {
+        Some(id) => {
+            println!("device id:           {}", id.device_id());
+            println!("certificate expires: {}", id.record.not_after);
+            println!("renew after:         {}", id.record.renew_after);
+        }
+        None => println!("device id:           (not enrolled yet)"),
+    }
+    match status {
+        Some(s) => {
+            println!("state:               {}", s.state);
+            println!("updated at:          {}", s.updated_at);
+            if let Some(t) = s.last_telemetry_at {
+                println!("last telemetry:      {t}");
+            }
+            if let Some(e) = s.last_error {
+                println!("last error:          {e}");
+            }
+        }
+        None => println!("state:               (the agent has not run with this data directory)"),
+    }
+    Ok(())
+}
+
+/// The error and its causes on one line, each message once (our errors often quote their
+/// source already).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string().replace('\n', " ");
+        if out.contains(msg.as_str()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
 }

@@ -1,0 +1,17 @@
+//! The Tender device SDK: what the `tender-agent` binary is made of, for programs that embed a
+//! device.
+//!
+//! - [`identity`]: the device key, enrollment over HTTPS and certificate renewal.
+//! - [`mqtt`]: an MQTT 5 client over mTLS with a reconnecting supervisor.
+//! - [`telemetry`]: system metrics from `/proc` as the telemetry payload.
+//! - [`backoff`]: exponential back-off with full jitter.
+//! - [`config`], [`status`], [`agent`]: the agent's configuration, status file and main loop.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod backoff;
+pub mod config;
+pub mod identity;
+pub mod mqtt;
+pub mod status;
+pub mod telemetry;
