@@ -1,0 +1,1397 @@
+//! MQTT gateway: many concurrent mTLS sessions, server memory per idle session, and
+//! PUBLISH→PUBACK latency.
+//!
+//! `cargo build --release -p tender && cargo bench -p tender-server --bench mqtt_sessions --
+//! 1000 10000` (default: 1000 sessions). For each N, from scratch:
+//!
+//! 1. Setup: a server is started in-process on a fresh SQLite data directory (a temp dir; set
+//!    `TMPDIR` to move it, e.g. to tmpfs), N devices are created in state `accepted`, each with
+//!    its own ECDSA P-256 key and a certificate signed by the server's CA, and recorded directly
+//!    in the store (the registry refuses two devices with one key, and enrolling N devices over
+//!    HTTPS is not what is measured). Key generation runs on every core.
+//! 2. The server under test is the release `tender` binary (next to this benchmark in the target
+//!    dir, or `TENDER_BIN`), started as its own process on that data directory, so
+//!    `/proc/<pid>/status` gives the server's own RSS. Build the binary from the same sources
+//!    just before (a binary that does not know a migration of the benchmark's store will not
+//!    start; the benchmark then says so). Without the binary, or with `--in-process`, the
+//!    in-process server is kept instead and the RSS figures are those of the whole benchmark
+//!    process, client state included: an upper bound.
+//! 3. N MQTT 5 sessions are opened, CONCURRENCY (`--concurrency=K`) attempts in flight: TCP
+//!    connect, full TLS 1.3 handshake with the device's client certificate (no resumption),
+//!    CONNECT (client id = device id, keepalive 600 s, clean start), CONNACK. Half of them first,
+//!    then the rest, with the server's RSS read after each half (settled), so the second half
+//!    gives a marginal cost per session free of one-time warm-up. The CPU time of the server and
+//!    of the load generator and the kernel's accept-queue overflow and SYN retransmission
+//!    counters over the connects are printed. `--handshake-only` stops after TLS (no CONNECT):
+//!    what a connection costs before it is an MQTT session.
+//! 4. With all N connected, PUBLISHERS of them publish QoS 1 `{"temperature": 21.5}` to
+//!    `tender/v1/{device}/telemetry` in a closed loop (one message in flight each) for
+//!    PUBLISH_SECS; PUBLISH→PUBACK latency, messages/s and the PUBACK reason codes are reported
+//!    (a refusal such as 0x83 still measures the round trip, and is shown as such).
+//! 5. Unless `--no-mosquitto`: the same N idle MQTT 5 sessions to Mosquitto over plain TCP (no
+//!    TLS), for its RSS per connection: a private broker started for the run when the binary is
+//!    installed, else the one on 127.0.0.1:1883 (whose heap may already hold freed memory from
+//!    earlier connections, so its growth understates).
+//!
+//! The load generator runs in this process on the same cores as the server. Figures only;
+//! nothing is asserted. Every wait is bounded, so the run ends by itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v5::{self, ConnectAckReason};
+use rmqtt_codec::{MqttCodec, MqttPacket};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tender_core::certificate::DeviceCertificate;
+use tender_core::device::{Device, DeviceState};
+use tender_core::tenant::{DEFAULT_TENANT_SLUG, TenantSlug};
+use tender_core::{DeviceId, Timestamp};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Handshakes (TCP + TLS + CONNECT/CONNACK) in flight at once, unless `--concurrency=K`.
+const CONCURRENCY: usize = 256;
+/// Sessions that publish in the latency phase.
+const PUBLISHERS: usize = 100;
+const PUBLISH_SECS: u64 = 5;
+const KEEPALIVE_SECS: u16 = 600;
+/// Pause before reading RSS, so that the server has finished with the last connections.
+const SETTLE: Duration = Duration::from_secs(2);
+/// Bound on one connection attempt (including its wait in the server's accept queue).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on one PUBLISH→PUBACK round trip.
+const PUBACK_TIMEOUT: Duration = Duration::from_secs(10);
+const PAYLOAD: &[u8] = br#"{"temperature": 21.5}"#;
+const MOSQUITTO: &str = "127.0.0.1:1883";
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+// ---------------------------------------------------------------------------------------------
+// Machine and process facts
+
+fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_owned();
+    format!("{cores} cores ({model}), {mem_gib:.1} GiB RAM, Linux {kernel}")
+}
+
+/// Soft limit on open files of a process.
+fn fd_limit(pid: u32) -> Option<u64> {
+    read(format!("/proc/{pid}/limits"))
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+}
+
+/// Filesystem type of the mount holding `path`.
+fn fs_type(path: &Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    let mounts = read("/proc/mounts");
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, mnt, ty) = (f.next()?, f.next()?, f.next()?);
+            path.starts_with(mnt).then(|| (mnt.len(), ty.to_owned()))
+        })
+        .max()
+        .map_or_else(|| "?".into(), |(_, ty)| ty)
+}
+
+/// Memory figures of a process, KiB.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mem {
+    rss: u64,
+    hwm: u64,
+    anon: u64,
+}
+
+fn mem(pid: u32) -> Mem {
+    let status = read(format!("/proc/{pid}/status"));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Mem {
+        rss: field("VmRSS:"),
+        hwm: field("VmHWM:"),
+        anon: field("RssAnon:"),
+    }
+}
+
+/// Kernel TCP counters (system-wide): accept-queue overflows and SYN retransmissions.
+fn tcp_counters() -> (u64, u64) {
+    let text = read("/proc/net/netstat");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = (0, 0);
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        for (k, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            match k {
+                "ListenOverflows" => found.0 = v.parse().unwrap_or(0),
+                "TCPSynRetrans" => found.1 = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+/// CPU time (user + system, all threads) a process has used so far, seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = read(format!("/proc/{pid}/stat"));
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Fields 14 and 15 of stat(5) (utime, stime), in USER_HZ (100 on Linux).
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// KiB per session between two readings.
+fn per_session(before: u64, after: u64, sessions: usize) -> f64 {
+    if sessions == 0 {
+        return 0.0;
+    }
+    (after as f64 - before as f64) / sessions as f64
+}
+
+fn percentile_ms(sorted_us: &[u64], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    sorted_us[((sorted_us.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// A bare MQTT 5 client
+
+struct Client<S> {
+    io: S,
+    codec: MqttCodec,
+    buf: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    fn new(io: S) -> Self {
+        Client {
+            io,
+            codec: MqttCodec::V5(v5::Codec::new(1 << 20, 1 << 20)),
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, p: MqttPacket) -> Result<(), String> {
+        let mut out = BytesMut::new();
+        self.codec
+            .encode(p, &mut out)
+            .map_err(|e| format!("encode: {e}"))?;
+        self.io
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("write: {}", e.kind()))?;
+        self.io
+            .flush()
+            .await
+            .map_err(|e| format!("write: {}", e.kind()))
+    }
+
+    async fn recv(&mut self) -> Result<MqttPacket, String> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some((p, _))) => return Ok(p),
+                Ok(None) => {}
+                Err(e) => return Err(format!("malformed packet from the server: {e}")),
+            }
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) => return Err("closed by the server".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {}", e.kind())),
+            }
+        }
+    }
+
+    /// CONNECT with a clean start and no session expiry; Ok on a successful CONNACK.
+    async fn connect(&mut self, client_id: &str) -> Result<(), String> {
+        self.send(MqttPacket::V5(v5::Packet::Connect(Box::new(v5::Connect {
+            client_id: ByteString::from(client_id),
+            keep_alive: KEEPALIVE_SECS,
+            clean_start: true,
+            session_expiry_interval_secs: 0,
+            ..Default::default()
+        }))))
+        .await?;
+        match self.recv().await? {
+            MqttPacket::V5(v5::Packet::ConnectAck(a))
+                if a.reason_code == ConnectAckReason::Success =>
+            {
+                Ok(())
+            }
+            MqttPacket::V5(v5::Packet::ConnectAck(a)) => Err(format!(
+                "CONNACK 0x{:02x} {:?}",
+                a.reason_code as u8, a.reason_code
+            )),
+            other => Err(format!("expected CONNACK, got {}", packet_name(&other))),
+        }
+    }
+}
+
+fn packet_name(p: &MqttPacket) -> String {
+    let s = format!("{p:?}");
+    s.split(['(', ' ', '{'])
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup: devices, certificates, client TLS configurations
+
+/// A device the load generator connects as.
+struct Identity {
+    device_id: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+struct Setup {
+    identities: Arc<Vec<Identity>>,
+    keys: Duration,
+    db: Duration,
+}
+
+fn client_tls(
+    roots: &Arc<rustls::RootCertStore>,
+    cert_pem: &str,
+    key_der: Vec<u8>,
+) -> Arc<rustls::ClientConfig> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots.clone())
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Arc::new(cfg)
+}
+
+/// Creates `n` accepted devices with their own keys and CA-signed certificates in the store of
+/// `server`, and the client configurations to connect as them.
+async fn create_devices(server: &tender_server::RunningServer, n: usize) -> Setup {
+    let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    let data = tender_server::datadir::DataDir::prepare(&server.data_dir).unwrap();
+    let ca = Arc::new(tender_server::ca::load_or_create(&Default::default(), &data, now).unwrap());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let roots = Arc::new(roots);
+    let tenant = server
+        .store
+        .tenant_by_slug(&TenantSlug::parse(DEFAULT_TENANT_SLUG).unwrap())
+        .await
+        .unwrap()
+        .expect("the default tenant exists after the first start");
+
+    // Keys, CSRs, certificates: CPU only, on every core.
+    let t0 = Instant::now();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = n.div_ceil(workers).max(1);
+    let mut tasks = Vec::new();
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        let (ca, roots, slug) = (ca.clone(), roots.clone(), tenant.slug.clone());
+        let tenant_id = tenant.id;
+        tasks.push(tokio::task::spawn_blocking(move || {
+            (start..end)
+                .map(|i| {
+                    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+                    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+                        .unwrap()
+                        .serialize_request(&key)
+                        .unwrap()
+                        .pem()
+                        .unwrap();
+                    let csr = tender_server::ca::parse_csr(&csr).unwrap();
+                    let id = DeviceId::from_uuid(uuid::Uuid::now_v7());
+                    let issued = ca.sign_device(&csr, id, &slug, now, 90).unwrap();
+                    let device = Device::new(
+                        id,
+                        tenant_id,
+                        format!("bench-{i}"),
+                        None,
+                        DeviceState::Accepted,
+                        now,
+                    )
+                    .unwrap()
+                    .with_key_fingerprint(issued.key_fingerprint.clone());
+                    let record = DeviceCertificate {
+                        serial: issued.serial.clone(),
+                        tenant_id,
+                        device_id: id,
+                        key_fingerprint: issued.key_fingerprint.clone(),
+                        not_before: issued.not_before,
+                        not_after: issued.not_after,
+                        issued_at: now,
+                        revoked_at: None,
+                    };
+                    let identity = Identity {
+                        device_id: id.to_string(),
+                        tls: client_tls(&roots, &issued.pem, key.serialize_der()),
+                    };
+                    (device, record, identity)
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut made = Vec::with_capacity(n);
+    for t in tasks {
+        made.extend(t.await.unwrap());
+    }
+    let keys = t0.elapsed();
+
+    // Records: a few writers at once (SQLite serialises them anyway).
+    let t0 = Instant::now();
+    let (devices, identities): (Vec<_>, Vec<_>) =
+        made.into_iter().map(|(d, c, i)| ((d, c), i)).unzip();
+    let devices = Arc::new(devices);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let (devices, next, store) = (devices.clone(), next.clone(), server.store.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((device, cert)) = devices.get(i) else {
+                    break;
+                };
+                store.insert_device(device).await.unwrap();
+                store.insert_certificate(cert).await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    Setup {
+        identities: Arc::new(identities),
+        keys,
+        db: t0.elapsed(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server under test
+
+enum Server {
+    /// The release binary in its own process.
+    Child {
+        child: std::process::Child,
+        mqtt: SocketAddr,
+        http: SocketAddr,
+        log: PathBuf,
+    },
+    /// The benchmark's own in-process server.
+    InProcess(tender_server::RunningServer),
+}
+
+fn tender_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TENDER_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    // target/<profile>/deps/mqtt_sessions-<hash> -> target/<profile>/tender
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("tender");
+    bin.exists().then_some(bin)
+}
+
+/// Starts `bin server` on `data_dir` with the benchmark's MQTT settings; waits (bounded) for
+/// its banner.
+fn spawn_child(bin: &Path, dir: &Path, data_dir: &Path, n: usize) -> Result<Server, String> {
+    let config = dir.join("tender.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n\
+             [devices]\nlisten = \"127.0.0.1:0\"\n\
+             [mqtt]\nlisten = \"127.0.0.1:0\"\nmax_connections = {max}\n\
+             connect_timeout_secs = 300\nmessages_per_sec = 1000000\nburst = 1000000\n\
+             [log]\nlevel = \"warn\"\n",
+            data = data_dir.display().to_string(),
+            max = n + 1000,
+        ),
+    )
+    .unwrap();
+    let log = dir.join("server.log");
+    let mut cmd = Command::new(bin);
+    cmd.arg("server").arg("--config").arg(&config);
+    for (var, _) in tender_server::config::ENV_OVERRIDES {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .env_remove("TENDER_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn the tender server");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the banner, then keeps draining stdout until the server exits.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let after = |line: &str, scheme: &str| -> Option<SocketAddr> {
+        let rest = &line[line.find(scheme)? + scheme.len()..];
+        rest.split(|c: char| c == '/' || c.is_whitespace())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let (mut mqtt, mut http) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mqtt.is_none() || http.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                mqtt = mqtt.or_else(|| after(&line, "mqtts://"));
+                if line.contains("/api/v1") {
+                    http = http.or_else(|| after(&line, "http://"));
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(read(&log).trim().to_owned());
+            }
+        }
+    }
+    Ok(Server::Child {
+        child,
+        mqtt: mqtt.unwrap(),
+        http: http.unwrap(),
+        log,
+    })
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        match self {
+            Server::Child { child, .. } => child.id(),
+            Server::InProcess(_) => std::process::id(),
+        }
+    }
+
+    fn mqtt_addr(&self) -> SocketAddr {
+        match self {
+            Server::Child { mqtt, .. } => *mqtt,
+            Server::InProcess(s) => s.mqtt_addr.expect("the MQTT gateway is enabled"),
+        }
+    }
+
+    fn http_addr(&self) -> SocketAddr {
+        match self {
+            Server::Child { http, .. } => *http,
+            Server::InProcess(s) => s.http_addr,
+        }
+    }
+
+    /// The server's `tender_mqtt_*` metrics that are not zero.
+    async fn mqtt_metrics(&self) -> Vec<(String, f64)> {
+        let Ok(resp) = reqwest::Client::new()
+            .get(format!("http://{}/metrics", self.http_addr()))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+        else {
+            return Vec::new();
+        };
+        let text = resp.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("tender_mqtt_"))
+            .filter_map(|l| {
+                let (name, v) = l.rsplit_once(' ')?;
+                let v: f64 = v.parse().ok()?;
+                (v != 0.0).then(|| (name.to_owned(), v))
+            })
+            .collect()
+    }
+
+    async fn open_sessions(&self) -> Option<f64> {
+        self.mqtt_metrics()
+            .await
+            .into_iter()
+            .find(|(k, _)| k == "tender_mqtt_connections_open")
+            .map(|(_, v)| v)
+            .or(Some(0.0))
+    }
+
+    /// The server's log so far (empty for the in-process server).
+    fn log_lines(&self) -> Vec<String> {
+        match self {
+            Server::Child { log, .. } => read(log).lines().map(str::to_owned).collect(),
+            Server::InProcess(_) => Vec::new(),
+        }
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after a minute) and returns its log's warnings.
+    async fn stop(self) -> Vec<String> {
+        match self {
+            Server::InProcess(s) => {
+                let _ = tokio::time::timeout(Duration::from_secs(120), s.shutdown()).await;
+                Vec::new()
+            }
+            Server::Child { mut child, log, .. } => {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while child.try_wait().ok().flatten().is_none() {
+                    if Instant::now() > deadline {
+                        println!("  (the server did not stop within 60 s of SIGTERM: killed)");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                read(&log).lines().map(str::to_owned).collect()
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+struct ConnectRun<S> {
+    clients: Vec<(usize, Client<S>)>,
+    latencies_us: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+    elapsed: Duration,
+}
+
+impl<S> ConnectRun<S> {
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    fn absorb(&mut self, other: ConnectRun<S>) {
+        self.clients.extend(other.clients);
+        self.latencies_us.extend(other.latencies_us);
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        self.elapsed += other.elapsed;
+    }
+}
+
+/// Opens the connections `range` with `concurrency` attempts in flight.
+async fn connect_range<S, F, Fut>(
+    range: Range<usize>,
+    concurrency: usize,
+    connect: F,
+) -> ConnectRun<S>
+where
+    S: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Client<S>, String>> + Send,
+{
+    let start = Instant::now();
+    let connect = Arc::new(connect);
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let end = range.end;
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.min(range.len()) {
+        let (connect, next) = (connect.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut run = ConnectRun {
+                clients: Vec::new(),
+                latencies_us: Vec::new(),
+                errors: BTreeMap::new(),
+                elapsed: Duration::ZERO,
+            };
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= end {
+                    break;
+                }
+                let t0 = Instant::now();
+                match tokio::time::timeout(CONNECT_TIMEOUT, connect(i)).await {
+                    Ok(Ok(c)) => {
+                        run.latencies_us.push(t0.elapsed().as_micros() as u64);
+                        run.clients.push((i, c));
+                    }
+                    Ok(Err(e)) => *run.errors.entry(e).or_default() += 1,
+                    Err(_) => *run.errors.entry("timeout".into()).or_default() += 1,
+                }
+            }
+            run
+        }));
+    }
+    let mut all = ConnectRun {
+        clients: Vec::new(),
+        latencies_us: Vec::new(),
+        errors: BTreeMap::new(),
+        elapsed: Duration::ZERO,
+    };
+    for w in workers {
+        all.absorb(w.await.unwrap());
+    }
+    all.elapsed = start.elapsed();
+    all
+}
+
+/// TCP, TLS with the device's certificate, then (if `mqtt`) CONNECT/CONNACK.
+async fn connect_tender(
+    addr: SocketAddr,
+    who: &Identity,
+    mqtt: bool,
+) -> Result<Client<Tls>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("TCP connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio_rustls::TlsConnector::from(who.tls.clone())
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let mut c = Client::new(tls);
+    if mqtt {
+        c.connect(&who.device_id).await?;
+    }
+    Ok(c)
+}
+
+async fn connect_plain(
+    addr: SocketAddr,
+    client_id: String,
+) -> Result<Client<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("TCP connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let mut c = Client::new(tcp);
+    c.connect(&client_id).await?;
+    Ok(c)
+}
+
+#[derive(Default)]
+struct PublishRun {
+    latencies_us: Vec<u64>,
+    /// PUBACK reason code -> (name, count, first reason string).
+    reasons: BTreeMap<u8, (String, u64, Option<String>)>,
+    errors: BTreeMap<String, u64>,
+    elapsed: Duration,
+}
+
+/// Each client publishes QoS 1 telemetry in a closed loop for PUBLISH_SECS.
+async fn publish(clients: Vec<(String, Client<Tls>)>) -> (PublishRun, Vec<Client<Tls>>) {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(PUBLISH_SECS);
+    let mut tasks = Vec::new();
+    for (device, mut c) in clients {
+        tasks.push(tokio::spawn(async move {
+            let topic = ByteString::from(format!("tender/v1/{device}/telemetry"));
+            let mut run = PublishRun::default();
+            let mut packet_id: u16 = 0;
+            while Instant::now() < deadline {
+                packet_id = packet_id.checked_add(1).unwrap_or(1);
+                let id = NonZeroU16::new(packet_id).unwrap();
+                let t0 = Instant::now();
+                let round_trip = async {
+                    c.send(MqttPacket::V5(v5::Packet::Publish(Box::new(
+                        rmqtt_codec::types::Publish {
+                            dup: false,
+                            retain: false,
+                            qos: QoS::AtLeastOnce,
+                            topic: topic.clone(),
+                            packet_id: Some(id),
+                            payload: Bytes::from_static(PAYLOAD),
+                            properties: Some(Default::default()),
+                        },
+                    ))))
+                    .await?;
+                    loop {
+                        match c.recv().await? {
+                            MqttPacket::V5(v5::Packet::PublishAck(a)) if a.packet_id == id => {
+                                return Ok(a);
+                            }
+                            MqttPacket::V5(v5::Packet::Disconnect(d)) => {
+                                return Err(format!(
+                                    "DISCONNECT 0x{:02x} {:?}",
+                                    d.reason_code as u8, d.reason_code
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
+                };
+                match tokio::time::timeout(PUBACK_TIMEOUT, round_trip).await {
+                    Ok(Ok(ack)) => {
+                        run.latencies_us.push(t0.elapsed().as_micros() as u64);
+                        let e = run
+                            .reasons
+                            .entry(ack.reason_code as u8)
+                            .or_insert_with(|| (format!("{:?}", ack.reason_code), 0, None));
+                        e.1 += 1;
+                        if e.2.is_none() {
+                            e.2 = ack.reason_string.map(|s| s.to_string());
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        *run.errors.entry(e).or_default() += 1;
+                        break;
+                    }
+                    Err(_) => {
+                        *run.errors.entry("no PUBACK in time".into()).or_default() += 1;
+                        break;
+                    }
+                }
+            }
+            (run, c)
+        }));
+    }
+    let mut all = PublishRun::default();
+    let mut back = Vec::new();
+    for t in tasks {
+        let (run, c) = t.await.unwrap();
+        all.latencies_us.extend(run.latencies_us);
+        for (code, (name, count, why)) in run.reasons {
+            let e = all.reasons.entry(code).or_insert((name, 0, None));
+            e.1 += count;
+            if e.2.is_none() {
+                e.2 = why;
+            }
+        }
+        for (k, v) in run.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+        back.push(c);
+    }
+    all.elapsed = start.elapsed();
+    all.latencies_us.sort_unstable();
+    (all, back)
+}
+
+// ---------------------------------------------------------------------------------------------
+// One run
+
+/// What a run measured, for the final table.
+struct Row {
+    label: String,
+    n: usize,
+    setup: Option<Duration>,
+    connected: usize,
+    connects_per_sec: f64,
+    connect_p50_ms: f64,
+    connect_p99_ms: f64,
+    before: Mem,
+    full: Mem,
+    /// Peak RSS during the run (not for a long-running server that was not started for it).
+    peak: Option<u64>,
+    kib_per_session: f64,
+    marginal_kib: f64,
+    publish_p50_ms: f64,
+    publish_p99_ms: f64,
+    publish_per_sec: f64,
+    errors: u64,
+}
+
+/// Log lines grouped by message (what follows the level), digits folded, shortened.
+fn log_summary(lines: &[String]) -> Vec<(String, u64)> {
+    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+    for l in lines {
+        let msg = l
+            .split_once(" WARN ")
+            .or_else(|| l.split_once(" ERROR "))
+            .map_or(l.as_str(), |(_, m)| m);
+        let mut short = String::new();
+        for c in msg.chars().take(100) {
+            if c.is_ascii_digit() {
+                if !short.ends_with('#') {
+                    short.push('#');
+                }
+            } else {
+                short.push(c);
+            }
+        }
+        *kinds.entry(short).or_default() += 1;
+    }
+    let mut v: Vec<_> = kinds.into_iter().collect();
+    v.sort_by_key(|k| std::cmp::Reverse(k.1));
+    v
+}
+
+fn print_errors(what: &str, errors: &BTreeMap<String, u64>) {
+    for (e, count) in errors {
+        println!("  {what} error x{count}: {e}");
+    }
+}
+
+async fn run_tender(n: usize, opts: Options) -> Row {
+    let setup_start = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut config = tender_server::Config {
+        data_dir: data_dir.clone(),
+        ..Default::default()
+    };
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.devices.listen = "127.0.0.1:0".parse().unwrap();
+    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    config.mqtt.max_connections = n + 1000;
+    config.mqtt.connect_timeout_secs = 300;
+    config.mqtt.messages_per_sec = 1_000_000;
+    config.mqtt.burst = 1_000_000;
+    config.log.level = "warn".into();
+    let server = tender_server::start(config.clone()).await.unwrap();
+    let setup = create_devices(&server, n).await;
+    let mut bin = if opts.in_process { None } else { tender_bin() };
+    let server = match &bin {
+        Some(path) => {
+            server.shutdown().await;
+            match spawn_child(path, dir.path(), &data_dir, n) {
+                Ok(child) => child,
+                Err(log) => {
+                    // Typically a binary built from older sources than this benchmark (a
+                    // migration it does not know, or one changed since).
+                    println!(
+                        "\n{} did not start on the benchmark's data dir; it is probably older than this benchmark (rebuild it: cargo build --release -p tender). Its log:\n  {}\nFalling back to the in-process server.",
+                        path.display(),
+                        log.replace('\n', "\n  ")
+                    );
+                    bin = None;
+                    Server::InProcess(tender_server::start(config).await.unwrap())
+                }
+            }
+        }
+        None => Server::InProcess(server),
+    };
+    let setup_time = setup_start.elapsed();
+    let mut label = match &bin {
+        Some(_) => "tender (own process)".to_owned(),
+        None => "tender in-process (RSS incl. clients)".to_owned(),
+    };
+    if opts.handshake_only {
+        label.push_str(", TLS only, no CONNECT");
+    }
+    println!(
+        "\n== Tender, N = {n}: {} ==",
+        match &bin {
+            Some(b) => format!(
+                "server = {} (pid {}, built {} min ago), RSS of the server process",
+                b.display(),
+                server.pid(),
+                std::fs::metadata(b)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .map_or(0, |d| d.as_secs() / 60),
+            ),
+            None => "server in this process: RSS figures include the load generator's \
+                     client state (an upper bound)"
+                .into(),
+        }
+    );
+    println!(
+        "  data dir on {} ({}); setup {:.1} s: keys and certificates {:.1} s, {n} devices and certificates recorded {:.1} s",
+        fs_type(dir.path()),
+        dir.path().display(),
+        setup_time.as_secs_f64(),
+        setup.keys.as_secs_f64(),
+        setup.db.as_secs_f64(),
+    );
+    let need = if bin.is_some() { n } else { 2 * n };
+    let limit = fd_limit(std::process::id()).unwrap_or(u64::MAX);
+    if need as u64 + 200 > limit {
+        println!(
+            "  warning: {need} sockets in one process is at or beyond its open-file limit {limit}; expect errors"
+        );
+    }
+
+    let pid = server.pid();
+    let addr = server.mqtt_addr();
+    tokio::time::sleep(SETTLE).await;
+    let before = mem(pid);
+    let ids = setup.identities.clone();
+    let half_n = n / 2;
+    let mqtt = !opts.handshake_only;
+    let connect = move |i: usize| {
+        let ids = ids.clone();
+        async move { connect_tender(addr, &ids[i], mqtt).await }
+    };
+    let me = std::process::id();
+    let (s0, g0, k0) = (cpu_secs(pid), cpu_secs(me), tcp_counters());
+    let mut run = connect_range(0..half_n, opts.concurrency, connect.clone()).await;
+    let (s1, g1, k1) = (cpu_secs(pid), cpu_secs(me), tcp_counters());
+    tokio::time::sleep(SETTLE).await;
+    let half = mem(pid);
+    let half_connected = run.clients.len();
+    let (s2, g2, k2) = (cpu_secs(pid), cpu_secs(me), tcp_counters());
+    run.absorb(connect_range(half_n..n, opts.concurrency, connect).await);
+    let (s3, g3, k3) = (cpu_secs(pid), cpu_secs(me), tcp_counters());
+    let (server_cpu, generator_cpu) = (s1 - s0 + s3 - s2, g1 - g0 + g3 - g2);
+    let overflows = k1.0 - k0.0 + k3.0 - k2.0;
+    let syn_retransmits = k1.1 - k0.1 + k3.1 - k2.1;
+    tokio::time::sleep(SETTLE).await;
+    let full = mem(pid);
+    run.latencies_us.sort_unstable();
+    let connected = run.clients.len();
+    let open = server.open_sessions().await.unwrap_or(f64::NAN);
+    let connects_per_sec = connected as f64 / run.elapsed.as_secs_f64();
+    let row_kib = per_session(before.rss, full.rss, connected);
+    let marginal = per_session(half.rss, full.rss, connected - half_connected);
+    println!(
+        "  connected {connected}/{n} in {:.1} s: {connects_per_sec:.0} connects/s ({}, {} in flight), latency p50 {:.1} ms p99 {:.1} ms; server reports {open} open",
+        run.elapsed.as_secs_f64(),
+        if mqtt {
+            "TCP + TLS 1.3 mTLS + CONNECT/CONNACK"
+        } else {
+            "TCP + TLS 1.3 mTLS, no CONNECT"
+        },
+        opts.concurrency,
+        percentile_ms(&run.latencies_us, 0.5),
+        percentile_ms(&run.latencies_us, 0.99),
+    );
+    print_errors("connect", &run.errors);
+    println!(
+        "  kernel (system-wide counters) while connecting: {overflows} accept-queue overflows, {syn_retransmits} SYN retransmissions"
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let wall = run.elapsed.as_secs_f64();
+    if pid == me {
+        println!(
+            "  CPU while connecting: {server_cpu:.1} s (server and load generator together) in {wall:.1} s on {cores} cores ({:.0}% of the machine)",
+            100.0 * server_cpu / (wall * cores),
+        );
+    } else {
+        println!(
+            "  CPU while connecting: server {server_cpu:.1} s ({:.2} ms per connect), load generator {generator_cpu:.1} s, in {wall:.1} s on {cores} cores ({:.0}% of the machine busy)",
+            1000.0 * server_cpu / connected.max(1) as f64,
+            100.0 * (server_cpu + generator_cpu) / (wall * cores),
+        );
+    }
+    println!(
+        "  server RSS: idle {:.1} MiB, {half_connected} sessions {:.1} MiB, {connected} sessions {:.1} MiB (peak {:.1} MiB); anonymous {:.1} -> {:.1} MiB",
+        mib(before.rss),
+        mib(half.rss),
+        mib(full.rss),
+        mib(full.hwm),
+        mib(before.anon),
+        mib(full.anon),
+    );
+    println!(
+        "  per session: {row_kib:.1} KiB ({:.1} KiB anonymous); marginal over the second half {marginal:.1} KiB",
+        per_session(before.anon, full.anon, connected),
+    );
+
+    // Publish latency on the first PUBLISHERS sessions.
+    let mut clients = std::mem::take(&mut run.clients);
+    let take = PUBLISHERS.min(clients.len());
+    let publishers: Vec<(String, Client<Tls>)> = clients
+        .drain(..take)
+        .map(|(i, c)| (setup.identities[i].device_id.clone(), c))
+        .collect();
+    let (s0, g0) = (cpu_secs(pid), cpu_secs(me));
+    let (p, publishers) = if mqtt {
+        publish(publishers).await
+    } else {
+        (
+            PublishRun::default(),
+            publishers.into_iter().map(|(_, c)| c).collect(),
+        )
+    };
+    let (publish_server_cpu, publish_generator_cpu) = (cpu_secs(pid) - s0, cpu_secs(me) - g0);
+    let sent = p.latencies_us.len();
+    let per_sec = if mqtt {
+        sent as f64 / p.elapsed.as_secs_f64()
+    } else {
+        f64::NAN
+    };
+    if mqtt {
+        println!(
+            "  publish QoS 1 telemetry, {take} sessions x 1 in flight, {PUBLISH_SECS} s: {sent} acknowledged, {per_sec:.0} msgs/s, PUBLISH->PUBACK p50 {:.2} ms p99 {:.2} ms",
+            percentile_ms(&p.latencies_us, 0.5),
+            percentile_ms(&p.latencies_us, 0.99),
+        );
+        for (code, (name, count, why)) in &p.reasons {
+            println!(
+                "  PUBACK reason 0x{code:02x} {name}: {count}{}",
+                why.as_deref()
+                    .map(|w| format!(" (\"{w}\")"))
+                    .unwrap_or_default()
+            );
+        }
+        print_errors("publish", &p.errors);
+    }
+    if mqtt && pid != me {
+        println!(
+            "  CPU while publishing: server {publish_server_cpu:.1} s ({:.3} ms per message), load generator {publish_generator_cpu:.1} s, in {:.1} s",
+            1000.0 * publish_server_cpu / sent.max(1) as f64,
+            p.elapsed.as_secs_f64(),
+        );
+    }
+    let after_publish = mem(pid);
+    println!(
+        "  server RSS after the publish phase {:.1} MiB",
+        mib(after_publish.rss)
+    );
+    let metrics = server.mqtt_metrics().await;
+    println!(
+        "  server metrics: {}",
+        metrics
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let during_run = server.log_lines().len();
+    let log = server.stop().await;
+    if !log.is_empty() {
+        println!(
+            "  server log (level warn): {during_run} lines before shutdown, {} during shutdown",
+            log.len() - during_run.min(log.len())
+        );
+        for (phase, lines) in [
+            ("run", &log[..during_run.min(log.len())]),
+            ("shutdown", &log[during_run.min(log.len())..]),
+        ] {
+            for (k, count) in log_summary(lines).iter().take(6) {
+                println!("    {phase} x{count}: {k}");
+            }
+        }
+    }
+    drop(clients);
+    drop(publishers);
+    Row {
+        label,
+        n,
+        setup: Some(setup_time),
+        connected,
+        connects_per_sec,
+        connect_p50_ms: percentile_ms(&run.latencies_us, 0.5),
+        connect_p99_ms: percentile_ms(&run.latencies_us, 0.99),
+        before,
+        full,
+        peak: Some(full.hwm),
+        kib_per_session: row_kib,
+        marginal_kib: marginal,
+        publish_p50_ms: percentile_ms(&p.latencies_us, 0.5),
+        publish_p99_ms: percentile_ms(&p.latencies_us, 0.99),
+        publish_per_sec: per_sec,
+        errors: run.error_count() + p.errors.values().sum::<u64>(),
+    }
+}
+
+/// The Mosquitto broker compared against.
+struct Mosquitto {
+    pid: u32,
+    addr: SocketAddr,
+    /// A broker this benchmark started (fresh for each N); `None`: the one already running.
+    child: Option<std::process::Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A fresh private Mosquitto on a free loopback port (plain TCP, anonymous), if the binary is
+/// installed; else the one already listening on 127.0.0.1:1883, if any.
+async fn mosquitto() -> Option<Mosquitto> {
+    let bin = [
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
+    if let Some(bin) = bin {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Ok(mut child) = child {
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    return Some(Mosquitto {
+                        pid: child.id(),
+                        addr,
+                        child: Some(child),
+                        _dir: Some(dir),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    let addr: SocketAddr = MOSQUITTO.parse().unwrap();
+    tokio::net::TcpStream::connect(addr).await.ok()?;
+    let out = Command::new("pgrep").arg("mosquitto").output().ok()?;
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Mosquitto {
+        pid,
+        addr,
+        child: None,
+        _dir: None,
+    })
+}
+
+impl Mosquitto {
+    async fn stop(self) {
+        if let Some(mut child) = self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn run_mosquitto(n: usize, opts: Options) -> Option<Row> {
+    let broker = mosquitto().await?;
+    let pid = broker.pid;
+    println!(
+        "\n== Mosquitto on {} (pid {pid}, {}), N = {n}: plain TCP, NOT TLS, no client certificates ==",
+        broker.addr,
+        if broker.child.is_some() {
+            "started for this run"
+        } else {
+            "already running: memory freed by earlier connections is reused, so its growth understates"
+        }
+    );
+    if let Some(limit) = fd_limit(pid)
+        && n as u64 + 50 > limit
+    {
+        println!("  warning: Mosquitto's open-file limit is {limit}; expect errors");
+    }
+    let addr = broker.addr;
+    let before = mem(pid);
+    let connect = move |i: usize| connect_plain(addr, format!("tender-bench-{n}-{i}"));
+    let mut run = connect_range(0..n / 2, opts.concurrency, connect).await;
+    tokio::time::sleep(SETTLE).await;
+    let half = mem(pid);
+    let half_connected = run.clients.len();
+    run.absorb(connect_range(n / 2..n, opts.concurrency, connect).await);
+    tokio::time::sleep(SETTLE).await;
+    let full = mem(pid);
+    run.latencies_us.sort_unstable();
+    let connected = run.clients.len();
+    let row = Row {
+        label: "mosquitto (plain TCP, no TLS)".into(),
+        n,
+        setup: None,
+        connected,
+        connects_per_sec: connected as f64 / run.elapsed.as_secs_f64(),
+        connect_p50_ms: percentile_ms(&run.latencies_us, 0.5),
+        connect_p99_ms: percentile_ms(&run.latencies_us, 0.99),
+        before,
+        full,
+        peak: broker.child.is_some().then_some(full.hwm),
+        kib_per_session: per_session(before.rss, full.rss, connected),
+        marginal_kib: per_session(half.rss, full.rss, connected - half_connected),
+        publish_p50_ms: f64::NAN,
+        publish_p99_ms: f64::NAN,
+        publish_per_sec: f64::NAN,
+        errors: run.error_count(),
+    };
+    println!(
+        "  connected {connected}/{n}: {:.0} connects/s; RSS {:.1} -> {:.1} MiB: {:.1} KiB per connection (marginal {:.1})",
+        row.connects_per_sec,
+        mib(before.rss),
+        mib(full.rss),
+        row.kib_per_session,
+        row.marginal_kib,
+    );
+    print_errors("connect", &run.errors);
+    drop(run);
+    broker.stop().await;
+    Some(row)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    concurrency: usize,
+    in_process: bool,
+    mosquitto: bool,
+    /// Stop after the TLS handshake (no CONNECT): what the TLS layer alone holds per connection.
+    handshake_only: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut sizes = Vec::new();
+    let mut opts = Options {
+        concurrency: CONCURRENCY,
+        in_process: false,
+        mosquitto: true,
+        handshake_only: false,
+    };
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--in-process" => opts.in_process = true,
+            "--no-mosquitto" => opts.mosquitto = false,
+            "--handshake-only" => opts.handshake_only = true,
+            "--bench" => {}
+            other => {
+                if let Some(k) = other.strip_prefix("--concurrency=")
+                    && let Ok(k) = k.parse::<usize>()
+                    && k > 0
+                {
+                    opts.concurrency = k;
+                    continue;
+                }
+                match other.replace('_', "").parse::<usize>() {
+                    Ok(n) if n > 0 => sizes.push(n),
+                    _ => println!("ignoring argument {other:?}"),
+                }
+            }
+        }
+    }
+    if sizes.is_empty() {
+        sizes.push(1000);
+    }
+    println!("MQTT gateway sessions benchmark");
+    println!("machine: {}", machine());
+    println!(
+        "open-file limit of this process: {}",
+        fd_limit(std::process::id()).map_or("?".into(), |l| l.to_string())
+    );
+    if !opts.in_process && tender_bin().is_none() {
+        println!(
+            "no release `tender` binary next to this benchmark (build it with `cargo build --release -p tender`, or set TENDER_BIN): the server runs in-process"
+        );
+    }
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        rows.push(run_tender(n, opts).await);
+        if opts.mosquitto
+            && let Some(row) = run_mosquitto(n, opts).await
+        {
+            rows.push(row);
+        }
+        // Let the closed connections drain before the next size.
+        tokio::time::sleep(SETTLE).await;
+    }
+
+    println!(
+        "\nSummary (RSS of the server process; KiB/session = RSS growth / sessions; marginal = over the second half)"
+    );
+    println!(
+        "| server | N | connected | setup | connects/s | connect p50 / p99 | RSS idle | RSS with N | peak RSS | KiB/session | marginal | publish p50 / p99 | msgs/s | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.1} / {:.1} ms | {:.1} MiB | {:.1} MiB | {} | {:.1} | {:.1} | {} | {} | {} |",
+            r.label,
+            r.n,
+            r.connected,
+            r.setup
+                .map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            r.connects_per_sec,
+            r.connect_p50_ms,
+            r.connect_p99_ms,
+            mib(r.before.rss),
+            mib(r.full.rss),
+            r.peak.map_or("-".into(), |k| format!("{:.1} MiB", mib(k))),
+            r.kib_per_session,
+            r.marginal_kib,
+            if r.publish_p50_ms.is_nan() {
+                "-".into()
+            } else {
+                format!("{:.2} / {:.2} ms", r.publish_p50_ms, r.publish_p99_ms)
+            },
+            if r.publish_per_sec.is_nan() {
+                "-".into()
+            } else {
+                format!("{:.0}", r.publish_per_sec)
+            },
+            r.errors,
+        );
+    }
+}
