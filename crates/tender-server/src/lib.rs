@@ -243,6 +243,19 @@ impl RunningServer {
         let _ = self.device_task.await;
         if let Some(t) = self.mqtt_task {
             let _ = t.await;
+            // Sessions skip their own bookkeeping when the server stops; close their records
+            // in one statement.
+            match self
+                .store
+                .close_open_connections(SystemClock.now(), "server shutting down")
+                .await
+            {
+                Ok(n) if n > 0 => tracing::info!(closed = n, "closed MQTT connection records"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot close MQTT connection records; the next start will")
+                }
+            }
         }
         let _ = self.shutdown.send(());
         let mut task = self.task;

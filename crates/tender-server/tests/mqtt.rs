@@ -1408,3 +1408,36 @@ async fn the_connection_limit_refuses_cleanly() {
     ));
     s.stop().await;
 }
+
+/// Stopping the server says goodbye to every session (0x8B) and closes their connection
+/// records in one go.
+#[tokio::test]
+async fn stopping_the_server_disconnects_sessions_and_closes_their_records() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let store = s.server.as_ref().unwrap().store.clone();
+    let tenant = s.default_tenant().await.id;
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.connect_v5(&dev.id, true, 0).await;
+    s.stop().await;
+    assert_eq!(
+        disconnect_reason(c.closed().await),
+        DisconnectReasonCode::ServerShuttingDown
+    );
+    let page = store
+        .device_connections(
+            tenant,
+            dev.id.parse().unwrap(),
+            &tender_core::page::PageRequest {
+                after: None,
+                limit: tender_core::page::PageLimit::default(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(
+        page.items[0].disconnect_reason.as_deref(),
+        Some("server shutting down")
+    );
+}

@@ -974,20 +974,26 @@ impl Session {
         self.ctx
             .gateway
             .unregister(device, self.reg.generation, expiry);
-        let now = state.clock.now();
-        if let Err(e) = state
-            .store
-            .close_connection(self.identity.tenant_id, self.connection_id, now, &end.why)
-            .await
-        {
-            tracing::warn!(%device, error = %e, "cannot record the end of an MQTT connection");
-        }
-        if let Err(e) = state
-            .store
-            .record_device_seen(self.identity.tenant_id, device, self.last_heard)
-            .await
-        {
-            tracing::warn!(%device, error = %e, "cannot record last seen");
+        // When the server stops, every session ends at once: the server closes all connection
+        // records in one statement afterwards instead of thousands of sessions queueing for the
+        // database here.
+        let stopping = *self.ctx.shutdown.borrow();
+        if !stopping {
+            let now = state.clock.now();
+            if let Err(e) = state
+                .store
+                .close_connection(self.identity.tenant_id, self.connection_id, now, &end.why)
+                .await
+            {
+                tracing::warn!(%device, error = %e, "cannot record the end of an MQTT connection");
+            }
+            if let Err(e) = state
+                .store
+                .record_device_seen(self.identity.tenant_id, device, self.last_heard)
+                .await
+            {
+                tracing::warn!(%device, error = %e, "cannot record last seen");
+            }
         }
         tracing::debug!(%device, reason = %end.why, "MQTT session ended");
         let reason = if self.version == Version::V5 {
