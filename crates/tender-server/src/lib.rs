@@ -92,23 +92,19 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let ca_cert_path = ca.cert_path.clone();
     let ca = Arc::new(ca);
 
-    let listener = TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.http.listen,
-            source,
-        })?;
+    let listener = bind(config.http.listen).map_err(|source| StartError::Listen {
+        addr: config.http.listen,
+        source,
+    })?;
     let http_addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.http.listen,
         source,
     })?;
 
-    let device_listener = TcpListener::bind(config.devices.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.devices.listen,
-            source,
-        })?;
+    let device_listener = bind(config.devices.listen).map_err(|source| StartError::Listen {
+        addr: config.devices.listen,
+        source,
+    })?;
     let device_addr = device_listener
         .local_addr()
         .map_err(|source| StartError::Listen {
@@ -122,12 +118,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     )?);
     let tls = Arc::new(device_api::tls_config(&ca, listener_cert.clone())?);
     let mqtt_listener = if config.mqtt.enabled {
-        let l = TcpListener::bind(config.mqtt.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.mqtt.listen,
-                source,
-            })?;
+        let l = bind(config.mqtt.listen).map_err(|source| StartError::Listen {
+            addr: config.mqtt.listen,
+            source,
+        })?;
         Some(l)
     } else {
         None
@@ -224,6 +218,24 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         task,
         grace: Duration::from_secs(config.http.shutdown_grace_secs),
     })
+}
+
+/// Pending connections the kernel queues per listener before `accept`. The default of 128
+/// drops connections in bursts (a fleet reconnecting after an outage), which clients then
+/// retry only after a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with [`LISTEN_BACKLOG`] and address reuse (a restart does not wait for
+/// the previous run's sockets in TIME_WAIT).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn open_store(config: &Config) -> Result<DynStore, StoreError> {
