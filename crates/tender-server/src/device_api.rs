@@ -188,6 +188,12 @@ pub fn tls_config_with_alpn(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert);
     cfg.alpn_protocols = alpn;
+    // Stateless TLS 1.3 session tickets (keys random per process, rotated by rustls): a device
+    // that reconnects resumes without the signature work of a full handshake, which is what a
+    // fleet reconnecting after an outage does all at once. Nothing is stored per session. The
+    // client certificate travels in the ticket, and every CONNECT and request still checks it
+    // against the registry, so revocation applies to resumed sessions too.
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| err("session tickets", &e))?;
     Ok(cfg)
 }
 

@@ -81,8 +81,20 @@ type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// TLS to the gateway, trusting only Tender's CA, presenting the given certificate and key.
 async fn tls(s: &TestServer, identity: Option<(&str, &KeyPair)>) -> std::io::Result<Tls> {
+    tls_with(s, Arc::new(client_config(s, identity))).await
+}
+
+async fn tls_with(s: &TestServer, config: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
+    use rustls::pki_types::ServerName;
+    let tcp = tokio::net::TcpStream::connect(mqtt_addr(s)).await?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+fn client_config(s: &TestServer, identity: Option<(&str, &KeyPair)>) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem(s).as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -93,7 +105,7 @@ async fn tls(s: &TestServer, identity: Option<(&str, &KeyPair)>) -> std::io::Res
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots);
-    let config = match identity {
+    match identity {
         Some((cert, key)) => {
             let chain: Vec<CertificateDer<'static>> =
                 CertificateDer::pem_slice_iter(cert.as_bytes())
@@ -103,11 +115,7 @@ async fn tls(s: &TestServer, identity: Option<(&str, &KeyPair)>) -> std::io::Res
             builder.with_client_auth_cert(chain, key).unwrap()
         }
         None => builder.with_no_client_auth(),
-    };
-    let tcp = tokio::net::TcpStream::connect(mqtt_addr(s)).await?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
+    }
 }
 
 /// A bare MQTT client: sends what it is told, returns what arrives.
@@ -1440,4 +1448,65 @@ async fn stopping_the_server_disconnects_sessions_and_closes_their_records() {
         page.items[0].disconnect_reason.as_deref(),
         Some("server shutting down")
     );
+}
+
+/// A device that reconnects resumes its TLS session (no full handshake), keeps its identity,
+/// and is still checked against the registry at CONNECT.
+#[tokio::test]
+async fn reconnecting_devices_resume_tls_and_are_still_checked() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let config = Arc::new(client_config(&s, Some((dev.cert.as_str(), &dev.key))));
+    let connect = |io: Tls| async {
+        let mut c = Client {
+            io,
+            codec: MqttCodec::V5(v5::Codec::new(1 << 20, 1 << 20)),
+            buf: BytesMut::new(),
+        };
+        let reason = c.connect_v5(&dev.id, true, 0).await.reason_code;
+        (c, reason)
+    };
+    let first = tls_with(&s, config.clone()).await.unwrap();
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // The ticket arrives after the handshake; a round trip makes sure the client has it.
+    let (mut c, reason) = connect(first).await;
+    assert_eq!(reason, ConnectAckReason::Success);
+    c.send(MqttPacket::V5(v5::Packet::Disconnect(
+        v5::Disconnect::default(),
+    )))
+    .await;
+    assert!(c.recv().await.is_none());
+
+    let again = tls_with(&s, config.clone()).await.unwrap();
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let (c, reason) = connect(again).await;
+    assert_eq!(
+        reason,
+        ConnectAckReason::Success,
+        "the identity survives resumption"
+    );
+    drop(c);
+
+    let (st, _) = admin(
+        &s,
+        reqwest::Method::POST,
+        &format!("/api/v1/devices/{}/revoke-certificates", dev.id),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let resumed = tls_with(&s, config).await.unwrap();
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let (_c, reason) = connect(resumed).await;
+    assert_eq!(reason, ConnectAckReason::NotAuthorized);
+    s.stop().await;
 }
