@@ -563,34 +563,26 @@ async fn publishing_outside_the_uplink_topics_is_refused() {
             .is_some_and(|r| r.contains("own uplink topics")),
         "the reason says why"
     );
-    c.publish_v5("$SYS/broker/uptime", "1", QoS::AtLeastOnce, 2)
-        .await;
-    assert_eq!(
-        c.puback_v5().await.reason_code,
-        PublishAckReason::NotAuthorized
-    );
-    c.publish_v5(
-        &format!("tender/v1/{}/state/desired", dev.id),
-        "{}",
-        QoS::AtLeastOnce,
-        3,
-    )
-    .await;
-    assert_eq!(
-        c.puback_v5().await.reason_code,
-        PublishAckReason::NotAuthorized
-    );
-    c.publish_v5(
-        &format!("tender/v1/{}/+", dev.id),
-        "{}",
-        QoS::AtLeastOnce,
-        4,
-    )
-    .await;
-    assert_eq!(
-        c.puback_v5().await.reason_code,
-        PublishAckReason::TopicNameInvalid
-    );
+    for (id, topic, expected) in [
+        (
+            2,
+            "$SYS/broker/uptime".to_owned(),
+            PublishAckReason::NotAuthorized,
+        ),
+        (
+            3,
+            format!("tender/v1/{}/state/desired", dev.id),
+            PublishAckReason::NotAuthorized,
+        ),
+        (
+            4,
+            format!("tender/v1/{}/+", dev.id),
+            PublishAckReason::TopicNameInvalid,
+        ),
+    ] {
+        c.publish_v5(&topic, "{}", QoS::AtLeastOnce, id).await;
+        assert_eq!(c.puback_v5().await.reason_code, expected, "{topic}");
+    }
     // QoS 0 has no acknowledgement: the refusal is a DISCONNECT.
     c.publish_v5(&format!("tender/v1/{}/#", dev.id), "{}", QoS::AtMostOnce, 0)
         .await;
