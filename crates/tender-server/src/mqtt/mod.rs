@@ -128,6 +128,7 @@ pub(crate) struct LiveSession {
 struct Parked {
     state: SessionState,
     expires: Instant,
+    by_password: bool,
 }
 
 #[derive(Default)]
@@ -243,6 +244,7 @@ impl Gateway {
             Parked {
                 state,
                 expires: Instant::now() + expiry,
+                by_password: live.by_password,
             },
         );
     }
@@ -252,16 +254,21 @@ impl Gateway {
     /// password must not cut a certificate session), and forgets its parked session. Returns
     /// whether a live session was cut.
     pub fn disconnect_device(&self, device: DeviceId, which: Authenticated) -> bool {
+        let applies = |by_password: bool| match which {
+            Authenticated::Any => true,
+            Authenticated::ByCertificate => !by_password,
+            Authenticated::ByPassword => by_password,
+        };
         let mut reg = lock(&self.registry);
-        reg.parked.remove(&device);
+        if reg
+            .parked
+            .get(&device)
+            .is_some_and(|p| applies(p.by_password))
+        {
+            reg.parked.remove(&device);
+        }
         let cut = match reg.live.get(&device) {
-            Some(live)
-                if match which {
-                    Authenticated::Any => true,
-                    Authenticated::ByCertificate => !live.by_password,
-                    Authenticated::ByPassword => live.by_password,
-                } =>
-            {
+            Some(live) if applies(live.by_password) => {
                 *lock(&live.kick) = Some(Kick::Revoked);
                 live.wake.notify_one();
                 true
