@@ -11,6 +11,7 @@ pub mod clock;
 pub mod device;
 pub mod enrollment;
 pub mod ids;
+pub mod inventory;
 pub mod page;
 pub mod presence;
 pub mod telemetry;

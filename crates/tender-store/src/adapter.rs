@@ -814,6 +814,79 @@ macro_rules! impl_sql_store {
                     .collect()
             }
         }
+        #[async_trait::async_trait]
+        impl $crate::InventoryStore for $store {
+            async fn put_inventory(
+                &self,
+                tenant: tender_core::TenantId,
+                device: tender_core::DeviceId,
+                attributes: &tender_core::inventory::Inventory,
+                at: tender_core::Timestamp,
+            ) -> $crate::Result<bool> {
+                let updated_at: i64 = sqlx::query_scalar($crate::sql::PUT_INVENTORY)
+                    .bind(tenant.as_uuid())
+                    .bind(device.as_uuid())
+                    .bind(attributes.to_json())
+                    .bind(at.unix_millis())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&format!("inventory of device {device}"), e))?;
+                Ok(updated_at == at.unix_millis())
+            }
+
+            async fn device_inventory(
+                &self,
+                tenant: tender_core::TenantId,
+                device: tender_core::DeviceId,
+            ) -> $crate::Result<Option<tender_core::inventory::DeviceInventory>> {
+                sqlx::query_as::<_, $crate::rows::InventoryRow>($crate::sql::DEVICE_INVENTORY)
+                    .bind(tenant.as_uuid())
+                    .bind(device.as_uuid())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("device inventory", e))?
+                    .map(TryInto::try_into)
+                    .transpose()
+            }
+
+            async fn device_inventories(
+                &self,
+                tenant: tender_core::TenantId,
+                ids: &[tender_core::DeviceId],
+            ) -> $crate::Result<
+                std::collections::HashMap<
+                    tender_core::DeviceId,
+                    tender_core::inventory::DeviceInventory,
+                >,
+            > {
+                // Chunks through one static statement, as in `online_devices`.
+                let mut found = std::collections::HashMap::new();
+                let unique: Vec<tender_core::DeviceId> = ids
+                    .iter()
+                    .copied()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                for chunk in unique.chunks($crate::sql::ONLINE_DEVICES_CHUNK) {
+                    let mut query = sqlx::query_as::<_, $crate::rows::InventoryRow>(
+                        $crate::sql::DEVICE_INVENTORIES,
+                    )
+                    .bind(tenant.as_uuid());
+                    for id in chunk.iter().cycle().take($crate::sql::ONLINE_DEVICES_CHUNK) {
+                        query = query.bind(id.as_uuid());
+                    }
+                    let rows = query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("device inventories", e))?;
+                    for row in rows {
+                        let id = tender_core::DeviceId::from_uuid(row.device_id);
+                        found.insert(id, row.try_into()?);
+                    }
+                }
+                Ok(found)
+            }
+        }
     };
 }
 

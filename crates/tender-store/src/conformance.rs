@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use tender_core::auth::Role;
 use tender_core::device::{Device, DeviceState};
+use tender_core::inventory::{Inventory, parse_inventory};
 use tender_core::page::{PageLimit, PageRequest};
 use tender_core::presence::{DeviceConnection, Transport};
 use tender_core::telemetry::{MetricName, Sample};
@@ -75,6 +76,9 @@ macro_rules! conformance_suite {
             sample_queries_page_by_limit,
             latest_samples_are_the_newest_per_metric,
             a_thousand_samples_in_one_call,
+            inventory_replaces_whole_and_tracks_changes,
+            inventory_is_tenant_scoped,
+            inventories_of_many_devices,
         );
         #[tokio::test]
         async fn data_survives_reopen() {
@@ -1707,6 +1711,134 @@ pub async fn a_thousand_samples_in_one_call(store: &dyn Store) {
             .iter()
             .all(|s| s.at == T0.plus_millis(103) || s.at == T0.plus_millis(102))
     );
+}
+
+fn inventory(json: &str) -> Inventory {
+    parse_inventory(json.as_bytes()).expect("test inventories are valid")
+}
+
+pub async fn inventory_replaces_whole_and_tracks_changes(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let d = device(t.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    assert_eq!(store.device_inventory(t.id, d.id).await.unwrap(), None);
+
+    let first = inventory(
+        r#"{"os.id":"debian","cpu.count":4,"ota":true,"ips":["192.0.2.1","192.0.2.2"],"load":0.1}"#,
+    );
+    assert!(store.put_inventory(t.id, d.id, &first, T0).await.unwrap());
+    let got = store.device_inventory(t.id, d.id).await.unwrap().unwrap();
+    assert_eq!(got.attributes, first);
+    assert_eq!((got.updated_at, got.reported_at), (T0, T0));
+
+    // The same attributes again: reported, not changed.
+    let later = T0.plus_millis(60_000);
+    assert!(
+        !store
+            .put_inventory(t.id, d.id, &first, later)
+            .await
+            .unwrap()
+    );
+    let got = store.device_inventory(t.id, d.id).await.unwrap().unwrap();
+    assert_eq!((got.updated_at, got.reported_at), (T0, later));
+
+    // A different set replaces the whole: attributes not reported again are gone.
+    let second = inventory(r#"{"os.id":"debian","cpu.count":8}"#);
+    let last = T0.plus_millis(120_000);
+    assert!(
+        store
+            .put_inventory(t.id, d.id, &second, last)
+            .await
+            .unwrap()
+    );
+    let got = store.device_inventory(t.id, d.id).await.unwrap().unwrap();
+    assert_eq!(got.attributes, second);
+    assert_eq!(got.attributes.get("ota"), None);
+    assert_eq!((got.updated_at, got.reported_at), (last, last));
+
+    // An empty inventory is an inventory.
+    let empty = inventory("{}");
+    assert!(
+        store
+            .put_inventory(t.id, d.id, &empty, last.plus_millis(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .device_inventory(t.id, d.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .attributes
+            .is_empty()
+    );
+}
+
+pub async fn inventory_is_tenant_scoped(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let d = device(a.id, "x", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    let inv = inventory(r#"{"site":"north"}"#);
+    assert!(matches!(
+        store.put_inventory(b.id, d.id, &inv, T0).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let ghost = DeviceId::from_uuid(Uuid::now_v7());
+    assert!(matches!(
+        store.put_inventory(a.id, ghost, &inv, T0).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.put_inventory(a.id, d.id, &inv, T0).await.unwrap());
+    assert_eq!(store.device_inventory(b.id, d.id).await.unwrap(), None);
+    assert!(
+        store
+            .device_inventories(b.id, &[d.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.device_inventories(a.id, &[d.id]).await.unwrap().len(),
+        1
+    );
+}
+
+pub async fn inventories_of_many_devices(store: &dyn Store) {
+    let t = new_tenant(store, "acme").await;
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        let d = device(t.id, &format!("d{i}"), DeviceState::Accepted);
+        store.insert_device(&d).await.unwrap();
+        // Every third device never reports.
+        if i % 3 != 0 {
+            let inv = inventory(&format!(r#"{{"n":{i}}}"#));
+            store.put_inventory(t.id, d.id, &inv, T0).await.unwrap();
+        }
+        ids.push(d.id);
+    }
+    assert!(
+        store
+            .device_inventories(t.id, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Duplicates and more than one chunk.
+    let mut asked = ids.clone();
+    asked.push(ids[1]);
+    let found = store.device_inventories(t.id, &asked).await.unwrap();
+    assert_eq!(found.len(), 100);
+    for (i, id) in ids.iter().enumerate() {
+        match found.get(id) {
+            Some(inv) => {
+                assert_ne!(i % 3, 0);
+                assert_eq!(inv.attributes, inventory(&format!(r#"{{"n":{i}}}"#)));
+            }
+            None => assert_eq!(i % 3, 0),
+        }
+    }
 }
 
 pub async fn data_survives_reopen(f: &Fixture) {

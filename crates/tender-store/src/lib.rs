@@ -25,13 +25,14 @@
 //!   all, and a sample for a (device, metric, time) that has one replaces its value.
 #![forbid(unsafe_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tender_core::certificate::{DeviceCertificate, DeviceCredential};
 use tender_core::device::{Device, DeviceState};
 use tender_core::enrollment::EnrollmentToken;
+use tender_core::inventory::{DeviceInventory, Inventory};
 use tender_core::page::{Page, PageLimit, PageRequest};
 use tender_core::presence::DeviceConnection;
 use tender_core::telemetry::{MetricName, Sample};
@@ -97,7 +98,9 @@ pub struct DeviceFilter {
 
 /// The storage port.
 #[async_trait]
-pub trait Store: IdentityStore + PresenceStore + TelemetryStore + Send + Sync + 'static {
+pub trait Store:
+    IdentityStore + PresenceStore + TelemetryStore + InventoryStore + Send + Sync + 'static
+{
     fn backend(&self) -> Backend;
 
     /// Succeeds when the database answers a trivial query.
@@ -298,6 +301,33 @@ pub trait TelemetryStore: Send + Sync + 'static {
     /// The newest sample of each of the device's metrics, in metric-name order (bytewise, the
     /// same on every backend). Empty for a device of another tenant.
     async fn latest_samples(&self, tenant: TenantId, device: DeviceId) -> Result<Vec<Sample>>;
+}
+
+/// The inventory part of the port: the attributes each device reports about itself.
+#[async_trait]
+pub trait InventoryStore: Send + Sync + 'static {
+    /// Replaces the device's inventory with `attributes`, reported at `at`. Returns whether the
+    /// attributes changed (a first report is a change); `updated_at` moves only then, while
+    /// `reported_at` always does. NotFound when the device does not exist in the tenant.
+    async fn put_inventory(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        attributes: &Inventory,
+        at: Timestamp,
+    ) -> Result<bool>;
+    /// The device's inventory; `None` before its first report (or for another tenant's device).
+    async fn device_inventory(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> Result<Option<DeviceInventory>>;
+    /// The inventories of those of `ids` that reported one, in this tenant. Any number of ids.
+    async fn device_inventories(
+        &self,
+        tenant: TenantId,
+        ids: &[DeviceId],
+    ) -> Result<HashMap<DeviceId, DeviceInventory>>;
 }
 
 /// A shared, type-erased store.

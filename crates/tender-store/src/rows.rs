@@ -283,3 +283,26 @@ impl TryFrom<SampleRow> for Sample {
         })
     }
 }
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct InventoryRow {
+    pub(crate) device_id: uuid::Uuid,
+    attributes: String,
+    updated_at: i64,
+    reported_at: i64,
+}
+
+impl TryFrom<InventoryRow> for tender_core::inventory::DeviceInventory {
+    type Error = StoreError;
+    fn try_from(r: InventoryRow) -> Result<Self, StoreError> {
+        let attributes =
+            tender_core::inventory::parse_inventory(r.attributes.as_bytes()).map_err(|e| {
+                StoreError::Corrupt(format!("inventory of device {}: {e}", r.device_id))
+            })?;
+        Ok(tender_core::inventory::DeviceInventory {
+            attributes,
+            updated_at: ts(r.updated_at),
+            reported_at: ts(r.reported_at),
+        })
+    }
+}

@@ -166,6 +166,39 @@ pub(crate) const ONLINE_DEVICES: &str = concat!(
     ")"
 );
 
+/// Replaces a device's inventory: $1 tenant, $2 device, $3 attributes (canonical JSON), $4 at.
+/// `updated_at` moves only when the attributes differ; `reported_at` always. Returns the row's
+/// `updated_at`. A device of another tenant fails the foreign key.
+pub(crate) const PUT_INVENTORY: &str = "INSERT INTO device_inventory \
+     (tenant_id, device_id, attributes, updated_at, reported_at) VALUES ($1, $2, $3, $4, $4) \
+     ON CONFLICT (tenant_id, device_id) DO UPDATE SET \
+     updated_at = CASE WHEN device_inventory.attributes = excluded.attributes \
+     THEN device_inventory.updated_at ELSE excluded.updated_at END, \
+     reported_at = excluded.reported_at, attributes = excluded.attributes \
+     RETURNING updated_at";
+macro_rules! inventory_columns {
+    () => {
+        "device_id, attributes, updated_at, reported_at"
+    };
+}
+pub(crate) const DEVICE_INVENTORY: &str = concat!(
+    "SELECT ",
+    inventory_columns!(),
+    " FROM device_inventory WHERE tenant_id = $1 AND device_id = $2"
+);
+/// The inventories of up to [`ONLINE_DEVICES_CHUNK`] devices: $1 tenant, $2 to $65 ids (padded
+/// like [`ONLINE_DEVICES`]).
+pub(crate) const DEVICE_INVENTORIES: &str = concat!(
+    "SELECT ",
+    inventory_columns!(),
+    " FROM device_inventory WHERE tenant_id = $1 AND device_id IN (",
+    "$2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, ",
+    "$19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, ",
+    "$35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, ",
+    "$51, $52, $53, $54, $55, $56, $57, $58, $59, $60, $61, $62, $63, $64, $65",
+    ")"
+);
+
 pub(crate) const UPSERT_CREDENTIAL: &str = "INSERT INTO device_credentials \
      (device_id, tenant_id, secret_hash, created_at) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (device_id) DO UPDATE SET secret_hash = excluded.secret_hash, \

@@ -1,0 +1,15 @@
+-- Inventory: the attributes a device reports about itself (hardware, OS, software, network),
+-- one row per device, replaced whole by each report. `attributes` is the canonical JSON of the
+-- core's Inventory (names in order), so equal inventories are equal text and a report that
+-- changes nothing keeps `updated_at`.
+
+CREATE TABLE device_inventory (
+    tenant_id   BLOB NOT NULL,
+    device_id   BLOB NOT NULL,
+    attributes  TEXT NOT NULL,
+    -- When the attributes last changed, and when the device last reported them.
+    updated_at  INTEGER NOT NULL,
+    reported_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, device_id),
+    FOREIGN KEY (tenant_id, device_id) REFERENCES devices(tenant_id, id)
+) STRICT;
