@@ -18,7 +18,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -203,6 +203,7 @@ pub fn router(state: AppState) -> Router {
         .route("/device/v1/whoami", get(whoami))
         .route("/device/v1/renew", post(renew))
         .route("/device/v1/telemetry", post(telemetry))
+        .route("/device/v1/inventory", put(inventory))
         .fallback(|uri: axum::http::Uri| async move {
             Problem::not_found(format!("no such resource: {}", uri.path()))
         })
@@ -597,6 +598,25 @@ async fn telemetry(
     auth: DeviceAuth,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, Problem> {
+    uplink(state, auth, crate::mqtt::topic::Uplink::Telemetry, body).await
+}
+
+/// The device's inventory over HTTPS: the same payload and handler as
+/// `tender/v1/{id}/inventory`; `204` once stored.
+async fn inventory(
+    State(state): State<AppState>,
+    auth: DeviceAuth,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, Problem> {
+    uplink(state, auth, crate::mqtt::topic::Uplink::Inventory, body).await
+}
+
+async fn uplink(
+    state: AppState,
+    auth: DeviceAuth,
+    kind: crate::mqtt::topic::Uplink,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, Problem> {
     use crate::mqtt::uplink::{From, Refusal, ServerUplinks, UplinkHandler};
     let from = From {
         tenant_id: auth.tenant_id,
@@ -604,7 +624,7 @@ async fn telemetry(
     };
     let now = state.clock.now();
     ServerUplinks::new(state)
-        .handle(from, &crate::mqtt::topic::Uplink::Telemetry, &body, now)
+        .handle(from, &kind, &body, now)
         .await
         .map_err(|r| match r {
             Refusal::PayloadInvalid(why) => Problem::bad_request("invalid-payload", why),

@@ -1366,6 +1366,141 @@ async fn telemetry_over_https_follows_the_same_rules() {
     s.stop().await;
 }
 
+async fn get_inventory(s: &TestServer, id: &str) -> (StatusCode, Value) {
+    let path = format!("/api/v1/devices/{id}/inventory");
+    admin(s, reqwest::Method::GET, &path, None).await
+}
+
+/// A device reports its inventory over MQTT (mosquitto_pub) or HTTPS; each report replaces
+/// the whole, a bad one is refused naming the attribute and changes nothing, and operators
+/// read it on the device, on its own route and, when asked, in the listing.
+#[tokio::test]
+async fn inventory_arrives_over_mqtt_and_https_and_replaces_the_whole() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_identity(&s, &dev, dir.path());
+    let port = mqtt_addr(&s).port().to_string();
+    let publish = |payload: &'static str| {
+        let mut args: Vec<String> = [
+            "-V",
+            "mqttv5",
+            "-h",
+            "localhost",
+            "-p",
+            &port,
+            "-i",
+            &dev.id,
+            "-q",
+            "1",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(tls_args(dir.path()));
+        args.extend([
+            "-t".to_string(),
+            format!("tender/v1/{}/inventory", dev.id),
+            "-m".to_string(),
+            payload.to_string(),
+        ]);
+        tokio::process::Command::new("mosquitto_pub")
+            .args(args)
+            .output()
+    };
+    let out = publish(r#"{"os.id": "debian", "cpu.count": 4, "net.eth0.ipv4": ["192.0.2.7"]}"#)
+        .await
+        .expect("mosquitto_pub is installed (Debian: mosquitto-clients)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (st, inv) = get_inventory(&s, &dev.id).await;
+    assert_eq!(st, StatusCode::OK, "{inv}");
+    assert_eq!(inv["attributes"]["os.id"], "debian");
+    assert_eq!(inv["attributes"]["cpu.count"], 4.0);
+    assert_eq!(inv["attributes"]["net.eth0.ipv4"][0], "192.0.2.7");
+
+    // A bad report is refused with 0x99 and the reason, and changes nothing.
+    let out = publish(r#"{"os.id": null}"#).await.unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() || said.to_lowercase().contains("payload"),
+        "a bad inventory is refused visibly: {said}"
+    );
+    let (_, again) = get_inventory(&s, &dev.id).await;
+    assert_eq!(again["attributes"], inv["attributes"]);
+
+    // Over HTTPS, a report replaces the whole set.
+    let ca = reqwest::Certificate::from_pem(ca_pem(&s).as_bytes()).unwrap();
+    let identity =
+        reqwest::Identity::from_pem(format!("{}{}", dev.cert, dev.key.serialize_pem()).as_bytes())
+            .unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .identity(identity)
+        .build()
+        .unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/device/v1/inventory",
+        s.server.as_ref().unwrap().device_addr.port()
+    );
+    let r = http
+        .put(&url)
+        .body(r#"{"os.id": "debian", "site": "north"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = http
+        .put(&url)
+        .body(r#"{"a": {"b": 1}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("attribute a"),
+        "{problem}"
+    );
+    let (_, inv) = get_inventory(&s, &dev.id).await;
+    assert_eq!(
+        inv["attributes"],
+        serde_json::json!({"os.id": "debian", "site": "north"})
+    );
+
+    // On the device, and in the listing only when asked.
+    let d = device_json(&s, &dev.id).await;
+    assert_eq!(d["inventory"]["attributes"]["site"], "north");
+    let (st, page) = admin(&s, reqwest::Method::GET, "/api/v1/devices", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(page["items"][0].get("inventory").is_none(), "{page}");
+    let (st, page) = admin(
+        &s,
+        reqwest::Method::GET,
+        "/api/v1/devices?include=inventory",
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(page["items"][0]["inventory"]["attributes"]["site"], "north");
+    let (st, p) = admin(
+        &s,
+        reqwest::Method::GET,
+        "/api/v1/devices?include=all",
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{p}");
+    s.stop().await;
+}
+
 /// Beyond `mqtt.max_connections` a new connection is closed right after accept, counted, and
 /// the sessions already open keep working.
 #[tokio::test]

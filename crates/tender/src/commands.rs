@@ -430,7 +430,10 @@ async fn list_devices(g: &GlobalArgs, args: &ListDevicesArgs) -> Result<ExitCode
     let mut items: Vec<Value> = Vec::new();
     let mut cursor = args.cursor.clone();
     let next = loop {
-        let mut q = vec![("limit", args.limit.to_string())];
+        let mut q = vec![
+            ("limit", args.limit.to_string()),
+            ("include", "inventory".to_owned()),
+        ];
         if let Some(s) = args.state {
             q.push(("state", s.as_str().to_owned()));
         }
@@ -469,20 +472,35 @@ async fn list_devices(g: &GlobalArgs, args: &ListDevicesArgs) -> Result<ExitCode
                         } else {
                             "offline".to_owned()
                         },
+                        os_of(d),
+                        attribute(d, "agent.version"),
                         str_at(d, "/last_seen_at"),
                     ]
                 })
                 .collect();
             output::table(
-                &["id", "name", "type", "state", "presence", "last seen"],
+                &[
+                    "id",
+                    "name",
+                    "type",
+                    "state",
+                    "presence",
+                    "os",
+                    "agent",
+                    "last seen",
+                ],
                 &rows,
             )?;
+            let online = items
+                .iter()
+                .filter(|d| d["online"] == Value::Bool(true))
+                .count();
             match next {
                 Some(n) => eprintln!(
-                    "{} devices shown; more follow: add --all, or --cursor {n}",
+                    "{} devices shown ({online} online); more follow: add --all, or --cursor {n}",
                     items.len()
                 ),
-                None => eprintln!("{} devices", items.len()),
+                None => eprintln!("{} devices ({online} online)", items.len()),
             }
         }
     }
@@ -518,11 +536,65 @@ fn print_device(g: &GlobalArgs, d: &Value) -> Result<ExitCode> {
             ]
             .iter()
             .map(|k| vec![(*k).to_owned(), str_at(d, &format!("/{k}"))])
+            .chain(
+                [
+                    ("inventory.updated_at", "updated_at"),
+                    ("inventory.reported_at", "reported_at"),
+                ]
+                .iter()
+                .filter(|(_, k)| d.pointer(&format!("/inventory/{k}")).is_some())
+                .map(|(label, k)| vec![(*label).to_owned(), str_at(d, &format!("/inventory/{k}"))]),
+            )
+            .chain(
+                d.pointer("/inventory/attributes")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| vec![format!("inventory: {k}"), attribute_text(v)]),
+            )
             .collect();
             output::table(&["field", "value"], &rows)?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An inventory attribute as one line: lists joined with ", ", "-" when absent.
+fn attribute_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| i.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn attribute(d: &Value, name: &str) -> String {
+    d.pointer("/inventory/attributes")
+        .and_then(|a| a.get(name))
+        .map(attribute_text)
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// The OS as operators name it: `os.name` (PRETTY_NAME), else `os.id os.version`.
+fn os_of(d: &Value) -> String {
+    let name = attribute(d, "os.name");
+    if name != "-" {
+        return name;
+    }
+    match (attribute(d, "os.id"), attribute(d, "os.version")) {
+        (id, _) if id == "-" => "-".to_owned(),
+        (id, v) if v == "-" => id,
+        (id, v) => format!("{id} {v}"),
+    }
 }
 
 fn uuid_like(s: &str) -> Option<()> {

@@ -70,6 +70,10 @@ pub struct DeviceDto {
     /// Whether the device holds an open MQTT connection now (accurate to its keepalive: a
     /// silent connection is closed after 1.5 times the keepalive).
     pub online: bool,
+    /// What the device last reported about itself: always on a single device, on a listing
+    /// only with `include=inventory`; absent before the device's first report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<crate::api::inventory::InventoryDto>,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -89,6 +93,7 @@ impl From<Device> for DeviceDto {
             key_fingerprint: d.key_fingerprint,
             last_seen_at: d.last_seen_at.map(|t| t.to_rfc3339()),
             online: false,
+            inventory: None,
             created_at: d.created_at.to_rfc3339(),
             updated_at: d.updated_at.to_rfc3339(),
             state_changed_at: d.state_changed_at.to_rfc3339(),
@@ -115,6 +120,8 @@ pub struct ListDevicesQuery {
     pub cursor: Option<String>,
     /// Only devices in this state.
     pub state: Option<DeviceStateDto>,
+    /// `inventory` to embed each device's inventory.
+    pub include: Option<String>,
 }
 
 const CURSOR_VERSION: &str = "d1:";
@@ -127,7 +134,7 @@ const CURSOR_VERSION: &str = "d1:";
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of devices in creation order", body = DevicePage),
-        (status = 400, description = "Invalid limit, cursor, state or unknown parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid limit, cursor, state, include or unknown parameter", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Lacks devices_read", body = Problem, content_type = "application/problem+json"),
     )
@@ -145,14 +152,31 @@ pub async fn list_devices(
     let page = state.store.list_devices(tenant, &filter, &page).await?;
     let ids: Vec<DeviceId> = page.items.iter().map(|d| d.id).collect();
     let online = state.store.online_devices(tenant, &ids).await?;
+    let with_inventory = match q.include.as_deref() {
+        None | Some("") => false,
+        Some("inventory") => true,
+        Some(other) => {
+            return Err(Problem::bad_request(
+                "invalid-include",
+                format!("include={other} is not known; the only value is include=inventory"),
+            ));
+        }
+    };
+    let mut inventories = if with_inventory {
+        state.store.device_inventories(tenant, &ids).await?
+    } else {
+        Default::default()
+    };
     Ok(Json(DevicePage {
         items: page
             .items
             .into_iter()
             .map(|d| {
                 let on = online.contains(&d.id);
+                let inventory = inventories.remove(&d.id).map(Into::into);
                 DeviceDto {
                     online: on,
+                    inventory,
                     ..d.into()
                 }
             })
@@ -188,8 +212,10 @@ pub async fn get_device(
         .await?
         .ok_or_else(|| Problem::not_found(format!("no device {id}")))?;
     let online = state.store.online_devices(tenant, &[id]).await?;
+    let inventory = state.store.device_inventory(tenant, id).await?;
     Ok(Json(DeviceDto {
         online: online.contains(&id),
+        inventory: inventory.map(Into::into),
         ..device.into()
     }))
 }

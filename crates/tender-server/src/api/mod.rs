@@ -28,6 +28,7 @@ pub mod connections;
 pub mod cursor;
 pub mod devices;
 pub mod enrollment;
+pub mod inventory;
 pub mod telemetry;
 pub mod whoami;
 
@@ -62,6 +63,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         devices::decommission_device,
         devices::revoke_certificates,
         devices::accept_pending,
+        inventory::get_inventory,
         connections::list_connections,
         connections::issue_credential,
         connections::delete_credential,
@@ -126,6 +128,7 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
             "/devices/{id}/connections",
             get(connections::list_connections),
         )
+        .route("/devices/{id}/inventory", get(inventory::get_inventory))
         .route("/devices/{id}/telemetry", get(telemetry::latest))
         .route("/devices/{id}/telemetry/{metric}", get(telemetry::range))
         .route(

@@ -7,6 +7,7 @@
 //!
 //! Uplink (device → Tender):
 //! - `telemetry`                          time-series samples
+//! - `inventory`                          the device's attributes (full replace)
 //! - `state/reported`                     reported twin state
 //! - `events`                             device events
 //! - `commands/{command_id}/result`       the outcome of a command
@@ -24,6 +25,7 @@ pub const PREFIX: &str = "tender/v1";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Uplink {
     Telemetry,
+    Inventory,
     Reported,
     Event,
     CommandResult { command_id: String },
@@ -34,6 +36,7 @@ impl Uplink {
     pub fn kind(&self) -> &'static str {
         match self {
             Uplink::Telemetry => "telemetry",
+            Uplink::Inventory => "inventory",
             Uplink::Reported => "reported",
             Uplink::Event => "event",
             Uplink::CommandResult { .. } => "command_result",
@@ -98,6 +101,7 @@ pub fn classify_publish(device: DeviceId, topic: &str) -> Result<Uplink, TopicEr
     let parts: Vec<&str> = rest.split('/').collect();
     match parts.as_slice() {
         ["telemetry"] => Ok(Uplink::Telemetry),
+        ["inventory"] => Ok(Uplink::Inventory),
         ["state", "reported"] => Ok(Uplink::Reported),
         ["events"] => Ok(Uplink::Event),
         ["commands", id, "result"] if valid_id(id) => Ok(Uplink::CommandResult {
@@ -170,6 +174,10 @@ mod tests {
             Ok(Uplink::Reported)
         );
         assert_eq!(classify_publish(d, &own("events")), Ok(Uplink::Event));
+        assert_eq!(
+            classify_publish(d, &own("inventory")),
+            Ok(Uplink::Inventory)
+        );
         assert_eq!(
             classify_publish(d, &own("commands/c-1/result")),
             Ok(Uplink::CommandResult {

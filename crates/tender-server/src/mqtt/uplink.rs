@@ -75,6 +75,23 @@ impl UplinkHandler for ServerUplinks {
                     })?;
                 Ok(())
             }
+            Uplink::Inventory => {
+                let inventory = tender_core::inventory::parse_inventory(payload)
+                    .map_err(|e| Refusal::PayloadInvalid(e.to_string()))?;
+                let changed = self
+                    .state
+                    .store
+                    .put_inventory(from.tenant_id, from.device_id, &inventory, received_at)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(device = %from.device_id, error = %e, "cannot store inventory");
+                        Refusal::Unavailable("inventory could not be stored; retry".into())
+                    })?;
+                if changed {
+                    tracing::debug!(device = %from.device_id, attributes = inventory.len(), "inventory changed");
+                }
+                Ok(())
+            }
             other => Err(Refusal::NotSupported(format!(
                 "{} messages are not processed by this server version yet",
                 other.kind()
