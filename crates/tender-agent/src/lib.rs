@@ -5,11 +5,13 @@
 //! - [`mqtt`]: an MQTT 5 client over mTLS with a reconnecting supervisor.
 //! - [`telemetry`]: system metrics from `/proc` as the telemetry payload.
 //! - [`backoff`]: exponential back-off with full jitter.
+//! - [`buffer`]: the on-disk store-and-forward buffer for records waiting to be delivered.
 //! - [`config`], [`status`], [`agent`]: the agent's configuration, status file and main loop.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod backoff;
+pub mod buffer;
 pub mod config;
 pub mod identity;
 pub mod mqtt;
