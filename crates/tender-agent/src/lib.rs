@@ -4,6 +4,9 @@
 //! - [`identity`]: the device key, enrollment over HTTPS and certificate renewal.
 //! - [`mqtt`]: an MQTT 5 client over mTLS with a reconnecting supervisor.
 //! - [`telemetry`]: system metrics from `/proc` as the telemetry payload.
+//! - [`inventory`]: the device inventory (OS, hardware, network, inventory scripts) and its
+//!   change tracking.
+//! - [`custom`]: custom metrics from collector programs and the local spool directory.
 //! - [`backoff`]: exponential back-off with full jitter.
 //! - [`buffer`]: the on-disk store-and-forward buffer for records waiting to be delivered.
 //! - [`config`], [`status`], [`agent`]: the agent's configuration, status file and main loop.
@@ -13,7 +16,9 @@ pub mod agent;
 pub mod backoff;
 pub mod buffer;
 pub mod config;
+pub mod custom;
 pub mod identity;
+pub mod inventory;
 pub mod mqtt;
 pub mod status;
 pub mod telemetry;
