@@ -34,10 +34,26 @@ pub struct RawConfig {
     pub telemetry_interval_secs: Option<u64>,
     pub max_backoff_secs: Option<u64>,
     pub keepalive_secs: Option<u16>,
+    pub telemetry_batch: Option<u32>,
+    pub collectors: Option<Vec<String>>,
+    pub disks: Option<Vec<PathBuf>>,
+    pub collectors_dir: Option<PathBuf>,
+    pub metrics_spool_dir: Option<PathBuf>,
+    pub inventory_interval_secs: Option<u64>,
+    pub inventory_scripts_dir: Option<PathBuf>,
+    pub location_site: Option<String>,
+    pub location_lat: Option<f64>,
+    pub location_lon: Option<f64>,
+    pub buffer_max_mib: Option<u64>,
+    pub buffer_fsync_every: Option<u32>,
+    pub https_fallback_after_secs: Option<u64>,
 }
 
+/// The collectors that can be switched on and off (`collectors = [...]`).
+pub const COLLECTORS: &[&str] = &["system", "scripts", "spool"];
+
 /// A validated configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AgentConfig {
     /// HTTPS base of the device API, e.g. `https://tender.example:8443`.
     pub server_url: String,
@@ -51,6 +67,27 @@ pub struct AgentConfig {
     pub telemetry_interval_secs: u64,
     pub max_backoff_secs: u64,
     pub keepalive_secs: u16,
+    /// Telemetry readings per message: 1 sends each reading; more send them as one batch.
+    pub telemetry_batch: u32,
+    /// System metrics from `/proc` and `/sys`.
+    pub system_metrics: bool,
+    /// Executable metric collectors (`collectors_dir`); `None` when switched off.
+    pub collectors_dir: Option<PathBuf>,
+    /// The spool directory applications drop metric files into; `None` when switched off.
+    pub metrics_spool_dir: Option<PathBuf>,
+    /// Filesystems whose usage is reported.
+    pub disks: Vec<PathBuf>,
+    /// How often the inventory is collected again (it is sent only when it changed).
+    pub inventory_interval_secs: u64,
+    pub inventory_scripts_dir: Option<PathBuf>,
+    pub location_site: Option<String>,
+    pub location_lat: Option<f64>,
+    pub location_lon: Option<f64>,
+    pub buffer_max_bytes: u64,
+    /// fsync the buffer every this many records: 1 = every record, 0 = never.
+    pub buffer_fsync_every: u32,
+    /// When MQTT has been down this long, deliver over the HTTPS device API; `None`: never.
+    pub https_fallback_after_secs: Option<u64>,
 }
 
 /// Environment variables that override the file.
@@ -145,12 +182,77 @@ impl RawConfig {
                 reason: "1 to 128 characters".into(),
             });
         }
+        let invalid = |key: &'static str, reason: &str| ConfigError::Invalid {
+            key,
+            reason: reason.to_owned(),
+        };
+        let telemetry_batch = self.telemetry_batch.unwrap_or(1);
+        if !(1..=100).contains(&telemetry_batch) {
+            return Err(invalid("telemetry_batch", "1 to 100 readings per message"));
+        }
+        let collectors = self
+            .collectors
+            .unwrap_or_else(|| COLLECTORS.iter().map(|c| (*c).to_owned()).collect());
+        if let Some(bad) = collectors
+            .iter()
+            .find(|c| !COLLECTORS.contains(&c.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                key: "collectors",
+                reason: format!(
+                    "unknown collector {bad:?}; known: {}",
+                    COLLECTORS.join(", ")
+                ),
+            });
+        }
+        let on = |c: &str| collectors.iter().any(|x| x == c);
+        let data_dir = self.data_dir.ok_or(ConfigError::Missing("data_dir"))?;
+        let inventory_interval_secs = self.inventory_interval_secs.unwrap_or(300);
+        if inventory_interval_secs == 0 {
+            return Err(invalid("inventory_interval_secs", "must be at least 1"));
+        }
+        if let Some(lat) = self.location_lat
+            && !(-90.0..=90.0).contains(&lat)
+        {
+            return Err(invalid("location_lat", "degrees from -90 to 90"));
+        }
+        if let Some(lon) = self.location_lon
+            && !(-180.0..=180.0).contains(&lon)
+        {
+            return Err(invalid("location_lon", "degrees from -180 to 180"));
+        }
+        let buffer_max_mib = self.buffer_max_mib.unwrap_or(16);
+        if !(1..=4096).contains(&buffer_max_mib) {
+            return Err(invalid("buffer_max_mib", "1 to 4096 MiB"));
+        }
         Ok(AgentConfig {
+            telemetry_batch,
+            system_metrics: on("system"),
+            collectors_dir: on("scripts").then(|| {
+                self.collectors_dir
+                    .unwrap_or_else(|| crate::custom::DEFAULT_COLLECTORS_DIR.into())
+            }),
+            metrics_spool_dir: on("spool").then(|| {
+                self.metrics_spool_dir
+                    .unwrap_or_else(|| data_dir.join(crate::custom::SPOOL_DIR_NAME))
+            }),
+            disks: self.disks.unwrap_or_else(|| vec![PathBuf::from("/")]),
+            inventory_interval_secs,
+            inventory_scripts_dir: Some(
+                self.inventory_scripts_dir
+                    .unwrap_or_else(|| crate::inventory::DEFAULT_SCRIPTS_DIR.into()),
+            ),
+            location_site: self.location_site.filter(|s| !s.is_empty()),
+            location_lat: self.location_lat,
+            location_lon: self.location_lon,
+            buffer_max_bytes: buffer_max_mib << 20,
+            buffer_fsync_every: self.buffer_fsync_every.unwrap_or(1),
+            https_fallback_after_secs: self.https_fallback_after_secs,
             server_url: server_url.trim_end_matches('/').to_owned(),
             mqtt_host,
             mqtt_port,
             ca_file: self.ca_file.ok_or(ConfigError::Missing("ca_file"))?,
-            data_dir: self.data_dir.ok_or(ConfigError::Missing("data_dir"))?,
+            data_dir,
             enrollment_token: self.enrollment_token.filter(|t| !t.is_empty()),
             device_name: self.device_name,
             device_type: self.device_type.filter(|t| !t.is_empty()),

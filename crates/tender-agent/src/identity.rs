@@ -231,7 +231,8 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn http_client(ca_pem: &str, identity: Option<&Identity>) -> Result<reqwest::Client> {
+/// An HTTPS client that trusts only `ca_pem` and, given an identity, presents its certificate.
+pub fn http_client(ca_pem: &str, identity: Option<&Identity>) -> Result<reqwest::Client> {
     install_crypto_provider();
     let certs = reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes())
         .map_err(|e| IdentityError::Ca(e.to_string()))?;

@@ -16,6 +16,21 @@ pub struct Status {
     pub last_telemetry_at: Option<String>,
     pub last_error: Option<String>,
     pub pid: Option<u32>,
+    /// Records in the store-and-forward buffer, waiting for the server.
+    #[serde(default)]
+    pub buffered: u64,
+    /// Records the buffer dropped (oldest first) because it was full, over its lifetime.
+    #[serde(default)]
+    pub dropped: u64,
+    /// Readings that could not be buffered at all (disk full, I/O error) since the start.
+    #[serde(default)]
+    pub lost_unbuffered: u64,
+    /// Records the server acknowledged since the start.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Records the server refused for good since the start (logged, dropped).
+    #[serde(default)]
+    pub rejected: u64,
 }
 
 pub fn path(data_dir: &Path) -> PathBuf {

@@ -167,7 +167,71 @@ pub struct ProcSnapshot {
 #[derive(Debug)]
 pub struct Collector {
     root: PathBuf,
+    /// Where thermal zones are read (`/sys`); `None` reads none.
+    sys_root: Option<PathBuf>,
+    /// Filesystems whose usage is reported (`disk.<name>.*`).
+    disks: Vec<PathBuf>,
     prev_cpu: Option<CpuTimes>,
+}
+
+/// The metric name part for a mount point: `/` is `root`, `/var/lib` is `var_lib`.
+pub fn disk_name(path: &std::path::Path) -> String {
+    let s = path.to_string_lossy();
+    let trimmed = s.trim_matches('/');
+    if trimmed.is_empty() {
+        "root".to_owned()
+    } else {
+        metric_component(&trimmed.replace('/', "_"))
+    }
+}
+
+/// `temp.<zone type>.celsius` from `/sys/class/thermal/thermal_zone*/{type,temp}` (the kernel
+/// reports millidegrees). Zones that cannot be read are skipped; two zones of one type get
+/// `_1`, `_2` ... after the first.
+pub fn read_thermal(sys_root: &std::path::Path) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(sys_root.join("class/thermal")) else {
+        return out;
+    };
+    let mut zones: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("thermal_zone"))
+        .map(|e| e.path())
+        .collect();
+    zones.sort();
+    for zone in zones.into_iter().take(32) {
+        let Some(milli) = std::fs::read_to_string(zone.join("temp"))
+            .ok()
+            .and_then(|t| t.trim().parse::<f64>().ok())
+        else {
+            continue;
+        };
+        let kind = std::fs::read_to_string(zone.join("type"))
+            .map(|t| metric_component(t.trim()))
+            .unwrap_or_else(|_| "zone".to_owned());
+        let mut name = format!("temp.{kind}.celsius");
+        let mut n = 1;
+        while out.contains_key(&name) {
+            name = format!("temp.{kind}_{n}.celsius");
+            n += 1;
+        }
+        out.insert(name, milli / 1000.0);
+    }
+    out
+}
+
+/// Size, used and available bytes of the filesystem holding `path`.
+pub fn disk_usage(path: &std::path::Path) -> Option<(u64, u64, u64)> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    let unit = if st.f_frsize > 0 {
+        st.f_frsize
+    } else {
+        st.f_bsize
+    };
+    let total = st.f_blocks.saturating_mul(unit);
+    let free = st.f_bfree.saturating_mul(unit);
+    let avail = st.f_bavail.saturating_mul(unit);
+    Some((total, total.saturating_sub(free), avail))
 }
 
 impl Default for Collector {
@@ -181,8 +245,22 @@ impl Collector {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Collector {
             root: root.into(),
+            sys_root: Some(PathBuf::from("/sys")),
+            disks: vec![PathBuf::from("/")],
             prev_cpu: None,
         }
+    }
+
+    /// Reads thermal zones under `sys_root` instead of `/sys` (`None`: none).
+    pub fn with_sys_root(mut self, sys_root: Option<PathBuf>) -> Self {
+        self.sys_root = sys_root;
+        self
+    }
+
+    /// Reports the usage of these filesystems (default `/`).
+    pub fn with_disks(mut self, disks: Vec<PathBuf>) -> Self {
+        self.disks = disks;
+        self
     }
 
     /// Reads the files now.
@@ -200,7 +278,26 @@ impl Collector {
     /// A payload from `/proc` stamped `ts_ms`. `cpu.usage` appears from the second sample on.
     pub fn sample(&mut self, ts_ms: i64) -> Payload {
         let snap = self.read();
-        self.sample_from(&snap, ts_ms)
+        let mut payload = self.sample_from(&snap, ts_ms);
+        if let Some(sys) = &self.sys_root {
+            payload.values.extend(read_thermal(sys));
+        }
+        for disk in &self.disks {
+            if let Some((total, used, avail)) = disk_usage(disk) {
+                let name = disk_name(disk);
+                payload
+                    .values
+                    .insert(format!("disk.{name}.total_bytes"), total as f64);
+                payload
+                    .values
+                    .insert(format!("disk.{name}.used_bytes"), used as f64);
+                payload
+                    .values
+                    .insert(format!("disk.{name}.available_bytes"), avail as f64);
+            }
+        }
+        payload.values.retain(|_, v| v.is_finite());
+        payload
     }
 
     /// A payload from already-read text (pure apart from the remembered CPU reading).
@@ -355,7 +452,42 @@ mod tests {
 
     #[test]
     fn missing_files_give_an_empty_payload() {
-        let mut c = Collector::new("/nonexistent-proc-root");
+        let mut c = Collector::new("/nonexistent-proc-root")
+            .with_sys_root(None)
+            .with_disks(vec!["/nonexistent-mount".into()]);
         assert!(c.sample(1).values.is_empty());
+        // The defaults add what the machine has: the root filesystem at least.
+        let mut c = Collector::new("/nonexistent-proc-root");
+        assert!(c.sample(1).values.contains_key("disk.root.total_bytes"));
+    }
+
+    #[test]
+    fn thermal_zones_and_disk_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (kind, temp)) in [
+            ("x86_pkg_temp", "45500"),
+            ("acpitz", "27800"),
+            ("acpitz", "30000"),
+            ("broken", "n/a"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let z = dir.path().join(format!("class/thermal/thermal_zone{i}"));
+            std::fs::create_dir_all(&z).unwrap();
+            std::fs::write(z.join("type"), format!("{kind}\n")).unwrap();
+            std::fs::write(z.join("temp"), format!("{temp}\n")).unwrap();
+        }
+        let t = read_thermal(dir.path());
+        assert_eq!(t.get("temp.x86_pkg_temp.celsius"), Some(&45.5));
+        assert_eq!(t.get("temp.acpitz.celsius"), Some(&27.8));
+        assert_eq!(t.get("temp.acpitz_1.celsius"), Some(&30.0));
+        assert_eq!(t.len(), 3);
+        assert!(read_thermal(&dir.path().join("missing")).is_empty());
+        assert_eq!(disk_name(std::path::Path::new("/")), "root");
+        assert_eq!(disk_name(std::path::Path::new("/var/lib/")), "var_lib");
+        let (total, used, avail) = disk_usage(dir.path()).unwrap();
+        assert!(total > 0 && used <= total && avail <= total);
+        assert_eq!(disk_usage(&dir.path().join("missing")), None);
     }
 }

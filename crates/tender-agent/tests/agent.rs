@@ -2,187 +2,15 @@
 //! MQTT over mTLS, telemetry stored, refusals, and revocation stopping the supervisor.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use tender_agent::backoff::Backoff;
-use tender_agent::config::AgentConfig;
-use tender_agent::identity::{self, EnrollOptions, IdentityError};
-use tender_agent::mqtt::{self, ConnState, MqttError, MqttOptions, PublishError};
-use tender_core::tenant::TenantSlug;
-use tender_server::{Config, RunningServer};
+use common::{WAIT, fake_proc, start, wait_state};
+use tender_agent::identity::{self, IdentityError};
+use tender_agent::mqtt::{self, ConnState, MqttError, PublishError};
 use tokio::sync::watch;
-
-/// Bound on any wait; generous, never asserted as a duration.
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Server {
-    server: RunningServer,
-    admin_token: String,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Server {
-    identity::install_crypto_provider();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        data_dir: dir.path().join("data"),
-        ..Config::default()
-    };
-    config.http.listen = "127.0.0.1:0".parse().unwrap();
-    config.devices.listen = "127.0.0.1:0".parse().unwrap();
-    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
-    config.database.max_connections = 4;
-    let server = tender_server::start(config).await.expect("server starts");
-    let admin_token = server.bootstrap_token.clone().expect("bootstrap token");
-    Server {
-        server,
-        admin_token,
-        http: reqwest::Client::new(),
-        _dir: dir,
-    }
-}
-
-impl Server {
-    async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("http://{}{path}", self.server.http_addr))
-            .bearer_auth(&self.admin_token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let st = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (st, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn enrollment_token(&self) -> String {
-        let (st, t) = self
-            .admin(
-                reqwest::Method::POST,
-                "/api/v1/enrollment-tokens",
-                Some(json!({"name": "t"})),
-            )
-            .await;
-        assert_eq!(st, 201, "{t}");
-        t["token"].as_str().unwrap().to_owned()
-    }
-
-    fn ca_pem(&self) -> String {
-        std::fs::read_to_string(&self.server.ca_cert_path).unwrap()
-    }
-
-    fn server_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.server.device_addr.port())
-    }
-
-    fn config(&self, data_dir: &Path, token: Option<String>) -> AgentConfig {
-        let mqtt = self.server.mqtt_addr.unwrap();
-        AgentConfig {
-            server_url: self.server_url(),
-            mqtt_host: "127.0.0.1".into(),
-            mqtt_port: mqtt.port(),
-            ca_file: self.server.ca_cert_path.clone(),
-            data_dir: data_dir.to_owned(),
-            enrollment_token: token,
-            device_name: Some("agent-test".into()),
-            device_type: Some("test-rig".into()),
-            telemetry_interval_secs: 1,
-            max_backoff_secs: 2,
-            keepalive_secs: 30,
-        }
-    }
-
-    fn enroll_options(&self, token: Option<String>) -> EnrollOptions {
-        EnrollOptions {
-            server_url: self.server_url(),
-            ca_pem: self.ca_pem(),
-            token,
-            name: Some("sdk".into()),
-            device_type: None,
-        }
-    }
-
-    fn mqtt_options(&self) -> MqttOptions {
-        MqttOptions {
-            backoff: Backoff {
-                base: Duration::from_millis(50),
-                cap: Duration::from_millis(500),
-            },
-            rng_seed: Some(1),
-            ..MqttOptions::new("127.0.0.1", self.server.mqtt_addr.unwrap().port())
-        }
-    }
-
-    /// The metric names stored for `device`.
-    async fn metrics(&self, device: &str) -> Vec<String> {
-        let store = &self.server.store;
-        let tenant = store
-            .tenant_by_slug(&TenantSlug::default_tenant())
-            .await
-            .unwrap()
-            .unwrap();
-        store
-            .latest_samples(tenant.id, device.parse().unwrap())
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| s.metric.to_string())
-            .collect()
-    }
-
-    /// Polls the store until `device` has all of `names`.
-    async fn wait_for_metrics(&self, device: &str, names: &[&str]) -> Vec<String> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let have = self.metrics(device).await;
-                if names.iter().all(|n| have.iter().any(|h| h == n)) {
-                    return have;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("metrics {names:?} stored for {device}"))
-    }
-}
-
-async fn wait_state(state: &mut watch::Receiver<ConnState>, want: impl Fn(&ConnState) -> bool) {
-    tokio::time::timeout(WAIT, state.wait_for(|s| want(s)))
-        .await
-        .expect("state reached in time")
-        .expect("supervisor alive");
-}
-
-/// A `/proc` tree with fixed contents, so the test does not depend on the host.
-fn fake_proc(dir: &Path) -> std::path::PathBuf {
-    let root = dir.join("proc");
-    std::fs::create_dir_all(root.join("net")).unwrap();
-    std::fs::write(root.join("stat"), "cpu  100 0 100 700 100 0 0 0 0 0\n").unwrap();
-    std::fs::write(
-        root.join("meminfo"),
-        "MemTotal: 1000 kB\nMemAvailable: 600 kB\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("loadavg"), "0.50 0.40 0.30 1/100 42\n").unwrap();
-    std::fs::write(root.join("uptime"), "123.45 100.00\n").unwrap();
-    std::fs::write(
-        root.join("net/dev"),
-        "h1\nh2\n  eth0: 1000 1 0 0 0 0 0 0 2000 2 0 0 0 0 0 0\n",
-    )
-    .unwrap();
-    root
-}
 
 #[tokio::test]
 async fn the_agent_enrolls_connects_and_its_telemetry_is_stored() {
@@ -193,6 +21,7 @@ async fn the_agent_enrolls_connects_and_its_telemetry_is_stored() {
     let options = tender_agent::agent::RunOptions {
         proc_root: Some(fake_proc(dir.path())),
         backoff_base: Some(Duration::from_millis(50)),
+        ..Default::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = {

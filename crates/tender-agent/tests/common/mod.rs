@@ -1,0 +1,229 @@
+//! What the agent's integration tests share: the real server, in-process on loopback ports,
+//! that can be stopped and started again on the same ports and data.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tender_agent::backoff::Backoff;
+use tender_agent::config::{AgentConfig, RawConfig};
+use tender_agent::identity::{self, EnrollOptions};
+use tender_agent::mqtt::{ConnState, MqttOptions};
+use tender_core::tenant::TenantSlug;
+use tender_server::{Config, RunningServer};
+use tokio::sync::watch;
+
+/// Bound on any wait; generous, never asserted as a duration.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Server {
+    pub config: Config,
+    pub server: RunningServer,
+    pub admin_token: String,
+    http: reqwest::Client,
+    pub dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+pub async fn start() -> Server {
+    identity::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.devices.listen = "127.0.0.1:0".parse().unwrap();
+    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    config.database.max_connections = 4;
+    let server = tender_server::start(config.clone())
+        .await
+        .expect("server starts");
+    let admin_token = server.bootstrap_token.clone().expect("bootstrap token");
+    Server {
+        config,
+        server,
+        admin_token,
+        http: reqwest::Client::new(),
+        dir: std::sync::Arc::new(dir),
+    }
+}
+
+impl Server {
+    /// Stops the server; [`Server::restart`] brings it back on the same ports and data.
+    pub async fn stop(self) -> Stopped {
+        let mut config = self.config.clone();
+        config.http.listen = self.server.http_addr;
+        config.devices.listen = self.server.device_addr;
+        config.mqtt.listen = self.server.mqtt_addr.unwrap();
+        self.server.shutdown().await;
+        Stopped {
+            config,
+            admin_token: self.admin_token,
+            dir: self.dir,
+        }
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", self.server.http_addr))
+            .bearer_auth(&self.admin_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let st = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn enrollment_token(&self) -> String {
+        let (st, t) = self
+            .admin(
+                reqwest::Method::POST,
+                "/api/v1/enrollment-tokens",
+                Some(json!({"name": "t"})),
+            )
+            .await;
+        assert_eq!(st, 201, "{t}");
+        t["token"].as_str().unwrap().to_owned()
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(&self.server.ca_cert_path).unwrap()
+    }
+
+    pub fn server_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.server.device_addr.port())
+    }
+
+    pub fn config(&self, data_dir: &Path, token: Option<String>) -> AgentConfig {
+        let mqtt = self.server.mqtt_addr.unwrap();
+        RawConfig {
+            server_url: Some(self.server_url()),
+            mqtt_url: Some(format!("127.0.0.1:{}", mqtt.port())),
+            ca_file: Some(self.server.ca_cert_path.clone()),
+            data_dir: Some(data_dir.to_owned()),
+            enrollment_token: token,
+            device_name: Some("agent-test".into()),
+            device_type: Some("test-rig".into()),
+            telemetry_interval_secs: Some(1),
+            max_backoff_secs: Some(2),
+            keepalive_secs: Some(30),
+            // No scripts from the machine running the tests; no spool unless a test asks.
+            collectors: Some(vec!["system".into()]),
+            inventory_scripts_dir: Some(data_dir.join("no-inventory-scripts")),
+            ..RawConfig::default()
+        }
+        .validate()
+        .unwrap()
+    }
+
+    pub fn enroll_options(&self, token: Option<String>) -> EnrollOptions {
+        EnrollOptions {
+            server_url: self.server_url(),
+            ca_pem: self.ca_pem(),
+            token,
+            name: Some("sdk".into()),
+            device_type: None,
+        }
+    }
+
+    pub fn mqtt_options(&self) -> MqttOptions {
+        MqttOptions {
+            backoff: Backoff {
+                base: Duration::from_millis(50),
+                cap: Duration::from_millis(500),
+            },
+            rng_seed: Some(1),
+            ..MqttOptions::new("127.0.0.1", self.server.mqtt_addr.unwrap().port())
+        }
+    }
+
+    /// The metric names stored for `device`.
+    pub async fn metrics(&self, device: &str) -> Vec<String> {
+        let store = &self.server.store;
+        let tenant = store
+            .tenant_by_slug(&TenantSlug::default_tenant())
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .latest_samples(tenant.id, device.parse().unwrap())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.metric.to_string())
+            .collect()
+    }
+
+    /// Polls the store until `device` has all of `names`.
+    pub async fn wait_for_metrics(&self, device: &str, names: &[&str]) -> Vec<String> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let have = self.metrics(device).await;
+                if names.iter().all(|n| have.iter().any(|h| h == n)) {
+                    return have;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("metrics {names:?} stored for {device}"))
+    }
+}
+
+pub async fn wait_state(state: &mut watch::Receiver<ConnState>, want: impl Fn(&ConnState) -> bool) {
+    tokio::time::timeout(WAIT, state.wait_for(|s| want(s)))
+        .await
+        .expect("state reached in time")
+        .expect("supervisor alive");
+}
+
+/// A `/proc` tree with fixed contents, so the test does not depend on the host.
+pub fn fake_proc(dir: &Path) -> std::path::PathBuf {
+    let root = dir.join("proc");
+    std::fs::create_dir_all(root.join("net")).unwrap();
+    std::fs::write(root.join("stat"), "cpu  100 0 100 700 100 0 0 0 0 0\n").unwrap();
+    std::fs::write(
+        root.join("meminfo"),
+        "MemTotal: 1000 kB\nMemAvailable: 600 kB\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("loadavg"), "0.50 0.40 0.30 1/100 42\n").unwrap();
+    std::fs::write(root.join("uptime"), "123.45 100.00\n").unwrap();
+    std::fs::write(
+        root.join("net/dev"),
+        "h1\nh2\n  eth0: 1000 1 0 0 0 0 0 0 2000 2 0 0 0 0 0 0\n",
+    )
+    .unwrap();
+    root
+}
+
+/// A stopped server's configuration (its real ports) and data.
+pub struct Stopped {
+    config: Config,
+    admin_token: String,
+    dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl Stopped {
+    pub async fn restart(self) -> Server {
+        let server = tender_server::start(self.config.clone())
+            .await
+            .expect("server starts again on the same ports");
+        Server {
+            config: self.config,
+            server,
+            admin_token: self.admin_token,
+            http: reqwest::Client::new(),
+            dir: self.dir,
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Store-and-forward against the real server: readings taken while the server is away are
+//! delivered, in full and in order, once it is back; a killed agent loses nothing it had
+//! buffered; a damaged buffer file is repaired with a log line, not a crash loop.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{Server, WAIT, start};
+use tender_agent::agent::{RunOptions, Source};
+use tender_agent::buffer::{Buffer, Limits};
+use tender_agent::inventory::{Attributes, Value};
+use tender_agent::telemetry::Payload;
+use tender_core::telemetry::MetricName;
+use tender_core::tenant::TenantSlug;
+use tender_core::{DeviceId, Timestamp};
+
+/// Emits `seq` = 1, 2, 3 ... one per tick, and a fixed inventory.
+struct Counting {
+    emitted: Arc<AtomicU64>,
+}
+
+impl Source for Counting {
+    async fn telemetry(&mut self, now_ms: i64) -> Vec<Payload> {
+        let n = self.emitted.fetch_add(1, Ordering::SeqCst) + 1;
+        vec![Payload {
+            ts: now_ms,
+            values: [("seq".to_owned(), n as f64)].into(),
+        }]
+    }
+
+    async fn inventory(&mut self) -> Attributes {
+        [
+            ("device_type".to_owned(), Value::Str("counter".into())),
+            ("agent.version".to_owned(), Value::Str("test".into())),
+        ]
+        .into()
+    }
+}
+
+/// Every stored sample of `metric` for `device`: (time, value), oldest first.
+async fn stored(s: &Server, device: &str, metric: &str) -> Vec<(i64, f64)> {
+    let store = &s.server.store;
+    let tenant = store
+        .tenant_by_slug(&TenantSlug::default_tenant())
+        .await
+        .unwrap()
+        .unwrap();
+    let device: DeviceId = device.parse().unwrap();
+    let metric = MetricName::parse(metric).unwrap();
+    let mut out = Vec::new();
+    let mut from = Timestamp::from_unix_millis(0);
+    loop {
+        let page = store
+            .query_samples(
+                tenant.id,
+                device,
+                &metric,
+                from,
+                Timestamp::from_unix_millis(i64::MAX),
+                tender_core::page::PageLimit::new(1000).unwrap(),
+            )
+            .await
+            .unwrap();
+        out.extend(page.items.iter().map(|x| (x.at.unix_millis(), x.value)));
+        match page.next {
+            Some(last) => from = last.plus_millis(1),
+            None => return out,
+        }
+    }
+}
+
+async fn wait_until<F: AsyncFn() -> bool>(what: &str, f: F) {
+    tokio::time::timeout(WAIT, async {
+        while !f().await {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+#[tokio::test]
+async fn readings_taken_while_the_server_is_away_arrive_once_it_is_back() {
+    let s = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    let config = s.config(&data, Some(s.enrollment_token().await));
+    let emitted = Arc::new(AtomicU64::new(0));
+    let options = RunOptions {
+        backoff_base: Some(Duration::from_millis(50)),
+        telemetry_interval: Some(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = {
+        let source = Counting {
+            emitted: emitted.clone(),
+        };
+        tokio::spawn(async move {
+            tender_agent::agent::run_with(&config, options, source, async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    let id = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(id) = tender_agent::identity::Identity::load(&data).unwrap() {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("enrolled");
+    let device = id.device_id().to_owned();
+    wait_until("the first readings", async || {
+        stored(&s, &device, "seq").await.len() >= 3
+    })
+    .await;
+
+    // The inventory arrived, once.
+    let store = s.server.store.clone();
+    let tenant = store
+        .tenant_by_slug(&TenantSlug::default_tenant())
+        .await
+        .unwrap()
+        .unwrap();
+    let inventory = store
+        .device_inventory(tenant.id, device.parse().unwrap())
+        .await
+        .unwrap()
+        .expect("inventory stored");
+    assert_eq!(
+        inventory.attributes.get("device_type").map(|v| v.display()),
+        Some("counter".to_owned())
+    );
+
+    // The server goes away; the agent keeps measuring into its buffer.
+    let stopped_server = s.stop().await;
+    let at_stop = emitted.load(Ordering::SeqCst);
+    wait_until("readings buffered while the server is down", async || {
+        tender_agent::status::read(&data).is_some_and(|st| st.buffered >= 10)
+            && emitted.load(Ordering::SeqCst) >= at_stop + 10
+    })
+    .await;
+    let while_down = emitted.load(Ordering::SeqCst);
+
+    // It comes back: everything measured meanwhile arrives, nothing is missing.
+    let s = stopped_server.restart().await;
+    wait_until("the buffer delivered", async || {
+        stored(&s, &device, "seq")
+            .await
+            .iter()
+            .filter(|(_, v)| *v <= while_down as f64)
+            .count()
+            == while_down as usize
+    })
+    .await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+    let samples = stored(&s, &device, "seq").await;
+    let values: Vec<u64> = samples.iter().map(|(_, v)| *v as u64).collect();
+    let expected: Vec<u64> = (1..=values.len() as u64).collect();
+    assert_eq!(values, expected, "every reading once, in order of time");
+    assert!(values.len() as u64 >= while_down);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_killed_agent_delivers_its_buffer_after_restart_even_with_a_torn_tail() {
+    let s = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    let mqtt = s.server.mqtt_addr.unwrap();
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "server_url = {:?}\nmqtt_url = \"127.0.0.1:{}\"\nca_file = {:?}\ndata_dir = {:?}\n\
+             telemetry_interval_secs = 1\nmax_backoff_secs = 1\ncollectors = [\"system\"]\n\
+             inventory_scripts_dir = {:?}\n",
+            s.server_url(),
+            mqtt.port(),
+            s.server.ca_cert_path.display().to_string(),
+            data.display().to_string(),
+            dir.path().join("none").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_tender-agent");
+    let spawn = |stderr: std::process::Stdio| {
+        tokio::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let token = s.enrollment_token().await;
+    let mut child = tokio::process::Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("TENDER_AGENT_ENROLLMENT_TOKEN", token)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let id = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(id) = tender_agent::identity::Identity::load(&data).unwrap() {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("enrolled");
+    let device = id.device_id().to_owned();
+    wait_until("the first reading", async || {
+        !stored(&s, &device, "uptime.secs").await.is_empty()
+    })
+    .await;
+
+    // Server away, readings pile up in the buffer; then the agent is killed outright.
+    let stopped_server = s.stop().await;
+    wait_until("three readings buffered", async || {
+        tender_agent::status::read(&data).is_some_and(|st| st.buffered >= 3)
+    })
+    .await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    // What the buffer holds now must all arrive. Read it as the agent will.
+    let buffer_dir = data.join(tender_agent::agent::BUFFER_DIR);
+    let pending: BTreeSet<i64> = {
+        let (mut buffer, _) = Buffer::open(&buffer_dir, Limits::default()).unwrap();
+        buffer
+            .peek(10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.suffix == "telemetry")
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+                v["ts"].as_i64().unwrap()
+            })
+            .collect()
+    };
+    assert!(pending.len() >= 3, "{pending:?}");
+    // Power loss mid-write: a torn record at the end of the newest segment.
+    let newest = std::fs::read_dir(&buffer_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&newest)
+            .unwrap();
+        f.write_all(&[0xA7, 1, 200, 0, 0, 0, 1, 2, 3]).unwrap();
+    }
+
+    let s = stopped_server.restart().await;
+    let mut child = spawn(std::process::Stdio::piped());
+    let stderr = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let mut stderr = stderr;
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    wait_until("every buffered reading stored", async || {
+        let have: BTreeSet<i64> = stored(&s, &device, "uptime.secs")
+            .await
+            .into_iter()
+            .map(|(at, _)| at)
+            .collect();
+        pending.is_subset(&have)
+    })
+    .await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let log = log.await.unwrap();
+    assert!(
+        log.contains("buffer:") && log.contains("cut"),
+        "the repair is logged: {log}"
+    );
+}
