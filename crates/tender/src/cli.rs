@@ -70,6 +70,58 @@ pub enum Command {
     /// Tenant-wide settings
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Simulate a fleet: N devices in this process, each the real agent with its own key,
+    /// certificate and MQTT connection, reporting plausible inventory and telemetry
+    Sim(SimArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// How many devices
+    #[arg(long, default_value_t = 10)]
+    pub devices: usize,
+    /// The device API (HTTPS, mTLS)
+    #[arg(long, default_value = "https://127.0.0.1:8443", value_name = "URL")]
+    pub server_url: String,
+    /// The MQTT endpoint [default: the device API's host, port 8883]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub mqtt_url: Option<String>,
+    /// The server's device CA certificate
+    #[arg(long, default_value = "tender-data/ca/ca.crt", value_name = "FILE")]
+    pub ca: PathBuf,
+    /// Enrollment token for the devices [default: one created through the operator login]
+    #[arg(long, env = "TENDER_SIM_ENROLLMENT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where the devices keep their keys, certificates and buffers (reused by the next run)
+    #[arg(long, default_value = "tender-sim", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Device name prefix: devices are PREFIX-00000, PREFIX-00001, ...
+    #[arg(long, default_value = "sim")]
+    pub prefix: String,
+    /// Telemetry interval per device, in milliseconds
+    #[arg(long, default_value_t = 10_000)]
+    pub interval_ms: u64,
+    /// Devices started per second
+    #[arg(long, default_value_t = 100)]
+    pub ramp: u32,
+    /// Share of devices (0 to 1) that keep dropping offline and coming back
+    #[arg(long, default_value_t = 0.0)]
+    pub offline_fraction: f64,
+    /// Seed for device kinds, sites, values and failures: the same seed, the same fleet
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// MQTT keepalive, seconds
+    #[arg(long, default_value_t = 60)]
+    pub keepalive_secs: u16,
+    /// Longest reconnect back-off, seconds
+    #[arg(long, default_value_t = 60)]
+    pub max_backoff_secs: u64,
+    /// Seconds between progress lines
+    #[arg(long, default_value_t = 5)]
+    pub report_secs: u64,
+    /// Stop after this many seconds [default: run until Ctrl-C]
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -18,6 +18,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Server(args) => serve::run(args).await,
         Command::AdminToken(args) => serve::admin_token(args).await,
         Command::Login => login(g).await,
+        Command::Sim(args) => crate::sim::run(g, args).await,
         Command::Whoami => whoami(g).await,
         Command::Devices(DevicesCommand::List(args)) => list_devices(g, args).await,
         Command::Devices(DevicesCommand::Show { id }) => show_device(g, id).await,
@@ -328,7 +329,7 @@ async fn tokens(g: &GlobalArgs, cmd: &TokensCommand) -> Result<ExitCode> {
 }
 
 /// The client for this invocation: flags and environment first, then the profile.
-fn connect(g: &GlobalArgs) -> Result<ApiClient> {
+pub(crate) fn connect(g: &GlobalArgs) -> Result<ApiClient> {
     let file = profile::load()?;
     let name = g
         .profile

@@ -11,6 +11,7 @@ mod commands;
 mod output;
 mod profile;
 mod serve;
+mod sim;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
