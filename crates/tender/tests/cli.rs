@@ -576,3 +576,109 @@ fn a_device_enrolls_with_openssl_and_curl() {
     assert_eq!(v["items"][0]["usable"], false);
     server.stop();
 }
+
+/// `tender sim`: the devices enroll with a token it creates through the operator login, come
+/// online with varied inventory and send telemetry; a second run reuses their identities.
+#[test]
+fn sim_brings_a_fleet_online_with_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(dir.path(), &data, &[]);
+    let token = server.token.clone().unwrap();
+    let o = run(tender(dir.path()).args(["login", "--server", &server.base, "--token", &token]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sim_dir = dir.path().join("sim");
+    let sim = |extra: &[&str]| {
+        tender(dir.path())
+            .args([
+                "sim",
+                "--devices",
+                "20",
+                "--interval-ms",
+                "200",
+                "--ramp",
+                "40",
+            ])
+            .args(["--report-secs", "1", "--data-dir"])
+            .arg(&sim_dir)
+            .arg("--ca")
+            .arg(data.join("ca/ca.crt"))
+            .args(["--server-url", &format!("https://{}", server.device_addr)])
+            .args(["--mqtt-url", &server.mqtt_addr])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let list = || -> Vec<serde_json::Value> {
+        let o = run(tender(dir.path()).args(["devices", "list", "--all", "-o", "json"]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["items"].as_array().unwrap().clone()
+    };
+    let wait_online = |want: usize| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let items = list();
+            let ready = items
+                .iter()
+                .filter(|d| {
+                    d["online"] == true && d["inventory"]["attributes"]["simulated"] == true
+                })
+                .count();
+            if ready == want {
+                return items;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{ready} of {want} simulated devices online with inventory"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let mut child = sim(&[]);
+    let items = wait_online(20);
+    assert_eq!(items.len(), 20);
+    let types: std::collections::BTreeSet<&str> = items
+        .iter()
+        .filter_map(|d| d["inventory"]["attributes"]["device_type"].as_str())
+        .collect();
+    assert!(types.len() > 1, "varied device types: {types:?}");
+    assert!(
+        items
+            .iter()
+            .all(|d| d["name"].as_str().unwrap().starts_with("sim-")),
+        "named sim-NNNNN"
+    );
+    // Telemetry arrives too.
+    let id = items[0]["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let o = run(tender(dir.path()).args(["devices", "telemetry", id, "-o", "json"]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        if String::from_utf8_lossy(&o.stdout).contains("temp.cpu.celsius") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "telemetry from {id}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The table shows presence, OS and agent columns, and counts who is online.
+    let o = run(tender(dir.path()).args(["devices", "list", "--all"]));
+    assert!(stdout(&o).contains("OS"), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("20 devices (20 online)"),
+        "{}",
+        stderr(&o)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A second run: the same 20 devices (no new enrollments), online again.
+    let mut child = sim(&[]);
+    let items = wait_online(20);
+    assert_eq!(items.len(), 20, "no device enrolled twice");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    server.stop();
+}
