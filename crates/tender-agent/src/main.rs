@@ -54,9 +54,35 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tender-agent: {}", one_line(&e));
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// Exit status for "an operator must act first" (EX_CONFIG): a bad configuration, a refused
+/// enrollment, a revoked or decommissioned device. Restarting cannot help, so the systemd unit
+/// does not restart on it (`RestartPreventExitStatus=78`); anything else exits 1 and is
+/// restarted.
+pub const EXIT_NEEDS_OPERATOR: u8 = 78;
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use tender_agent::agent::AgentError;
+    use tender_agent::identity::IdentityError;
+    use tender_agent::mqtt::MqttError;
+    for cause in e.chain() {
+        if cause.is::<tender_agent::config::ConfigError>() {
+            return EXIT_NEEDS_OPERATOR;
+        }
+        if let Some(a) = cause.downcast_ref::<AgentError>() {
+            match a {
+                AgentError::Mqtt(MqttError::NotAuthorized { .. })
+                | AgentError::Identity(IdentityError::Refused { .. })
+                | AgentError::Ca { .. } => return EXIT_NEEDS_OPERATOR,
+                _ => {}
+            }
+        }
+    }
+    1
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {

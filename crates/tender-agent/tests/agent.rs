@@ -310,7 +310,7 @@ async fn the_binary_runs_enrolls_and_reports_status() {
     assert!(out.contains("certificate expires"), "{out}");
     child.kill().await.unwrap();
 
-    // Bad configuration: one line, exit 1, the key named.
+    // Bad configuration: one line, exit 78 (an operator must act), the key named.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "server_url = \"https://x\"\nbogus_key = 1\n").unwrap();
     let out = std::process::Command::new(bin)
@@ -318,7 +318,7 @@ async fn the_binary_runs_enrolls_and_reports_status() {
         .arg(&bad)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bogus_key"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -393,4 +393,68 @@ async fn without_a_token_the_device_is_pending_until_accepted() {
         .unwrap();
     assert_eq!(id.device_id(), device);
     assert!(identity::Identity::load(dir.path()).unwrap().is_some());
+}
+
+/// Decommissioning a running device: the agent is cut off, says why on one line and exits 78
+/// (the systemd unit does not restart on it) instead of knocking on the server forever.
+#[tokio::test]
+async fn the_binary_stops_on_revocation_and_says_why() {
+    let s = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "server_url = {:?}\nmqtt_url = \"127.0.0.1:{}\"\nca_file = {:?}\ndata_dir = {:?}\n\
+             max_backoff_secs = 1\ncollectors = []\ninventory_scripts_dir = {:?}\n",
+            s.server_url(),
+            s.server.mqtt_addr.unwrap().port(),
+            s.server.ca_cert_path.display().to_string(),
+            data.display().to_string(),
+            dir.path().join("none").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tender-agent"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("TENDER_AGENT_ENROLLMENT_TOKEN", s.enrollment_token().await)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let id = tokio::time::timeout(WAIT, async {
+        loop {
+            if tender_agent::status::read(&data).is_some_and(|st| st.state == "connected") {
+                return identity::Identity::load(&data).unwrap().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("connected");
+    let (st, body) = s
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/devices/{}/decommission", id.device_id()),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the agent exits by itself")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim().lines().last().unwrap_or_default().to_owned();
+    assert!(last.contains("revoked"), "{err}");
+    assert!(
+        tender_agent::status::read(&data)
+            .unwrap()
+            .state
+            .starts_with("stopped: revoked"),
+        "the status says why"
+    );
 }
