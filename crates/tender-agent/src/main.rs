@@ -73,13 +73,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<tender_agent::config::ConfigError>() {
             return EXIT_NEEDS_OPERATOR;
         }
-        if let Some(a) = cause.downcast_ref::<AgentError>() {
-            match a {
-                AgentError::Mqtt(MqttError::NotAuthorized { .. })
-                | AgentError::Identity(IdentityError::Refused { .. })
-                | AgentError::Ca { .. } => return EXIT_NEEDS_OPERATOR,
-                _ => {}
-            }
+        if let Some(
+            AgentError::Mqtt(MqttError::NotAuthorized { .. })
+            | AgentError::Identity(IdentityError::Refused { .. })
+            | AgentError::Ca { .. },
+        ) = cause.downcast_ref::<AgentError>()
+        {
+            return EXIT_NEEDS_OPERATOR;
         }
     }
     1
