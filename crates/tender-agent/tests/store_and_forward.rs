@@ -301,3 +301,132 @@ async fn a_killed_agent_delivers_its_buffer_after_restart_even_with_a_torn_tail(
         "the repair is logged: {log}"
     );
 }
+
+/// MQTT unreachable (a port nobody listens on), HTTPS fallback configured: the buffer goes out
+/// over the HTTPS device API instead, inventory included.
+#[tokio::test]
+async fn without_mqtt_the_buffer_goes_out_over_https() {
+    let s = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    let mut config = s.config(&data, Some(s.enrollment_token().await));
+    // A port that was free a moment ago: connecting is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    config.mqtt_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    config.https_fallback_after_secs = Some(0);
+    let emitted = Arc::new(AtomicU64::new(0));
+    let options = RunOptions {
+        backoff_base: Some(Duration::from_millis(50)),
+        telemetry_interval: Some(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = {
+        let source = Counting {
+            emitted: emitted.clone(),
+        };
+        tokio::spawn(async move {
+            tender_agent::agent::run_with(&config, options, source, async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    let id = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(id) = tender_agent::identity::Identity::load(&data).unwrap() {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("enrolled");
+    let device = id.device_id().to_owned();
+    wait_until("readings over HTTPS", async || {
+        stored(&s, &device, "seq").await.len() >= 5
+    })
+    .await;
+    let store = s.server.store.clone();
+    let tenant = store
+        .tenant_by_slug(&TenantSlug::default_tenant())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .device_inventory(tenant.id, device.parse().unwrap())
+            .await
+            .unwrap()
+            .is_some(),
+        "the inventory went over HTTPS too"
+    );
+    // MQTT never connected.
+    let status = tender_agent::status::read(&data).unwrap();
+    assert_ne!(status.state, "connected");
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+    let values: Vec<u64> = stored(&s, &device, "seq")
+        .await
+        .iter()
+        .map(|(_, v)| *v as u64)
+        .collect();
+    assert_eq!(values, (1..=values.len() as u64).collect::<Vec<_>>());
+}
+
+/// A server that cannot be reached: the agent says so on a log line, keeps retrying with
+/// back-off, and keeps running (no exit, no crash loop).
+#[tokio::test]
+async fn an_unreachable_server_is_retried_not_fatal() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let ca = dir.path().join("ca.crt");
+    let s = start().await;
+    std::fs::copy(&s.server.ca_cert_path, &ca).unwrap();
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "server_url = \"https://127.0.0.1:{port}\"\nca_file = {:?}\ndata_dir = {:?}\n\
+             enrollment_token = \"tne_x\"\n",
+            ca.display().to_string(),
+            dir.path().join("agent").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tender-agent"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut retries = 0;
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("retry") || line.contains("retrying") {
+                retries += 1;
+                if retries == 2 {
+                    return;
+                }
+            }
+        }
+        panic!("stderr closed: the agent exited");
+    })
+    .await
+    .expect("two retries logged");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running after failed attempts"
+    );
+    child.start_kill().unwrap();
+}
