@@ -35,16 +35,7 @@ async fn the_agent_enrolls_connects_and_its_telemetry_is_stored() {
         })
     };
     // The identity is written before the agent connects.
-    let id = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(id) = identity::Identity::load(&data).unwrap() {
-                return id;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("enrolled");
+    let id = common::wait_enrolled(&data).await;
     let names = s
         .wait_for_metrics(
             id.device_id(),
@@ -285,16 +276,7 @@ async fn the_binary_runs_enrolls_and_reports_status() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let id = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(id) = identity::Identity::load(&data).unwrap() {
-                return id;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("enrolled");
+    let id = common::wait_enrolled(&data).await;
     s.wait_for_metrics(id.device_id(), &["mem.available_bytes", "uptime.secs"])
         .await;
 

@@ -96,28 +96,14 @@ async fn readings_taken_while_the_server_is_away_arrive_once_it_is_back() {
         telemetry_interval: Some(Duration::from_millis(50)),
         ..Default::default()
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = {
-        let source = Counting {
+    let (stop, agent) = common::spawn_agent(
+        config,
+        options,
+        Counting {
             emitted: emitted.clone(),
-        };
-        tokio::spawn(async move {
-            tender_agent::agent::run_with(&config, options, source, async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
-    let id = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(id) = tender_agent::identity::Identity::load(&data).unwrap() {
-                return id;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("enrolled");
+        },
+    );
+    let id = common::wait_enrolled(&data).await;
     let device = id.device_id().to_owned();
     wait_until("the first readings", async || {
         stored(&s, &device, "seq").await.len() >= 3
@@ -217,16 +203,7 @@ async fn a_killed_agent_delivers_its_buffer_after_restart_even_with_a_torn_tail(
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let id = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(id) = tender_agent::identity::Identity::load(&data).unwrap() {
-                return id;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("enrolled");
+    let id = common::wait_enrolled(&data).await;
     let device = id.device_id().to_owned();
     wait_until("the first reading", async || {
         !stored(&s, &device, "uptime.secs").await.is_empty()
@@ -321,28 +298,14 @@ async fn without_mqtt_the_buffer_goes_out_over_https() {
         telemetry_interval: Some(Duration::from_millis(50)),
         ..Default::default()
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = {
-        let source = Counting {
+    let (stop, agent) = common::spawn_agent(
+        config,
+        options,
+        Counting {
             emitted: emitted.clone(),
-        };
-        tokio::spawn(async move {
-            tender_agent::agent::run_with(&config, options, source, async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
-    let id = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(id) = tender_agent::identity::Identity::load(&data).unwrap() {
-                return id;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("enrolled");
+        },
+    );
+    let id = common::wait_enrolled(&data).await;
     let device = id.device_id().to_owned();
     wait_until("readings over HTTPS", async || {
         stored(&s, &device, "seq").await.len() >= 5

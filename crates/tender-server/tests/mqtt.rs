@@ -1328,15 +1328,7 @@ async fn packets_pipelined_behind_connect_are_handled() {
 async fn telemetry_over_https_follows_the_same_rules() {
     let mut s = start(Backend::Sqlite).await;
     let dev = enroll(&s).await;
-    let ca = reqwest::Certificate::from_pem(ca_pem(&s).as_bytes()).unwrap();
-    let identity =
-        reqwest::Identity::from_pem(format!("{}{}", dev.cert, dev.key.serialize_pem()).as_bytes())
-            .unwrap();
-    let http = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .identity(identity)
-        .build()
-        .unwrap();
+    let http = device_https(&s, &dev);
     let url = format!(
         "https://127.0.0.1:{}/device/v1/telemetry",
         s.server.as_ref().unwrap().device_addr.port()
@@ -1364,6 +1356,19 @@ async fn telemetry_over_https_follows_the_same_rules() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].value, 3.7);
     s.stop().await;
+}
+
+/// An HTTPS client that is the device: its certificate and key, trusting only Tender's CA.
+fn device_https(s: &TestServer, dev: &Dev) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(ca_pem(s).as_bytes()).unwrap();
+    let identity =
+        reqwest::Identity::from_pem(format!("{}{}", dev.cert, dev.key.serialize_pem()).as_bytes())
+            .unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .identity(identity)
+        .build()
+        .unwrap()
 }
 
 async fn get_inventory(s: &TestServer, id: &str) -> (StatusCode, Value) {
@@ -1437,15 +1442,7 @@ async fn inventory_arrives_over_mqtt_and_https_and_replaces_the_whole() {
     assert_eq!(again["attributes"], inv["attributes"]);
 
     // Over HTTPS, a report replaces the whole set.
-    let ca = reqwest::Certificate::from_pem(ca_pem(&s).as_bytes()).unwrap();
-    let identity =
-        reqwest::Identity::from_pem(format!("{}{}", dev.cert, dev.key.serialize_pem()).as_bytes())
-            .unwrap();
-    let http = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .identity(identity)
-        .build()
-        .unwrap();
+    let http = device_https(&s, &dev);
     let url = format!(
         "https://127.0.0.1:{}/device/v1/inventory",
         s.server.as_ref().unwrap().device_addr.port()

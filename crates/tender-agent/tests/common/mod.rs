@@ -227,3 +227,36 @@ impl Stopped {
         }
     }
 }
+
+/// Waits (bounded) until an agent using `data` has stored its identity.
+pub async fn wait_enrolled(data: &Path) -> identity::Identity {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(id) = identity::Identity::load(data).unwrap() {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("enrolled")
+}
+
+/// Runs the agent loop with `source` in a task; send on the returned sender to stop it.
+pub fn spawn_agent<S: tender_agent::agent::Source>(
+    config: AgentConfig,
+    options: tender_agent::agent::RunOptions,
+    source: S,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tender_agent::agent::AgentError>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        tender_agent::agent::run_with(&config, options, source, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (stop, task)
+}
