@@ -88,7 +88,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn run(path: &Path) -> anyhow::Result<()> {
     let config = AgentConfig::load(path)?;
     tender_agent::identity::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // One thread: the agent waits on the network and timers nearly all the time, and file and
+    // process work goes to the blocking pool. Smaller and quieter than a worker per core.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
@@ -139,6 +141,10 @@ fn status(path: &Path) -> anyhow::Result<()> {
             if let Some(t) = s.last_telemetry_at {
                 println!("last telemetry:      {t}");
             }
+            println!(
+                "buffer:              {} waiting, {} delivered and {} refused since start, {} dropped (full), {} lost (disk)",
+                s.buffered, s.delivered, s.rejected, s.dropped, s.lost_unbuffered
+            );
             if let Some(e) = s.last_error {
                 println!("last error:          {e}");
             }

@@ -370,7 +370,7 @@ pub async fn run(g: &GlobalArgs, args: &SimArgs) -> Result<ExitCode> {
             _ = report.tick() => {
                 let c = &counters;
                 eprintln!(
-                    "[{:>5}s] started {}/{}  running {}  connected {}  records buffered {}  delivered {}  refused {}  failed {}",
+                    "[{:>5}s] started {}/{}  running {}  connected {}  messages queued {}  acknowledged {}  refused {}  failed {}",
                     started.elapsed().as_secs(),
                     next,
                     args.devices,
