@@ -161,6 +161,8 @@ pub struct Counters {
     pub appended: AtomicU64,
     pub delivered: AtomicU64,
     pub rejected: AtomicU64,
+    /// Readings that could not be buffered at all (disk full, I/O error).
+    pub lost: AtomicU64,
     /// Agents that stopped with an error.
     pub failed: AtomicU64,
 }
@@ -227,6 +229,8 @@ struct StatusWriter {
     data_dir: std::path::PathBuf,
     status: Status,
     enabled: bool,
+    /// The last write failed (logged once until a write succeeds again).
+    failing: bool,
 }
 
 impl StatusWriter {
@@ -236,8 +240,13 @@ impl StatusWriter {
             return;
         }
         self.status.updated_at = status::now_rfc3339();
-        if let Err(e) = status::write(&self.data_dir, &self.status) {
-            tracing::warn!(error = %e, "could not write the status file");
+        match status::write(&self.data_dir, &self.status) {
+            Ok(()) => self.failing = false,
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::warn!(error = %e, "could not write the status file (logged once until it works again)");
+            }
+            Err(_) => {}
         }
     }
 }
@@ -331,6 +340,7 @@ pub async fn run_with<S: Source>(
             ..Default::default()
         },
         enabled: !options.no_status_file,
+        failing: false,
     };
     std::fs::create_dir_all(&config.data_dir).map_err(|source| IdentityError::Io {
         path: config.data_dir.clone(),
@@ -450,6 +460,9 @@ pub async fn run_with<S: Source>(
                 // Disk full, read-only file system...: the reading is lost, the agent goes on.
                 append_failures += 1;
                 writer.status.lost_unbuffered += 1;
+                if let Some(c) = &counters {
+                    c.lost.fetch_add(1, Ordering::Relaxed);
+                }
                 if append_failures == 1 || append_failures.is_power_of_two() {
                     tracing::error!(error = %e, failures = append_failures, "cannot buffer a {suffix} record; it is lost");
                 }

@@ -393,3 +393,94 @@ async fn an_unreachable_server_is_retried_not_fatal() {
     );
     child.start_kill().unwrap();
 }
+
+/// Unmounts (lazily) when dropped, so a failing test leaves no mount behind.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk under the buffer: readings that cannot be written are counted and logged, the
+/// agent keeps running, and once there is room again it buffers and delivers as before. The
+/// data directory is a 512 KiB tmpfs (needs root, as on the CI machine).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_full_disk_loses_readings_visibly_and_the_agent_carries_on() {
+    let s = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(&data)
+        .status()
+        .expect("mount(8) exists");
+    assert!(
+        mounted.success(),
+        "this test mounts a small tmpfs and needs root (CAP_SYS_ADMIN)"
+    );
+    let _mount = Mount(data.clone());
+    let config = s.config(&data, Some(s.enrollment_token().await));
+    let emitted = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(tender_agent::agent::Counters::default());
+    let options = RunOptions {
+        backoff_base: Some(Duration::from_millis(50)),
+        telemetry_interval: Some(Duration::from_millis(20)),
+        counters: Some(counters.clone()),
+        ..Default::default()
+    };
+    let (stop, agent) = common::spawn_agent(
+        config,
+        options,
+        Counting {
+            emitted: emitted.clone(),
+        },
+    );
+    let device = common::wait_enrolled(&data).await.device_id().to_owned();
+    wait_until("the first readings", async || {
+        !stored(&s, &device, "seq").await.is_empty()
+    })
+    .await;
+
+    // Fill the file system.
+    let filler = data.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).and_then(|_| f.sync_all()).is_ok() {}
+    }
+    // (The status file cannot be written either now: the shared counters tell.)
+    wait_until("readings lost to the full disk", async || {
+        counters.lost.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    assert!(!agent.is_finished(), "the agent keeps running");
+
+    // Room again: readings are buffered and delivered again.
+    std::fs::remove_file(&filler).unwrap();
+    let after = emitted.load(Ordering::SeqCst) as f64;
+    wait_until("readings stored after the disk has room", async || {
+        stored(&s, &device, "seq")
+            .await
+            .iter()
+            .any(|(_, v)| *v > after + 2.0)
+    })
+    .await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+    // Written again once there was room: the status counts what was lost.
+    let lost = tender_agent::status::read(&data).unwrap().lost_unbuffered;
+    assert!(lost >= 3, "{lost}");
+    assert_eq!(lost, counters.lost.load(Ordering::SeqCst));
+}
