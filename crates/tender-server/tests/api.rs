@@ -381,6 +381,7 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/devices/{id}/revoke-certificates",
         "/api/v1/devices/{id}/connections",
         "/api/v1/devices/{id}/credentials",
+        "/api/v1/devices/{id}/inventory",
         "/api/v1/devices/{id}/telemetry",
         "/api/v1/devices/{id}/telemetry/{metric}",
         "/api/v1/enrollment-tokens",
