@@ -533,7 +533,23 @@ pub async fn run_with<S: Source>(
                 }
             }
             _ = tick.tick() => {
-                batch.extend(source.telemetry(telemetry::now_ms()).await);
+                let now_ms = telemetry::now_ms();
+                let mut readings = source.telemetry(now_ms).await;
+                // The agent's own health, beside the device's: operators see a device whose
+                // buffer grows or drops before it goes silent.
+                let health = [
+                    ("agent.buffer.pending", writer.status.buffered),
+                    ("agent.buffer.dropped", writer.status.dropped),
+                    ("agent.buffer.lost", writer.status.lost_unbuffered),
+                ];
+                match readings.iter_mut().find(|p| p.ts == now_ms) {
+                    Some(p) => p.values.extend(health.map(|(k, v)| (k.to_owned(), v as f64))),
+                    None => readings.push(Payload {
+                        ts: now_ms,
+                        values: health.map(|(k, v)| (k.to_owned(), v as f64)).into(),
+                    }),
+                }
+                batch.extend(readings);
                 if batch.len() >= batch_size {
                     let payload = if batch.len() == 1 {
                         batch.pop().map(|p| p.to_json()).unwrap_or_default()

@@ -46,6 +46,8 @@ async fn the_agent_enrolls_connects_and_its_telemetry_is_stored() {
                 "uptime.secs",
                 "net.eth0.rx_bytes",
                 "net.eth0.tx_bytes",
+                "agent.buffer.pending",
+                "agent.buffer.dropped",
             ],
         )
         .await;
