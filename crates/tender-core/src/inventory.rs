@@ -166,6 +166,77 @@ impl Inventory {
     }
 }
 
+/// Longest operator tag value, in bytes.
+pub const MAX_TAG_VALUE_LEN: usize = 256;
+/// Most tags on one device.
+pub const MAX_TAGS: usize = 64;
+/// How much of a text value the attribute index keeps (see [`index_rows`]).
+pub const MAX_INDEXED_TEXT: usize = 1024;
+
+/// Checks an operator tag's value: at most [`MAX_TAG_VALUE_LEN`] bytes, no control characters.
+/// (Tag keys follow the attribute-name rules: [`AttributeName`].)
+pub fn validate_tag_value(value: &str) -> Result<(), InventoryError> {
+    if value.len() > MAX_TAG_VALUE_LEN {
+        return Err(InventoryError::new(format!(
+            "a tag value is at most {MAX_TAG_VALUE_LEN} bytes"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(InventoryError::new(
+            "a tag value may not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// One row of the searchable attribute index: (name, position in a list, text, number).
+pub type IndexRow<'a> = (&'a str, i64, String, Option<f64>);
+
+/// The number a text reads as, when it reads entirely as a finite number.
+pub fn text_number(text: &str) -> Option<f64> {
+    let t = text.trim();
+    if t.is_empty() || t.len() > 64 {
+        return None;
+    }
+    t.parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_INDEXED_TEXT {
+        return text.to_owned();
+    }
+    let mut cut = MAX_INDEXED_TEXT;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text[..cut].to_owned()
+}
+
+/// The rows the attribute index holds for an inventory: one per value, one per list element.
+/// Numbers are written in their shortest form; booleans as `true`/`false`; texts are kept to
+/// their first [`MAX_INDEXED_TEXT`] bytes; a text that reads as a number also gets that number.
+pub fn index_rows(inventory: &Inventory) -> Vec<IndexRow<'_>> {
+    let mut rows = Vec::new();
+    for (name, value) in &inventory.0 {
+        match value {
+            AttributeValue::Bool(b) => rows.push((name.as_str(), 0, b.to_string(), None)),
+            AttributeValue::Number(n) => rows.push((name.as_str(), 0, n.to_string(), Some(*n))),
+            AttributeValue::Text(t) => rows.push((name.as_str(), 0, clip(t), text_number(t))),
+            AttributeValue::List(items) => {
+                for (i, t) in items.iter().enumerate() {
+                    rows.push((
+                        name.as_str(),
+                        i64::try_from(i).unwrap_or(i64::MAX),
+                        clip(t),
+                        text_number(t),
+                    ));
+                }
+            }
+        }
+    }
+    rows
+}
+
 /// A device's stored inventory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceInventory {
@@ -388,6 +459,32 @@ mod tests {
     fn every_error_message_is_short() {
         let name = format!(r#"{{"{}": 1}}"#, "é".repeat(300));
         assert!(err(&name).chars().count() <= 203);
+    }
+
+    #[test]
+    fn index_rows_flatten_lists_and_read_numbers() {
+        let inv =
+            parse_inventory(br#"{"v":"22.04","n":4,"b":true,"l":["a","7"],"t":"x"}"#).unwrap();
+        let rows = index_rows(&inv);
+        assert_eq!(
+            rows,
+            vec![
+                ("b", 0, "true".to_owned(), None),
+                ("l", 0, "a".to_owned(), None),
+                ("l", 1, "7".to_owned(), Some(7.0)),
+                ("n", 0, "4".to_owned(), Some(4.0)),
+                ("t", 0, "x".to_owned(), None),
+                ("v", 0, "22.04".to_owned(), Some(22.04)),
+            ]
+        );
+        let long = format!(r#"{{"x":"{}"}}"#, "é".repeat(1000));
+        let inv = parse_inventory(long.as_bytes()).unwrap();
+        assert!(index_rows(&inv)[0].2.len() <= MAX_INDEXED_TEXT);
+        assert_eq!(text_number("inf"), None);
+        assert_eq!(text_number(" 1e3 "), Some(1000.0));
+        assert!(validate_tag_value("north wing").is_ok());
+        assert!(validate_tag_value("a\nb").is_err());
+        assert!(validate_tag_value(&"x".repeat(257)).is_err());
     }
 
     #[test]

@@ -823,15 +823,150 @@ macro_rules! impl_sql_store {
                 attributes: &tender_core::inventory::Inventory,
                 at: tender_core::Timestamp,
             ) -> $crate::Result<bool> {
+                let what = || format!("inventory of device {device}");
+                let mut tx = self
+                    .pool
+                    .begin()
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&what(), e))?;
                 let updated_at: i64 = sqlx::query_scalar($crate::sql::PUT_INVENTORY)
                     .bind(tenant.as_uuid())
                     .bind(device.as_uuid())
                     .bind(attributes.to_json())
                     .bind(at.unix_millis())
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *tx)
                     .await
-                    .map_err(|e| $crate::map_sqlx(&format!("inventory of device {device}"), e))?;
-                Ok(updated_at == at.unix_millis())
+                    .map_err(|e| $crate::map_sqlx(&what(), e))?;
+                let changed = updated_at == at.unix_millis();
+                if changed {
+                    // The searchable copy changes with it, in the same transaction.
+                    sqlx::query($crate::sql::DELETE_ATTRIBUTES)
+                        .bind(tenant.as_uuid())
+                        .bind(device.as_uuid())
+                        .bind("inventory")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| $crate::map_sqlx(&what(), e))?;
+                    for (name, seq, text, number) in tender_core::inventory::index_rows(attributes)
+                    {
+                        sqlx::query($crate::sql::INSERT_ATTRIBUTE)
+                            .bind(tenant.as_uuid())
+                            .bind(device.as_uuid())
+                            .bind("inventory")
+                            .bind(name)
+                            .bind(seq)
+                            .bind(text)
+                            .bind(number)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| $crate::map_sqlx(&what(), e))?;
+                    }
+                }
+                tx.commit()
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&what(), e))?;
+                Ok(changed)
+            }
+
+            async fn set_device_tag(
+                &self,
+                tenant: tender_core::TenantId,
+                device: tender_core::DeviceId,
+                key: &tender_core::inventory::AttributeName,
+                value: &str,
+            ) -> $crate::Result<()> {
+                let what = || format!("tag {key} of device {device}");
+                let mut tx = self
+                    .pool
+                    .begin()
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&what(), e))?;
+                let existing =
+                    sqlx::query_as::<_, (uuid::Uuid, String, String)>($crate::sql::DEVICE_TAGS)
+                        .bind(tenant.as_uuid());
+                let mut existing = existing;
+                for _ in 0..$crate::sql::ONLINE_DEVICES_CHUNK {
+                    existing = existing.bind(device.as_uuid());
+                }
+                let tags = existing
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&what(), e))?;
+                if tags.len() >= tender_core::inventory::MAX_TAGS
+                    && !tags.iter().any(|(_, k, _)| k == key.as_str())
+                {
+                    return Err($crate::StoreError::Conflict(format!(
+                        "device {device} has {} tags already, the most it may have",
+                        tender_core::inventory::MAX_TAGS
+                    )));
+                }
+                sqlx::query($crate::sql::UPSERT_TAG)
+                    .bind(tenant.as_uuid())
+                    .bind(device.as_uuid())
+                    .bind(key.as_str())
+                    .bind(value)
+                    .bind(tender_core::inventory::text_number(value))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&what(), e))?;
+                tx.commit().await.map_err(|e| $crate::map_sqlx(&what(), e))
+            }
+
+            async fn delete_device_tag(
+                &self,
+                tenant: tender_core::TenantId,
+                device: tender_core::DeviceId,
+                key: &tender_core::inventory::AttributeName,
+            ) -> $crate::Result<bool> {
+                let done = sqlx::query($crate::sql::DELETE_TAG)
+                    .bind(tenant.as_uuid())
+                    .bind(device.as_uuid())
+                    .bind(key.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("device tag", e))?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn device_tags(
+                &self,
+                tenant: tender_core::TenantId,
+                ids: &[tender_core::DeviceId],
+            ) -> $crate::Result<
+                std::collections::HashMap<
+                    tender_core::DeviceId,
+                    std::collections::BTreeMap<String, String>,
+                >,
+            > {
+                let mut found: std::collections::HashMap<
+                    tender_core::DeviceId,
+                    std::collections::BTreeMap<String, String>,
+                > = std::collections::HashMap::new();
+                let unique: Vec<tender_core::DeviceId> = ids
+                    .iter()
+                    .copied()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                for chunk in unique.chunks($crate::sql::ONLINE_DEVICES_CHUNK) {
+                    let mut query =
+                        sqlx::query_as::<_, (uuid::Uuid, String, String)>($crate::sql::DEVICE_TAGS)
+                            .bind(tenant.as_uuid());
+                    for id in chunk.iter().cycle().take($crate::sql::ONLINE_DEVICES_CHUNK) {
+                        query = query.bind(id.as_uuid());
+                    }
+                    let rows = query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("device tags", e))?;
+                    for (id, key, value) in rows {
+                        found
+                            .entry(tender_core::DeviceId::from_uuid(id))
+                            .or_default()
+                            .insert(key, value);
+                    }
+                }
+                Ok(found)
             }
 
             async fn device_inventory(

@@ -79,6 +79,7 @@ macro_rules! conformance_suite {
             inventory_replaces_whole_and_tracks_changes,
             inventory_is_tenant_scoped,
             inventories_of_many_devices,
+            tags_set_replace_delete_and_are_bounded,
         );
         #[tokio::test]
         async fn data_survives_reopen() {
@@ -1839,6 +1840,96 @@ pub async fn inventories_of_many_devices(store: &dyn Store) {
             None => assert_eq!(i % 3, 0),
         }
     }
+}
+
+fn tag_key(k: &str) -> tender_core::inventory::AttributeName {
+    tender_core::inventory::AttributeName::parse(k).expect("test tag keys are valid")
+}
+
+pub async fn tags_set_replace_delete_and_are_bounded(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let d = device(a.id, "x", DeviceState::Accepted);
+    let e = device(a.id, "y", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    store.insert_device(&e).await.unwrap();
+    assert!(store.device_tags(a.id, &[d.id]).await.unwrap().is_empty());
+    store
+        .set_device_tag(a.id, d.id, &tag_key("site"), "north")
+        .await
+        .unwrap();
+    store
+        .set_device_tag(a.id, d.id, &tag_key("owner"), "ops")
+        .await
+        .unwrap();
+    store
+        .set_device_tag(a.id, d.id, &tag_key("site"), "south")
+        .await
+        .unwrap();
+    store
+        .set_device_tag(a.id, e.id, &tag_key("site"), "east")
+        .await
+        .unwrap();
+    let tags = store.device_tags(a.id, &[d.id, e.id, d.id]).await.unwrap();
+    assert_eq!(
+        tags[&d.id]
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("owner", "ops"), ("site", "south")]
+    );
+    assert_eq!(tags[&e.id]["site"], "east");
+    // Other tenants neither see nor touch them.
+    assert!(store.device_tags(b.id, &[d.id]).await.unwrap().is_empty());
+    assert!(matches!(
+        store
+            .set_device_tag(b.id, d.id, &tag_key("site"), "x")
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        !store
+            .delete_device_tag(b.id, d.id, &tag_key("site"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete_device_tag(a.id, d.id, &tag_key("site"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_device_tag(a.id, d.id, &tag_key("site"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.device_tags(a.id, &[d.id]).await.unwrap()[&d.id].len(),
+        1
+    );
+    // At most MAX_TAGS; replacing one at the limit still works.
+    for i in 1..tender_core::inventory::MAX_TAGS {
+        store
+            .set_device_tag(a.id, d.id, &tag_key(&format!("k{i}")), "v")
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        store
+            .set_device_tag(a.id, d.id, &tag_key("one-more"), "v")
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .set_device_tag(a.id, d.id, &tag_key("k1"), "w")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.device_tags(a.id, &[d.id]).await.unwrap()[&d.id]["k1"],
+        "w"
+    );
 }
 
 pub async fn data_survives_reopen(f: &Fixture) {

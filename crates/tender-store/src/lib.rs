@@ -25,14 +25,14 @@
 //!   all, and a sample for a (device, metric, time) that has one replaces its value.
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tender_core::certificate::{DeviceCertificate, DeviceCredential};
 use tender_core::device::{Device, DeviceState};
 use tender_core::enrollment::EnrollmentToken;
-use tender_core::inventory::{DeviceInventory, Inventory};
+use tender_core::inventory::{AttributeName, DeviceInventory, Inventory};
 use tender_core::page::{Page, PageLimit, PageRequest};
 use tender_core::presence::DeviceConnection;
 use tender_core::telemetry::{MetricName, Sample};
@@ -328,6 +328,30 @@ pub trait InventoryStore: Send + Sync + 'static {
         tenant: TenantId,
         ids: &[DeviceId],
     ) -> Result<HashMap<DeviceId, DeviceInventory>>;
+
+    /// Sets an operator tag (replacing its value). NotFound when the device does not exist in
+    /// the tenant; Conflict when the device has [`tender_core::inventory::MAX_TAGS`] other tags.
+    /// The caller validates key and value.
+    async fn set_device_tag(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        key: &AttributeName,
+        value: &str,
+    ) -> Result<()>;
+    /// Removes a tag; true when the device had it.
+    async fn delete_device_tag(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        key: &AttributeName,
+    ) -> Result<bool>;
+    /// The tags of those of `ids` that have any, key to value in key order. Any number of ids.
+    async fn device_tags(
+        &self,
+        tenant: TenantId,
+        ids: &[DeviceId],
+    ) -> Result<HashMap<DeviceId, BTreeMap<String, String>>>;
 }
 
 /// A shared, type-erased store.

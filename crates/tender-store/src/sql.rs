@@ -176,6 +176,31 @@ pub(crate) const PUT_INVENTORY: &str = "INSERT INTO device_inventory \
      THEN device_inventory.updated_at ELSE excluded.updated_at END, \
      reported_at = excluded.reported_at, attributes = excluded.attributes \
      RETURNING updated_at";
+/// Searchable attributes (see `0008_device_attributes.sql`).
+pub(crate) const DELETE_ATTRIBUTES: &str =
+    "DELETE FROM device_attributes WHERE tenant_id = $1 AND device_id = $2 AND scope = $3";
+pub(crate) const INSERT_ATTRIBUTE: &str = "INSERT INTO device_attributes \
+     (tenant_id, device_id, scope, name, seq, text_value, num_value) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+/// Sets a tag: $1 tenant, $2 device, $3 key, $4 value, $5 number or NULL.
+pub(crate) const UPSERT_TAG: &str = "INSERT INTO device_attributes \
+     (tenant_id, device_id, scope, name, seq, text_value, num_value) \
+     VALUES ($1, $2, 'tag', $3, 0, $4, $5) \
+     ON CONFLICT (tenant_id, device_id, scope, name, seq) \
+     DO UPDATE SET text_value = excluded.text_value, num_value = excluded.num_value";
+pub(crate) const DELETE_TAG: &str = "DELETE FROM device_attributes \
+     WHERE tenant_id = $1 AND device_id = $2 AND scope = 'tag' AND name = $3";
+/// The tags of up to [`ONLINE_DEVICES_CHUNK`] devices: $1 tenant, $2 to $65 ids (padded).
+pub(crate) const DEVICE_TAGS: &str = concat!(
+    "SELECT device_id, name, text_value FROM device_attributes \
+     WHERE tenant_id = $1 AND scope = 'tag' AND device_id IN (",
+    "$2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, ",
+    "$19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, ",
+    "$35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, ",
+    "$51, $52, $53, $54, $55, $56, $57, $58, $59, $60, $61, $62, $63, $64, $65",
+    ") ORDER BY name"
+);
+
 macro_rules! inventory_columns {
     () => {
         "device_id, attributes, updated_at, reported_at"
