@@ -10,7 +10,7 @@ use tender_core::auth::Role;
 use tender_core::device::DeviceState;
 use tender_core::tenant::{Tenant, TenantSlug};
 use tender_core::user::{ApiToken, User};
-use tender_core::{TenantId, Timestamp, UserId};
+use tender_core::{DeviceId, TenantId, Timestamp, UserId};
 use tender_server::auth::{TokenKey, mint_token};
 use uuid::Uuid;
 
@@ -31,6 +31,7 @@ on_both_backends!(
     metrics_count_requests_by_route,
     openapi_documents_every_api_route,
     restart_keeps_data_and_never_reprints_the_token,
+    tags_are_set_shown_and_removed,
 );
 
 async fn health_and_readiness(b: Backend) {
@@ -382,6 +383,7 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/devices/{id}/connections",
         "/api/v1/devices/{id}/credentials",
         "/api/v1/devices/{id}/inventory",
+        "/api/v1/devices/{id}/tags/{key}",
         "/api/v1/devices/{id}/telemetry",
         "/api/v1/devices/{id}/telemetry/{metric}",
         "/api/v1/enrollment-tokens",
@@ -453,5 +455,78 @@ async fn readiness_fails_when_the_database_goes_away() {
     assert_problem(st, &h, &body, StatusCode::SERVICE_UNAVAILABLE);
     // Liveness is unaffected.
     assert_eq!(s.get("/healthz", None).await.0, StatusCode::OK);
+    s.stop().await;
+}
+
+async fn tags_are_set_shown_and_removed(b: Backend) {
+    let mut s = start(b).await;
+    let tenant = s.default_tenant().await;
+    let ids = s.add_devices(tenant.id, 2, DeviceState::Accepted).await;
+    let path = |id: &DeviceId, key: &str| format!("/api/v1/devices/{id}/tags/{key}");
+    let (st, t) = admin(
+        &s,
+        reqwest::Method::PUT,
+        &path(&ids[0], "site"),
+        Some(serde_json::json!({"value": "north"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    assert_eq!(t["tags"], serde_json::json!({"site": "north"}));
+    let (_, t) = admin(
+        &s,
+        reqwest::Method::PUT,
+        &path(&ids[0], "owner"),
+        Some(serde_json::json!({"value": "ops"})),
+    )
+    .await;
+    assert_eq!(
+        t["tags"],
+        serde_json::json!({"owner": "ops", "site": "north"})
+    );
+    // On the device; on a listing only when asked.
+    let (_, d) = admin(
+        &s,
+        reqwest::Method::GET,
+        &format!("/api/v1/devices/{}", ids[0]),
+        None,
+    )
+    .await;
+    assert_eq!(d["tags"]["site"], "north");
+    let (_, page) = admin(&s, reqwest::Method::GET, "/api/v1/devices", None).await;
+    assert!(page["items"][0].get("tags").is_none());
+    let (st, page) = admin(
+        &s,
+        reqwest::Method::GET,
+        "/api/v1/devices?include=tags,inventory",
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    assert_eq!(page["items"][0]["tags"]["owner"], "ops");
+    assert_eq!(page["items"][1]["tags"], serde_json::json!({}));
+    // Bad keys and values are 400 problems naming the tag; unknown devices 404.
+    for (key, body) in [
+        ("-bad", serde_json::json!({"value": "x"})),
+        ("ok", serde_json::json!({"value": "line\nbreak"})),
+        ("ok", serde_json::json!({"value": "x".repeat(257)})),
+    ] {
+        let (st, p) = admin(&s, reqwest::Method::PUT, &path(&ids[1], key), Some(body)).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{p}");
+        assert!(p["detail"].as_str().unwrap().contains("tag"), "{p}");
+    }
+    let ghost = DeviceId::from_uuid(Uuid::now_v7());
+    let (st, _) = admin(
+        &s,
+        reqwest::Method::PUT,
+        &path(&ghost, "site"),
+        Some(serde_json::json!({"value": "x"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // Removing: 204 once, then 404.
+    let (st, _) = admin(&s, reqwest::Method::DELETE, &path(&ids[0], "site"), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = admin(&s, reqwest::Method::DELETE, &path(&ids[0], "site"), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
     s.stop().await;
 }

@@ -240,6 +240,22 @@ pub enum DevicesCommand {
         #[arg(long, conflicts_with = "ids")]
         all_pending: bool,
     },
+    /// Set operator tags on a device: `tender devices tag ID site=north owner=ops`
+    Tag {
+        /// Device id
+        id: String,
+        /// KEY=VALUE pairs
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+    },
+    /// Remove operator tags from a device
+    Untag {
+        /// Device id
+        id: String,
+        /// Tag keys
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
     /// Reject a device: its enrollment requests are refused
     Reject {
         /// Device id

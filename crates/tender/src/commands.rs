@@ -55,6 +55,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Devices(DevicesCommand::Tag { id, tags }) => tag_device(g, id, tags).await,
+        Command::Devices(DevicesCommand::Untag { id, keys }) => untag_device(g, id, keys).await,
         Command::Devices(DevicesCommand::Reject { id }) => device_action(g, id, "reject").await,
         Command::Devices(DevicesCommand::Decommission { id }) => {
             device_action(g, id, "decommission").await
@@ -547,6 +549,13 @@ fn print_device(g: &GlobalArgs, d: &Value) -> Result<ExitCode> {
                 .map(|(label, k)| vec![(*label).to_owned(), str_at(d, &format!("/inventory/{k}"))]),
             )
             .chain(
+                d.pointer("/tags")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| vec![format!("tag: {k}"), attribute_text(v)]),
+            )
+            .chain(
                 d.pointer("/inventory/attributes")
                     .and_then(Value::as_object)
                     .into_iter()
@@ -557,6 +566,52 @@ fn print_device(g: &GlobalArgs, d: &Value) -> Result<ExitCode> {
             output::table(&["field", "value"], &rows)?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tag_device(g: &GlobalArgs, id: &str, tags: &[String]) -> Result<ExitCode> {
+    check_device_id(id)?;
+    let pairs = tags
+        .iter()
+        .map(|t| {
+            t.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| anyhow!("{t:?} is not KEY=VALUE, e.g. site=north"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let client = connect(g)?;
+    let mut last = Value::Null;
+    for (key, value) in pairs {
+        last = client
+            .send(
+                reqwest::Method::PUT,
+                &format!("devices/{id}/tags/{key}"),
+                &serde_json::json!({ "value": value }),
+            )
+            .await?;
+    }
+    match g.output {
+        OutputFormat::Json => output::json(&last)?,
+        OutputFormat::Table => {
+            let rows: Vec<Vec<String>> = last["tags"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| vec![k.clone(), attribute_text(v)])
+                .collect();
+            output::table(&["tag", "value"], &rows)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn untag_device(g: &GlobalArgs, id: &str, keys: &[String]) -> Result<ExitCode> {
+    check_device_id(id)?;
+    let client = connect(g)?;
+    for key in keys {
+        client.delete(&format!("devices/{id}/tags/{key}")).await?;
+    }
+    eprintln!("removed {} tag(s)", keys.len());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -74,6 +74,11 @@ pub struct DeviceDto {
     /// only with `include=inventory`; absent before the device's first report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inventory: Option<crate::api::inventory::InventoryDto>,
+    /// Operator tags, key to value: always on a single device, on a listing only with
+    /// `include=tags`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -94,6 +99,7 @@ impl From<Device> for DeviceDto {
             last_seen_at: d.last_seen_at.map(|t| t.to_rfc3339()),
             online: false,
             inventory: None,
+            tags: None,
             created_at: d.created_at.to_rfc3339(),
             updated_at: d.updated_at.to_rfc3339(),
             state_changed_at: d.state_changed_at.to_rfc3339(),
@@ -120,7 +126,7 @@ pub struct ListDevicesQuery {
     pub cursor: Option<String>,
     /// Only devices in this state.
     pub state: Option<DeviceStateDto>,
-    /// `inventory` to embed each device's inventory.
+    /// What to embed in each device, comma-separated: `inventory`, `tags`.
     pub include: Option<String>,
 }
 
@@ -152,20 +158,31 @@ pub async fn list_devices(
     let page = state.store.list_devices(tenant, &filter, &page).await?;
     let ids: Vec<DeviceId> = page.items.iter().map(|d| d.id).collect();
     let online = state.store.online_devices(tenant, &ids).await?;
-    let with_inventory = match q.include.as_deref() {
-        None | Some("") => false,
-        Some("inventory") => true,
-        Some(other) => {
-            return Err(Problem::bad_request(
-                "invalid-include",
-                format!("include={other} is not known; the only value is include=inventory"),
-            ));
+    let (mut with_inventory, mut with_tags) = (false, false);
+    for part in q.include.as_deref().unwrap_or("").split(',') {
+        match part.trim() {
+            "" => {}
+            "inventory" => with_inventory = true,
+            "tags" => with_tags = true,
+            other => {
+                return Err(Problem::bad_request(
+                    "invalid-include",
+                    format!(
+                        "include={other} is not known; use inventory, tags or both (include=inventory,tags)"
+                    ),
+                ));
+            }
         }
-    };
+    }
     let mut inventories = if with_inventory {
         state.store.device_inventories(tenant, &ids).await?
     } else {
         Default::default()
+    };
+    let mut tags = if with_tags {
+        Some(state.store.device_tags(tenant, &ids).await?)
+    } else {
+        None
     };
     Ok(Json(DevicePage {
         items: page
@@ -174,9 +191,11 @@ pub async fn list_devices(
             .map(|d| {
                 let on = online.contains(&d.id);
                 let inventory = inventories.remove(&d.id).map(Into::into);
+                let device_tags = tags.as_mut().map(|t| t.remove(&d.id).unwrap_or_default());
                 DeviceDto {
                     online: on,
                     inventory,
+                    tags: device_tags,
                     ..d.into()
                 }
             })
@@ -213,9 +232,16 @@ pub async fn get_device(
         .ok_or_else(|| Problem::not_found(format!("no device {id}")))?;
     let online = state.store.online_devices(tenant, &[id]).await?;
     let inventory = state.store.device_inventory(tenant, id).await?;
+    let tags = state
+        .store
+        .device_tags(tenant, &[id])
+        .await?
+        .remove(&id)
+        .unwrap_or_default();
     Ok(Json(DeviceDto {
         online: online.contains(&id),
         inventory: inventory.map(Into::into),
+        tags: Some(tags),
         ..device.into()
     }))
 }

@@ -29,6 +29,7 @@ pub mod cursor;
 pub mod devices;
 pub mod enrollment;
 pub mod inventory;
+pub mod tags;
 pub mod telemetry;
 pub mod whoami;
 
@@ -64,6 +65,8 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         devices::revoke_certificates,
         devices::accept_pending,
         inventory::get_inventory,
+        tags::set_tag,
+        tags::delete_tag,
         connections::list_connections,
         connections::issue_credential,
         connections::delete_credential,
@@ -129,6 +132,10 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
             get(connections::list_connections),
         )
         .route("/devices/{id}/inventory", get(inventory::get_inventory))
+        .route(
+            "/devices/{id}/tags/{key}",
+            put(tags::set_tag).delete(tags::delete_tag),
+        )
         .route("/devices/{id}/telemetry", get(telemetry::latest))
         .route("/devices/{id}/telemetry/{metric}", get(telemetry::range))
         .route(
