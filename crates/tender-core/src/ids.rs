@@ -70,6 +70,11 @@ id_type!(
     ConnectionId,
     "connection id"
 );
+id_type!(
+    /// A device group (static or dynamic).
+    GroupId,
+    "group id"
+);
 
 /// A string that is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,6 +10,7 @@ pub mod certificate;
 pub mod clock;
 pub mod device;
 pub mod enrollment;
+pub mod group;
 pub mod ids;
 pub mod inventory;
 pub mod page;
@@ -19,4 +20,4 @@ pub mod tenant;
 pub mod user;
 
 pub use clock::{Clock, ManualClock, Timestamp};
-pub use ids::{ConnectionId, DeviceId, TenantId, TokenId, UserId};
+pub use ids::{ConnectionId, DeviceId, GroupId, TenantId, TokenId, UserId};

@@ -1022,6 +1022,172 @@ macro_rules! impl_sql_store {
                 Ok(found)
             }
         }
+        #[async_trait::async_trait]
+        impl $crate::GroupStore for $store {
+            async fn create_group(&self, g: &tender_core::group::Group) -> $crate::Result<()> {
+                let query = match &g.kind {
+                    tender_core::group::GroupKind::Static => None,
+                    tender_core::group::GroupKind::Dynamic { query } => Some(query.as_str()),
+                };
+                sqlx::query($crate::sql::INSERT_GROUP)
+                    .bind(g.tenant_id.as_uuid())
+                    .bind(g.id.as_uuid())
+                    .bind(g.name.as_str())
+                    .bind(g.parent_id.map(|p| *p.as_uuid()))
+                    .bind(g.kind.as_str())
+                    .bind(query)
+                    .bind(g.created_at.unix_millis())
+                    .bind(g.updated_at.unix_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&format!("group {}", g.name), e))?;
+                Ok(())
+            }
+
+            async fn groups(
+                &self,
+                tenant: tender_core::TenantId,
+            ) -> $crate::Result<Vec<tender_core::group::Group>> {
+                sqlx::query_as::<_, $crate::rows::GroupRow>($crate::sql::GROUPS)
+                    .bind(tenant.as_uuid())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("groups", e))?
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect()
+            }
+
+            async fn group(
+                &self,
+                tenant: tender_core::TenantId,
+                id: tender_core::GroupId,
+            ) -> $crate::Result<Option<tender_core::group::Group>> {
+                sqlx::query_as::<_, $crate::rows::GroupRow>($crate::sql::GROUP_BY_ID)
+                    .bind(tenant.as_uuid())
+                    .bind(id.as_uuid())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("group", e))?
+                    .map(TryInto::try_into)
+                    .transpose()
+            }
+
+            async fn update_group(&self, g: &tender_core::group::Group) -> $crate::Result<()> {
+                let query = match &g.kind {
+                    tender_core::group::GroupKind::Static => None,
+                    tender_core::group::GroupKind::Dynamic { query } => Some(query.as_str()),
+                };
+                let done = sqlx::query($crate::sql::UPDATE_GROUP)
+                    .bind(g.tenant_id.as_uuid())
+                    .bind(g.id.as_uuid())
+                    .bind(g.name.as_str())
+                    .bind(g.parent_id.map(|p| *p.as_uuid()))
+                    .bind(query)
+                    .bind(g.updated_at.unix_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&format!("group {}", g.name), e))?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound(format!("group {}", g.id)));
+                }
+                Ok(())
+            }
+
+            async fn delete_group(
+                &self,
+                tenant: tender_core::TenantId,
+                id: tender_core::GroupId,
+            ) -> $crate::Result<bool> {
+                let children: i64 = sqlx::query_scalar($crate::sql::GROUP_HAS_CHILDREN)
+                    .bind(tenant.as_uuid())
+                    .bind(id.as_uuid())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("group", e))?;
+                if children > 0 {
+                    return Err($crate::StoreError::Conflict(format!(
+                        "group {id} has {children} child group(s): move or delete them first"
+                    )));
+                }
+                let done = sqlx::query($crate::sql::DELETE_GROUP)
+                    .bind(tenant.as_uuid())
+                    .bind(id.as_uuid())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("group", e))?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn add_group_members(
+                &self,
+                tenant: tender_core::TenantId,
+                group: tender_core::GroupId,
+                devices: &[tender_core::DeviceId],
+                at: tender_core::Timestamp,
+            ) -> $crate::Result<u64> {
+                let what = || format!("members of group {group}");
+                let mut tx = self
+                    .pool
+                    .begin()
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&what(), e))?;
+                let mut added = 0;
+                for d in devices {
+                    added += sqlx::query($crate::sql::ADD_MEMBER)
+                        .bind(tenant.as_uuid())
+                        .bind(group.as_uuid())
+                        .bind(d.as_uuid())
+                        .bind(at.unix_millis())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| $crate::map_sqlx(&format!("device {d} or group {group}"), e))?
+                        .rows_affected();
+                }
+                tx.commit()
+                    .await
+                    .map_err(|e| $crate::map_sqlx(&what(), e))?;
+                Ok(added)
+            }
+
+            async fn remove_group_members(
+                &self,
+                tenant: tender_core::TenantId,
+                group: tender_core::GroupId,
+                devices: &[tender_core::DeviceId],
+            ) -> $crate::Result<u64> {
+                let mut removed = 0;
+                for d in devices {
+                    removed += sqlx::query($crate::sql::REMOVE_MEMBER)
+                        .bind(tenant.as_uuid())
+                        .bind(group.as_uuid())
+                        .bind(d.as_uuid())
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("group members", e))?
+                        .rows_affected();
+                }
+                Ok(removed)
+            }
+
+            async fn device_groups(
+                &self,
+                tenant: tender_core::TenantId,
+                device: tender_core::DeviceId,
+            ) -> $crate::Result<Vec<tender_core::GroupId>> {
+                Ok(
+                    sqlx::query_scalar::<_, uuid::Uuid>($crate::sql::DEVICE_GROUPS)
+                        .bind(tenant.as_uuid())
+                        .bind(device.as_uuid())
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("device groups", e))?
+                        .into_iter()
+                        .map(tender_core::GroupId::from_uuid)
+                        .collect(),
+                )
+            }
+        }
     };
 }
 

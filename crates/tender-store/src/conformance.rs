@@ -80,6 +80,7 @@ macro_rules! conformance_suite {
             inventory_is_tenant_scoped,
             inventories_of_many_devices,
             tags_set_replace_delete_and_are_bounded,
+            groups_lifecycle_and_members,
         );
         #[tokio::test]
         async fn data_survives_reopen() {
@@ -1930,6 +1931,145 @@ pub async fn tags_set_replace_delete_and_are_bounded(store: &dyn Store) {
         store.device_tags(a.id, &[d.id]).await.unwrap()[&d.id]["k1"],
         "w"
     );
+}
+
+fn group(
+    tenant: TenantId,
+    name: &str,
+    parent: Option<tender_core::GroupId>,
+    kind: tender_core::group::GroupKind,
+) -> tender_core::group::Group {
+    tender_core::group::Group {
+        id: tender_core::GroupId::from_uuid(Uuid::now_v7()),
+        tenant_id: tenant,
+        name: tender_core::group::GroupName::parse(name).unwrap(),
+        parent_id: parent,
+        kind,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+pub async fn groups_lifecycle_and_members(store: &dyn Store) {
+    use tender_core::group::{GroupKind, GroupName};
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let plant = group(a.id, "plant-1", None, GroupKind::Static);
+    let line = group(a.id, "line-3", Some(plant.id), GroupKind::Static);
+    let debian = group(
+        a.id,
+        "debian",
+        None,
+        GroupKind::Dynamic {
+            query: r#"inventory.os.id = "debian""#.into(),
+        },
+    );
+    for g in [&plant, &line, &debian] {
+        store.create_group(g).await.unwrap();
+    }
+    // Names are unique per tenant, not across tenants.
+    assert!(matches!(
+        store
+            .create_group(&group(a.id, "plant-1", None, GroupKind::Static))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .create_group(&group(b.id, "plant-1", None, GroupKind::Static))
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .groups(a.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| g.name.to_string())
+        .collect();
+    assert_eq!(names, ["debian", "line-3", "plant-1"]);
+    assert_eq!(store.group(a.id, line.id).await.unwrap().unwrap(), line);
+    assert_eq!(store.group(b.id, line.id).await.unwrap(), None);
+    assert_eq!(store.group(a.id, debian.id).await.unwrap().unwrap(), debian);
+
+    // Rename and move keep the id (and so the members).
+    let d1 = device(a.id, "d1", DeviceState::Accepted);
+    let d2 = device(a.id, "d2", DeviceState::Accepted);
+    store.insert_device(&d1).await.unwrap();
+    store.insert_device(&d2).await.unwrap();
+    assert_eq!(
+        store
+            .add_group_members(a.id, line.id, &[d1.id, d2.id], T0)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .add_group_members(a.id, line.id, &[d1.id], T0)
+            .await
+            .unwrap(),
+        0,
+        "adding a member again changes nothing"
+    );
+    let mut renamed = line.clone();
+    renamed.name = GroupName::parse("line 3 north").unwrap();
+    renamed.parent_id = None;
+    renamed.updated_at = T0.plus_millis(1);
+    store.update_group(&renamed).await.unwrap();
+    assert_eq!(store.group(a.id, line.id).await.unwrap().unwrap(), renamed);
+    assert_eq!(
+        store.device_groups(a.id, d1.id).await.unwrap(),
+        vec![line.id]
+    );
+    let mut clash = renamed.clone();
+    clash.name = GroupName::parse("plant-1").unwrap();
+    assert!(matches!(
+        store.update_group(&clash).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut foreign = renamed.clone();
+    foreign.tenant_id = b.id;
+    assert!(matches!(
+        store.update_group(&foreign).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Members: another tenant's device or group is NotFound, and nothing is added.
+    let other = device(b.id, "o", DeviceState::Accepted);
+    store.insert_device(&other).await.unwrap();
+    assert!(matches!(
+        store
+            .add_group_members(a.id, plant.id, &[d1.id, other.id], T0)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.device_groups(a.id, d1.id).await.unwrap() == vec![line.id]);
+    assert_eq!(
+        store
+            .remove_group_members(a.id, line.id, &[d2.id, d2.id])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .remove_group_members(b.id, line.id, &[d1.id])
+            .await
+            .unwrap(),
+        0
+    );
+
+    // A group with children cannot go; without, it goes with its memberships.
+    let mut back = renamed.clone();
+    back.parent_id = Some(plant.id);
+    store.update_group(&back).await.unwrap();
+    assert!(matches!(
+        store.delete_group(a.id, plant.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.delete_group(a.id, line.id).await.unwrap());
+    assert!(!store.delete_group(a.id, line.id).await.unwrap());
+    assert!(store.device_groups(a.id, d1.id).await.unwrap().is_empty());
+    assert!(store.delete_group(a.id, plant.id).await.unwrap());
 }
 
 pub async fn data_survives_reopen(f: &Fixture) {

@@ -32,13 +32,14 @@ use async_trait::async_trait;
 use tender_core::certificate::{DeviceCertificate, DeviceCredential};
 use tender_core::device::{Device, DeviceState};
 use tender_core::enrollment::EnrollmentToken;
+use tender_core::group::Group;
 use tender_core::inventory::{AttributeName, DeviceInventory, Inventory};
 use tender_core::page::{Page, PageLimit, PageRequest};
 use tender_core::presence::DeviceConnection;
 use tender_core::telemetry::{MetricName, Sample};
 use tender_core::tenant::{Tenant, TenantSlug};
 use tender_core::user::{ApiToken, User};
-use tender_core::{ConnectionId, DeviceId, TenantId, Timestamp, TokenId, UserId};
+use tender_core::{ConnectionId, DeviceId, GroupId, TenantId, Timestamp, TokenId, UserId};
 
 mod adapter;
 #[cfg(feature = "conformance")]
@@ -99,7 +100,7 @@ pub struct DeviceFilter {
 /// The storage port.
 #[async_trait]
 pub trait Store:
-    IdentityStore + PresenceStore + TelemetryStore + InventoryStore + Send + Sync + 'static
+    IdentityStore + PresenceStore + TelemetryStore + InventoryStore + GroupStore + Send + Sync + 'static
 {
     fn backend(&self) -> Backend;
 
@@ -352,6 +353,43 @@ pub trait InventoryStore: Send + Sync + 'static {
         tenant: TenantId,
         ids: &[DeviceId],
     ) -> Result<HashMap<DeviceId, BTreeMap<String, String>>>;
+}
+
+/// The groups part of the port: static groups (explicit members, nested) and dynamic groups
+/// (a saved query; no stored members).
+#[async_trait]
+pub trait GroupStore: Send + Sync + 'static {
+    /// Conflict when the name is taken in the tenant; NotFound when the parent does not exist.
+    /// The caller checks nesting rules ([`tender_core::group::check_parent`]).
+    async fn create_group(&self, group: &Group) -> Result<()>;
+    /// Every group of the tenant, by name.
+    async fn groups(&self, tenant: TenantId) -> Result<Vec<Group>>;
+    async fn group(&self, tenant: TenantId, id: GroupId) -> Result<Option<Group>>;
+    /// Renames, moves (new parent) or changes the query of `group` (matched by tenant and id;
+    /// the kind never changes). NotFound when it does not exist; Conflict when the new name is
+    /// taken.
+    async fn update_group(&self, group: &Group) -> Result<()>;
+    /// Deletes a group and its memberships; false when there was none. Conflict when it has
+    /// child groups (move or delete them first).
+    async fn delete_group(&self, tenant: TenantId, id: GroupId) -> Result<bool>;
+    /// Adds devices to a static group (all or none); returns how many were not members yet.
+    /// NotFound when the group or a device does not exist in the tenant.
+    async fn add_group_members(
+        &self,
+        tenant: TenantId,
+        group: GroupId,
+        devices: &[DeviceId],
+        at: Timestamp,
+    ) -> Result<u64>;
+    /// Removes devices from a static group; returns how many were members.
+    async fn remove_group_members(
+        &self,
+        tenant: TenantId,
+        group: GroupId,
+        devices: &[DeviceId],
+    ) -> Result<u64>;
+    /// The static groups a device was added to (not their ancestors).
+    async fn device_groups(&self, tenant: TenantId, device: DeviceId) -> Result<Vec<GroupId>>;
 }
 
 /// A shared, type-erased store.

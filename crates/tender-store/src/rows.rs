@@ -306,3 +306,39 @@ impl TryFrom<InventoryRow> for tender_core::inventory::DeviceInventory {
         })
     }
 }
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct GroupRow {
+    tenant_id: Uuid,
+    id: Uuid,
+    name: String,
+    parent_id: Option<Uuid>,
+    kind: String,
+    query: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<GroupRow> for tender_core::group::Group {
+    type Error = StoreError;
+    fn try_from(r: GroupRow) -> Result<Self, StoreError> {
+        use tender_core::group::{GroupKind, GroupName};
+        let kind = match (r.kind.as_str(), r.query) {
+            ("static", None) => GroupKind::Static,
+            ("dynamic", Some(query)) => GroupKind::Dynamic { query },
+            (k, _) => {
+                return Err(StoreError::Corrupt(format!("group {}: kind {k:?}", r.id)));
+            }
+        };
+        Ok(tender_core::group::Group {
+            id: tender_core::GroupId::from_uuid(r.id),
+            tenant_id: TenantId::from_uuid(r.tenant_id),
+            name: GroupName::parse(&r.name)
+                .map_err(|e| StoreError::Corrupt(format!("group {}: {e}", r.id)))?,
+            parent_id: r.parent_id.map(tender_core::GroupId::from_uuid),
+            kind,
+            created_at: ts(r.created_at),
+            updated_at: ts(r.updated_at),
+        })
+    }
+}

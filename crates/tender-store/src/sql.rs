@@ -201,6 +201,39 @@ pub(crate) const DEVICE_TAGS: &str = concat!(
     ") ORDER BY name"
 );
 
+macro_rules! group_columns {
+    () => {
+        "tenant_id, id, name, parent_id, kind, query, created_at, updated_at"
+    };
+}
+pub(crate) const INSERT_GROUP: &str = concat!(
+    "INSERT INTO device_groups (",
+    group_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+);
+pub(crate) const GROUPS: &str = concat!(
+    "SELECT ",
+    group_columns!(),
+    " FROM device_groups WHERE tenant_id = $1 ORDER BY name"
+);
+pub(crate) const GROUP_BY_ID: &str = concat!(
+    "SELECT ",
+    group_columns!(),
+    " FROM device_groups WHERE tenant_id = $1 AND id = $2"
+);
+/// $1 tenant, $2 id, $3 name, $4 parent, $5 query, $6 updated_at (the kind never changes).
+pub(crate) const UPDATE_GROUP: &str = "UPDATE device_groups \
+     SET name = $3, parent_id = $4, query = $5, updated_at = $6 WHERE tenant_id = $1 AND id = $2";
+pub(crate) const GROUP_HAS_CHILDREN: &str =
+    "SELECT COUNT(*) FROM device_groups WHERE tenant_id = $1 AND parent_id = $2";
+pub(crate) const DELETE_GROUP: &str = "DELETE FROM device_groups WHERE tenant_id = $1 AND id = $2";
+pub(crate) const ADD_MEMBER: &str = "INSERT INTO group_members (tenant_id, group_id, device_id, added_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, group_id, device_id) DO NOTHING";
+pub(crate) const REMOVE_MEMBER: &str =
+    "DELETE FROM group_members WHERE tenant_id = $1 AND group_id = $2 AND device_id = $3";
+pub(crate) const DEVICE_GROUPS: &str = "SELECT group_id FROM group_members \
+     WHERE tenant_id = $1 AND device_id = $2 ORDER BY group_id";
+
 macro_rules! inventory_columns {
     () => {
         "device_id, attributes, updated_at, reported_at"
