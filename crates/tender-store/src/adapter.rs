@@ -5,6 +5,92 @@
 
 macro_rules! impl_sql_store {
     ($store:ty, $backend:expr) => {
+        impl $store {
+            /// A listing (with `page`) or a count (without) of the devices matching `matching`,
+            /// through one dynamically built statement: the filter compiles to SQL text made of
+            /// fixed fragments and `$n` placeholders only (see `filter.rs`).
+            async fn search_devices(
+                &self,
+                tenant: tender_core::TenantId,
+                state: Option<tender_core::device::DeviceState>,
+                matching: &$crate::filter::Filter,
+                page: Option<&tender_core::page::PageRequest<tender_core::DeviceId>>,
+            ) -> $crate::Result<(
+                tender_core::page::Page<tender_core::device::Device, tender_core::DeviceId>,
+                u64,
+            )> {
+                let sqlite = matches!($crate::Store::backend(self), $crate::Backend::Sqlite);
+                let compiled = $crate::filter::compile(matching, 5, sqlite)
+                    .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
+                let head = match page {
+                    Some(_) => {
+                        concat!("SELECT ", $crate::sql::device_columns!(), " FROM devices d")
+                    }
+                    None => "SELECT COUNT(*) FROM devices d",
+                };
+                let tail = if page.is_some() {
+                    " ORDER BY d.id LIMIT $4"
+                } else {
+                    ""
+                };
+                let sql = format!(
+                    "{head} WHERE d.tenant_id = $1 AND ($2 IS NULL OR d.state = $2) \
+                     AND ($3 IS NULL OR d.id > $3) AND {}{tail}",
+                    compiled.sql
+                );
+                macro_rules! bind_all {
+                    ($q:expr) => {{
+                        let mut q = $q
+                            .bind(tenant.as_uuid())
+                            .bind(state.map(|s| s.as_str()))
+                            .bind(page.and_then(|p| p.after).map(|a| *a.as_uuid()))
+                            .bind(page.map_or(0, |p| i64::from(p.limit.get()) + 1));
+                        for p in compiled.params.iter() {
+                            q = match p {
+                                $crate::filter::Param::Text(t) => q.bind(t.clone()),
+                                $crate::filter::Param::Number(n) => q.bind(*n),
+                                $crate::filter::Param::Int(i) => q.bind(*i),
+                                $crate::filter::Param::Uuid(u) => q.bind(*u),
+                            };
+                        }
+                        q
+                    }};
+                }
+                match page {
+                    Some(page) => {
+                        let rows = bind_all!(sqlx::query_as::<_, $crate::rows::DeviceRow>(
+                            sqlx::AssertSqlSafe(sql)
+                        ))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("search devices", e))?;
+                        let devices = rows
+                            .into_iter()
+                            .map(TryInto::try_into)
+                            .collect::<$crate::Result<Vec<tender_core::device::Device>>>()?;
+                        Ok((
+                            tender_core::page::Page::from_overfetch(devices, page.limit, |d| d.id),
+                            0,
+                        ))
+                    }
+                    None => {
+                        let n: i64 =
+                            bind_all!(sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)))
+                                .fetch_one(&self.pool)
+                                .await
+                                .map_err(|e| $crate::map_sqlx("count devices", e))?;
+                        Ok((
+                            tender_core::page::Page {
+                                items: Vec::new(),
+                                next: None,
+                            },
+                            n.unsigned_abs(),
+                        ))
+                    }
+                }
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::Store for $store {
             fn backend(&self) -> $crate::Backend {
@@ -239,6 +325,12 @@ macro_rules! impl_sql_store {
             ) -> $crate::Result<
                 tender_core::page::Page<tender_core::device::Device, tender_core::DeviceId>,
             > {
+                if let Some(matching) = &filter.matching {
+                    return self
+                        .search_devices(tenant, filter.state, matching, Some(page))
+                        .await
+                        .map(|(p, _)| p);
+                }
                 let rows = sqlx::query_as::<_, $crate::rows::DeviceRow>($crate::sql::LIST_DEVICES)
                     .bind(tenant.as_uuid())
                     .bind(filter.state.map(|s| s.as_str()))
@@ -263,6 +355,12 @@ macro_rules! impl_sql_store {
                 tenant: tender_core::TenantId,
                 filter: &$crate::DeviceFilter,
             ) -> $crate::Result<u64> {
+                if let Some(matching) = &filter.matching {
+                    return self
+                        .search_devices(tenant, filter.state, matching, None)
+                        .await
+                        .map(|(_, n)| n);
+                }
                 let n: i64 = sqlx::query_scalar($crate::sql::COUNT_DEVICES)
                     .bind(tenant.as_uuid())
                     .bind(filter.state.map(|s| s.as_str()))

@@ -81,6 +81,7 @@ macro_rules! conformance_suite {
             inventories_of_many_devices,
             tags_set_replace_delete_and_are_bounded,
             groups_lifecycle_and_members,
+            device_filters_match_the_same_on_every_backend,
         );
         #[tokio::test]
         async fn data_survives_reopen() {
@@ -435,6 +436,7 @@ pub async fn device_filter_and_count(store: &dyn Store) {
     }
     let pending = DeviceFilter {
         state: Some(DeviceState::Pending),
+        ..Default::default()
     };
     let page = store
         .list_devices(t.id, &pending, &PageRequest::first(limit(100)))
@@ -452,6 +454,7 @@ pub async fn device_filter_and_count(store: &dyn Store) {
     );
     let none = DeviceFilter {
         state: Some(DeviceState::Decommissioned),
+        ..Default::default()
     };
     assert_eq!(store.count_devices(t.id, &none).await.unwrap(), 0);
 }
@@ -2070,6 +2073,223 @@ pub async fn groups_lifecycle_and_members(store: &dyn Store) {
     assert!(!store.delete_group(a.id, line.id).await.unwrap());
     assert!(store.device_groups(a.id, d1.id).await.unwrap().is_empty());
     assert!(store.delete_group(a.id, plant.id).await.unwrap());
+}
+
+pub async fn device_filters_match_the_same_on_every_backend(store: &dyn Store) {
+    use crate::filter::{Column, Cond, Filter, Op, Scope, Test};
+    let t = new_tenant(store, "acme").await;
+    let other = new_tenant(store, "other").await;
+    let inv = |json: &str| inventory(json);
+    let specs = [
+        (
+            "kiosk-1",
+            r#"{"os.id":"debian","os.version":"12","cpu.count":4,"ips":["10.0.0.1","10.0.0.2"]}"#,
+            Some("north"),
+        ),
+        (
+            "kiosk-2",
+            r#"{"os.id":"ubuntu","os.version":"22.04","cpu.count":8,"ips":["10.0.1.1"]}"#,
+            Some("south"),
+        ),
+        (
+            "Kiosk-3",
+            r#"{"os.id":"debian","os.version":"11","cpu.count":2}"#,
+            None,
+        ),
+        ("gw_%1", r#"{"os.id":"poky"}"#, Some("north")),
+    ];
+    let mut ids = Vec::new();
+    for (name, json, site) in specs {
+        let d = device(t.id, name, DeviceState::Accepted);
+        store.insert_device(&d).await.unwrap();
+        store
+            .put_inventory(t.id, d.id, &inv(json), T0)
+            .await
+            .unwrap();
+        if let Some(site) = site {
+            store
+                .set_device_tag(t.id, d.id, &tag_key("site"), site)
+                .await
+                .unwrap();
+        }
+        ids.push(d.id);
+    }
+    // A look-alike in another tenant never matches.
+    let o = device(other.id, "kiosk-1", DeviceState::Accepted);
+    store.insert_device(&o).await.unwrap();
+    store
+        .put_inventory(other.id, o.id, &inv(specs[0].1), T0)
+        .await
+        .unwrap();
+    let g = group(t.id, "lab", None, tender_core::group::GroupKind::Static);
+    store.create_group(&g).await.unwrap();
+    store
+        .add_group_members(t.id, g.id, &[ids[1], ids[3]], T0)
+        .await
+        .unwrap();
+    let c = connection(t.id, ids[2], T0);
+    store.open_connection(&c).await.unwrap();
+
+    let attr = |name: &str, test: Test| {
+        Filter::Cond(Cond::Attr {
+            scope: Scope::Inventory,
+            name: name.into(),
+            test,
+        })
+    };
+    let names = |found: Vec<DeviceId>| -> Vec<usize> {
+        found
+            .iter()
+            .map(|f| ids.iter().position(|i| i == f).unwrap())
+            .collect()
+    };
+    let cases: Vec<(Filter, Vec<usize>)> = vec![
+        (
+            attr("os.id", Test::Text(Op::Eq, "debian".into())),
+            vec![0, 2],
+        ),
+        (
+            attr("os.id", Test::Text(Op::Ne, "debian".into())),
+            vec![1, 3],
+        ),
+        (attr("ips", Test::Text(Op::Eq, "10.0.0.2".into())), vec![0]),
+        (attr("os.version", Test::Number(Op::Ge, 12.0)), vec![0, 1]),
+        (attr("cpu.count", Test::Number(Op::Lt, 8.0)), vec![0, 2]),
+        (
+            attr("cpu.count", Test::NumberIn(vec![2.0, 8.0])),
+            vec![1, 2],
+        ),
+        (
+            attr("os.id", Test::TextIn(vec!["poky".into(), "ubuntu".into()])),
+            vec![1, 3],
+        ),
+        (attr("os.id", Test::Text(Op::Gt, "poky".into())), vec![1]),
+        (attr("ips", Test::Glob("10.0.1.*".into())), vec![1]),
+        (
+            Filter::Cond(Cond::Column {
+                column: Column::Name,
+                test: Test::Glob("kiosk-?".into()),
+            }),
+            vec![0, 1],
+        ),
+        (
+            Filter::Cond(Cond::Column {
+                column: Column::Name,
+                test: Test::Glob("gw_%*".into()),
+            }),
+            vec![3],
+        ),
+        (
+            Filter::Cond(Cond::Column {
+                column: Column::Name,
+                test: Test::Glob("gw__*".into()),
+            }),
+            vec![],
+        ),
+        (
+            Filter::Not(Box::new(Filter::Cond(Cond::AttrExists {
+                scope: Scope::Inventory,
+                name: "ips".into(),
+            }))),
+            vec![2, 3],
+        ),
+        (
+            Filter::Cond(Cond::Attr {
+                scope: Scope::Tag,
+                name: "site".into(),
+                test: Test::Text(Op::Eq, "north".into()),
+            }),
+            vec![0, 3],
+        ),
+        (Filter::Cond(Cond::InGroups(vec![g.id])), vec![1, 3]),
+        (Filter::Cond(Cond::Online), vec![2]),
+        (
+            Filter::Or(vec![
+                Filter::Cond(Cond::Online),
+                Filter::And(vec![
+                    attr("os.id", Test::Text(Op::Eq, "debian".into())),
+                    Filter::Cond(Cond::Ids(vec![ids[0]])),
+                ]),
+            ]),
+            vec![0, 2],
+        ),
+        (Filter::Cond(Cond::LastSeen(Op::Gt, T0)), vec![]),
+        (Filter::Cond(Cond::CreatedAt(Op::Le, T0)), vec![0, 1, 2, 3]),
+        (Filter::True, vec![0, 1, 2, 3]),
+        (Filter::False, vec![]),
+    ];
+    for (f, want) in cases {
+        let filter = DeviceFilter {
+            matching: Some(f.clone()),
+            ..Default::default()
+        };
+        let page = store
+            .list_devices(
+                t.id,
+                &filter,
+                &PageRequest {
+                    after: None,
+                    limit: limit(100),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            names(page.items.iter().map(|d| d.id).collect()),
+            want,
+            "{f:?}"
+        );
+        assert_eq!(
+            store.count_devices(t.id, &filter).await.unwrap(),
+            want.len() as u64,
+            "{f:?}"
+        );
+    }
+    // Pages of a filtered listing, with a state filter too.
+    let filter = DeviceFilter {
+        state: Some(DeviceState::Accepted),
+        matching: Some(Filter::True),
+    };
+    let first = store
+        .list_devices(
+            t.id,
+            &filter,
+            &PageRequest {
+                after: None,
+                limit: limit(3),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 3);
+    let rest = store
+        .list_devices(
+            t.id,
+            &filter,
+            &PageRequest {
+                after: first.next,
+                limit: limit(3),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(rest.items.iter().map(|d| d.id).collect()), vec![3]);
+    assert_eq!(rest.next, None);
+    // An inventory that changes moves the device in and out of a match.
+    store
+        .put_inventory(
+            t.id,
+            ids[3],
+            &inv(r#"{"os.id":"debian"}"#),
+            T0.plus_millis(1),
+        )
+        .await
+        .unwrap();
+    let debian = DeviceFilter {
+        matching: Some(attr("os.id", Test::Text(Op::Eq, "debian".into()))),
+        ..Default::default()
+    };
+    assert_eq!(store.count_devices(t.id, &debian).await.unwrap(), 3);
 }
 
 pub async fn data_survives_reopen(f: &Fixture) {

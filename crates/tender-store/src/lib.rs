@@ -44,6 +44,7 @@ use tender_core::{ConnectionId, DeviceId, GroupId, TenantId, Timestamp, TokenId,
 mod adapter;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod filter;
 pub mod postgres;
 mod rows;
 mod sql;
@@ -91,10 +92,12 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Which devices a listing or count covers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeviceFilter {
     /// Only devices in this state.
     pub state: Option<DeviceState>,
+    /// Only devices matching this (a device query, compiled by the server).
+    pub matching: Option<filter::Filter>,
 }
 
 /// The storage port.

@@ -43,6 +43,7 @@ macro_rules! device_columns {
         "tenant_id, id, name, device_type, state, key_fingerprint, last_seen_at, created_at, updated_at, state_changed_at"
     };
 }
+pub(crate) use device_columns;
 pub(crate) const INSERT_DEVICE: &str = "INSERT INTO devices (tenant_id, id, name, device_type, state, key_fingerprint, created_at, updated_at, state_changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 pub(crate) const DEVICE_BY_KEY: &str = concat!(
     "SELECT ",

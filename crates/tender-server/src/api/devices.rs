@@ -153,6 +153,7 @@ pub async fn list_devices(
     let page = cursor::page_request::<DeviceId>(CURSOR_VERSION, q.limit, q.cursor.as_deref())?;
     let filter = DeviceFilter {
         state: q.state.map(Into::into),
+        ..Default::default()
     };
     let tenant = auth.principal.tenant_id;
     let page = state.store.list_devices(tenant, &filter, &page).await?;
@@ -459,6 +460,7 @@ pub async fn accept_pending(
     let ids: Vec<DeviceId> = if body.all {
         let pending = DeviceFilter {
             state: Some(DeviceState::Pending),
+            ..Default::default()
         };
         // One page per call: an open tenant's pending list can be flooded, and one request must
         // stay bounded. `more_pending` tells the caller to come back.

@@ -1,0 +1,405 @@
+//! Device filters: what a device search asks the store, in the store's own terms.
+//!
+//! The device query language lives in the core; the server turns a parsed query into a
+//! [`Filter`] (resolving group names to ids, dynamic groups to their own filters, `now - 1h`
+//! to a time) and the adapters compile the filter to one SQL `WHERE` clause with bound
+//! parameters, the same on both backends but for glob matching. Nothing from the caller is
+//! ever spliced into SQL text: every value is a parameter.
+//!
+//! Attribute tests (inventory attributes and tags) read the `device_attributes` index: a
+//! device matches when **some** row for the attribute passes the test, so a list attribute
+//! matches when any element does, and a device without the attribute matches no test
+//! (use [`Filter::Not`] of [`Cond::AttrExists`] to ask for its absence).
+
+use tender_core::{DeviceId, GroupId, Timestamp};
+
+/// Which attributes a test reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Inventory,
+    Tag,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Inventory => "inventory",
+            Scope::Tag => "tag",
+        }
+    }
+}
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Op {
+    fn sql(self) -> &'static str {
+        match self {
+            Op::Eq => "=",
+            Op::Ne => "<>",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+        }
+    }
+}
+
+/// A test of one value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Test {
+    /// Text compared bytewise.
+    Text(Op, String),
+    /// Numbers (an attribute's number, or the number its text reads as).
+    Number(Op, f64),
+    /// Equal to one of these texts.
+    TextIn(Vec<String>),
+    /// Equal to one of these numbers.
+    NumberIn(Vec<f64>),
+    /// A glob, anchored: `*` any run of characters, `?` one character; no escapes.
+    Glob(String),
+}
+
+/// A device column that tests can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Name,
+    DeviceType,
+    State,
+}
+
+/// One condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    /// Some row of the attribute passes the test.
+    Attr {
+        scope: Scope,
+        name: String,
+        test: Test,
+    },
+    /// The device has the attribute.
+    AttrExists {
+        scope: Scope,
+        name: String,
+    },
+    /// A text column passes the test (a NULL `device_type` passes none).
+    Column {
+        column: Column,
+        test: Test,
+    },
+    /// The device id is one of these.
+    Ids(Vec<DeviceId>),
+    /// Last seen (never-seen devices pass no test) or creation time, compared with a time.
+    LastSeen(Op, Timestamp),
+    CreatedAt(Op, Timestamp),
+    /// The device holds an open connection.
+    Online,
+    /// The device was added to one of these static groups.
+    InGroups(Vec<GroupId>),
+}
+
+/// A device filter: conditions combined with and, or, not.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    True,
+    False,
+    Cond(Cond),
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
+    Not(Box<Filter>),
+}
+
+/// Most parameters one compiled filter may bind (both backends allow far more).
+pub const MAX_PARAMS: usize = 2000;
+
+/// A bound value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Param {
+    Text(String),
+    Number(f64),
+    Int(i64),
+    Uuid(uuid::Uuid),
+}
+
+/// A compiled filter: SQL over `devices d` and its parameters, numbered from `first`.
+pub(crate) struct Compiled {
+    pub sql: String,
+    pub params: Vec<Param>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the filter is too large: more than {MAX_PARAMS} values")]
+pub struct TooLarge;
+
+struct Builder {
+    sql: String,
+    params: Vec<Param>,
+    first: usize,
+    sqlite: bool,
+}
+
+impl Builder {
+    fn bind(&mut self, p: Param) -> Result<String, TooLarge> {
+        if self.params.len() >= MAX_PARAMS {
+            return Err(TooLarge);
+        }
+        self.params.push(p);
+        Ok(format!("${}", self.first + self.params.len() - 1))
+    }
+
+    fn filter(&mut self, f: &Filter) -> Result<(), TooLarge> {
+        match f {
+            Filter::True => self.sql.push_str("1 = 1"),
+            Filter::False => self.sql.push_str("1 = 0"),
+            Filter::Cond(c) => self.cond(c)?,
+            Filter::And(parts) | Filter::Or(parts) if parts.is_empty() => {
+                self.sql.push_str(if matches!(f, Filter::And(_)) {
+                    "1 = 1"
+                } else {
+                    "1 = 0"
+                });
+            }
+            Filter::And(parts) | Filter::Or(parts) => {
+                let joiner = if matches!(f, Filter::And(_)) {
+                    " AND "
+                } else {
+                    " OR "
+                };
+                self.sql.push('(');
+                for (i, p) in parts.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push_str(joiner);
+                    }
+                    self.filter(p)?;
+                }
+                self.sql.push(')');
+            }
+            Filter::Not(inner) => {
+                self.sql.push_str("NOT (");
+                self.filter(inner)?;
+                self.sql.push(')');
+            }
+        }
+        Ok(())
+    }
+
+    /// `expr` (a text column) tested by `test`, or `num` (a number column) for number tests.
+    fn test(&mut self, text: &str, num: Option<&str>, test: &Test) -> Result<(), TooLarge> {
+        match test {
+            Test::Text(op, v) => {
+                let p = self.bind(Param::Text(v.clone()))?;
+                self.sql.push_str(&format!("{text} {} {p}", op.sql()));
+            }
+            Test::Number(op, v) => match num {
+                Some(num) => {
+                    let p = self.bind(Param::Number(*v))?;
+                    self.sql.push_str(&format!("{num} {} {p}", op.sql()));
+                }
+                None => self.sql.push_str("1 = 0"),
+            },
+            Test::TextIn(vs) => {
+                if vs.is_empty() {
+                    self.sql.push_str("1 = 0");
+                    return Ok(());
+                }
+                let ps = vs
+                    .iter()
+                    .map(|v| self.bind(Param::Text(v.clone())))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.sql.push_str(&format!("{text} IN ({})", ps.join(", ")));
+            }
+            Test::NumberIn(vs) => match num {
+                Some(num) if !vs.is_empty() => {
+                    let ps = vs
+                        .iter()
+                        .map(|v| self.bind(Param::Number(*v)))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.sql.push_str(&format!("{num} IN ({})", ps.join(", ")));
+                }
+                _ => self.sql.push_str("1 = 0"),
+            },
+            Test::Glob(pattern) => {
+                if self.sqlite {
+                    // GLOB is case-sensitive and anchored; `[` would open a class: quote it.
+                    let g = pattern.replace('[', "[[]");
+                    let p = self.bind(Param::Text(g))?;
+                    self.sql.push_str(&format!("{text} GLOB {p}"));
+                } else {
+                    let mut like = String::with_capacity(pattern.len());
+                    for c in pattern.chars() {
+                        match c {
+                            '*' => like.push('%'),
+                            '?' => like.push('_'),
+                            '%' | '_' | '\\' => {
+                                like.push('\\');
+                                like.push(c);
+                            }
+                            c => like.push(c),
+                        }
+                    }
+                    let p = self.bind(Param::Text(like))?;
+                    self.sql.push_str(&format!("{text} LIKE {p} ESCAPE '\\'"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cond(&mut self, c: &Cond) -> Result<(), TooLarge> {
+        match c {
+            Cond::Attr { scope, name, test } => {
+                let s = self.bind(Param::Text(scope.as_str().to_owned()))?;
+                let n = self.bind(Param::Text(name.clone()))?;
+                self.sql.push_str(&format!(
+                    "d.id IN (SELECT a.device_id FROM device_attributes a \
+                     WHERE a.tenant_id = d.tenant_id AND a.scope = {s} AND a.name = {n} AND "
+                ));
+                self.test("a.text_value", Some("a.num_value"), test)?;
+                self.sql.push(')');
+            }
+            Cond::AttrExists { scope, name } => {
+                let s = self.bind(Param::Text(scope.as_str().to_owned()))?;
+                let n = self.bind(Param::Text(name.clone()))?;
+                self.sql.push_str(&format!(
+                    "d.id IN (SELECT a.device_id FROM device_attributes a \
+                     WHERE a.tenant_id = d.tenant_id AND a.scope = {s} AND a.name = {n})"
+                ));
+            }
+            Cond::Column { column, test } => {
+                let col = match column {
+                    Column::Name => "d.name",
+                    Column::DeviceType => "d.device_type",
+                    Column::State => "d.state",
+                };
+                self.sql.push('(');
+                self.test(col, None, test)?;
+                self.sql.push(')');
+            }
+            Cond::Ids(ids) => {
+                if ids.is_empty() {
+                    self.sql.push_str("1 = 0");
+                } else {
+                    let ps = ids
+                        .iter()
+                        .map(|id| self.bind(Param::Uuid(*id.as_uuid())))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.sql.push_str(&format!("d.id IN ({})", ps.join(", ")));
+                }
+            }
+            Cond::LastSeen(op, t) => {
+                let p = self.bind(Param::Int(t.unix_millis()))?;
+                self.sql.push_str(&format!(
+                    "(d.last_seen_at IS NOT NULL AND d.last_seen_at {} {p})",
+                    op.sql()
+                ));
+            }
+            Cond::CreatedAt(op, t) => {
+                let p = self.bind(Param::Int(t.unix_millis()))?;
+                self.sql.push_str(&format!("d.created_at {} {p}", op.sql()));
+            }
+            Cond::Online => self.sql.push_str(
+                "d.id IN (SELECT c.device_id FROM device_connections c \
+                 WHERE c.tenant_id = d.tenant_id AND c.disconnected_at IS NULL)",
+            ),
+            Cond::InGroups(groups) => {
+                if groups.is_empty() {
+                    self.sql.push_str("1 = 0");
+                } else {
+                    let ps = groups
+                        .iter()
+                        .map(|g| self.bind(Param::Uuid(*g.as_uuid())))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.sql.push_str(&format!(
+                        "d.id IN (SELECT m.device_id FROM group_members m \
+                         WHERE m.tenant_id = d.tenant_id AND m.group_id IN ({}))",
+                        ps.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compiles `filter` into SQL whose parameters are numbered from `$first`.
+pub(crate) fn compile(filter: &Filter, first: usize, sqlite: bool) -> Result<Compiled, TooLarge> {
+    let mut b = Builder {
+        sql: String::new(),
+        params: Vec::new(),
+        first,
+        sqlite,
+    };
+    b.filter(filter)?;
+    Ok(Compiled {
+        sql: b.sql,
+        params: b.params,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_parameters_never_sql_text() {
+        let evil = "x'); DROP TABLE devices; --".to_owned();
+        let f = Filter::And(vec![
+            Filter::Cond(Cond::Attr {
+                scope: Scope::Inventory,
+                name: evil.clone(),
+                test: Test::Text(Op::Eq, evil.clone()),
+            }),
+            Filter::Not(Box::new(Filter::Cond(Cond::Column {
+                column: Column::Name,
+                test: Test::Glob(evil.clone()),
+            }))),
+        ]);
+        for sqlite in [true, false] {
+            let c = compile(&f, 2, sqlite).unwrap();
+            assert!(!c.sql.contains("DROP"), "{}", c.sql);
+            assert!(c.sql.contains("$2") && !c.sql.contains("$1 "), "{}", c.sql);
+            assert_eq!(c.params.len(), 5);
+        }
+    }
+
+    #[test]
+    fn globs_translate_per_dialect() {
+        let f = Filter::Cond(Cond::Column {
+            column: Column::Name,
+            test: Test::Glob("kiosk-1?_[a]%*".into()),
+        });
+        let pg = compile(&f, 1, false).unwrap();
+        assert_eq!(pg.params, vec![Param::Text(r"kiosk-1_\_[a]\%%".into())]);
+        assert!(pg.sql.contains("LIKE $1 ESCAPE"));
+        let lite = compile(&f, 1, true).unwrap();
+        assert_eq!(lite.params, vec![Param::Text("kiosk-1?_[[]a]%*".into())]);
+        assert!(lite.sql.contains("GLOB $1"));
+    }
+
+    #[test]
+    fn empty_lists_match_nothing_and_size_is_bounded() {
+        for f in [
+            Filter::Cond(Cond::Ids(vec![])),
+            Filter::Cond(Cond::InGroups(vec![])),
+            Filter::Or(vec![]),
+        ] {
+            assert_eq!(compile(&f, 1, true).unwrap().sql, "1 = 0");
+        }
+        assert_eq!(compile(&Filter::And(vec![]), 1, true).unwrap().sql, "1 = 1");
+        let big = Filter::Cond(Cond::Attr {
+            scope: Scope::Tag,
+            name: "k".into(),
+            test: Test::TextIn(vec!["v".into(); MAX_PARAMS]),
+        });
+        assert!(compile(&big, 1, true).is_err());
+    }
+}
