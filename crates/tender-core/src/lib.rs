@@ -15,6 +15,7 @@ pub mod ids;
 pub mod inventory;
 pub mod page;
 pub mod presence;
+pub mod query;
 pub mod telemetry;
 pub mod tenant;
 pub mod user;
