@@ -192,13 +192,10 @@ pub fn validate_tag_value(value: &str) -> Result<(), InventoryError> {
 /// One row of the searchable attribute index: (name, position in a list, text, number).
 pub type IndexRow<'a> = (&'a str, i64, String, Option<f64>);
 
-/// The number a text reads as, when it reads entirely as a finite number.
+/// The number a text reads as, as the query language reads it
+/// ([`crate::query::number_of_text`]): `"12"`, `"-0.5"`; not `"1e3"`, `" 4"` or `"12.1.3"`.
 pub fn text_number(text: &str) -> Option<f64> {
-    let t = text.trim();
-    if t.is_empty() || t.len() > 64 {
-        return None;
-    }
-    t.parse::<f64>().ok().filter(|n| n.is_finite())
+    crate::query::number_of_text(text)
 }
 
 fn clip(text: &str) -> String {
@@ -481,7 +478,8 @@ mod tests {
         let inv = parse_inventory(long.as_bytes()).unwrap();
         assert!(index_rows(&inv)[0].2.len() <= MAX_INDEXED_TEXT);
         assert_eq!(text_number("inf"), None);
-        assert_eq!(text_number(" 1e3 "), Some(1000.0));
+        assert_eq!(text_number("1e3"), None);
+        assert_eq!(text_number("-0.5"), Some(-0.5));
         assert!(validate_tag_value("north wing").is_ok());
         assert!(validate_tag_value("a\nb").is_err());
         assert!(validate_tag_value(&"x".repeat(257)).is_err());

@@ -64,8 +64,10 @@ pub enum Test {
     TextIn(Vec<String>),
     /// Equal to one of these numbers.
     NumberIn(Vec<f64>),
-    /// A glob, anchored: `*` any run of characters, `?` one character; no escapes.
-    Glob(String),
+    /// A glob, anchored, in both dialects' spelling: `like` for `LIKE ... ESCAPE '\'`
+    /// (PostgreSQL), `glob` for SQLite's case-sensitive `GLOB`
+    /// (`tender_core::query::GlobPattern::to_like` / `to_sqlite_glob`).
+    Glob { like: String, glob: String },
 }
 
 /// A device column that tests can read.
@@ -95,6 +97,10 @@ pub enum Cond {
         column: Column,
         test: Test,
     },
+    /// The column has a value (only `device_type` can lack one).
+    ColumnSet(Column),
+    /// The device has been heard from.
+    EverSeen,
     /// The device id is one of these.
     Ids(Vec<DeviceId>),
     /// Last seen (never-seen devices pass no test) or creation time, compared with a time.
@@ -226,26 +232,13 @@ impl Builder {
                 }
                 _ => self.sql.push_str("1 = 0"),
             },
-            Test::Glob(pattern) => {
+            Test::Glob { like, glob } => {
                 if self.sqlite {
-                    // GLOB is case-sensitive and anchored; `[` would open a class: quote it.
-                    let g = pattern.replace('[', "[[]");
-                    let p = self.bind(Param::Text(g))?;
+                    // SQLite's LIKE ignores ASCII case; GLOB does not.
+                    let p = self.bind(Param::Text(glob.clone()))?;
                     self.sql.push_str(&format!("{text} GLOB {p}"));
                 } else {
-                    let mut like = String::with_capacity(pattern.len());
-                    for c in pattern.chars() {
-                        match c {
-                            '*' => like.push('%'),
-                            '?' => like.push('_'),
-                            '%' | '_' | '\\' => {
-                                like.push('\\');
-                                like.push(c);
-                            }
-                            c => like.push(c),
-                        }
-                    }
-                    let p = self.bind(Param::Text(like))?;
+                    let p = self.bind(Param::Text(like.clone()))?;
                     self.sql.push_str(&format!("{text} LIKE {p} ESCAPE '\\'"));
                 }
             }
@@ -279,10 +272,17 @@ impl Builder {
                     Column::DeviceType => "d.device_type",
                     Column::State => "d.state",
                 };
-                self.sql.push('(');
+                // Guarded, so that a NULL never reaches NOT: false, not unknown.
+                self.sql.push_str(&format!("({col} IS NOT NULL AND "));
                 self.test(col, None, test)?;
                 self.sql.push(')');
             }
+            Cond::ColumnSet(column) => self.sql.push_str(match column {
+                Column::Name => "d.name IS NOT NULL",
+                Column::DeviceType => "d.device_type IS NOT NULL",
+                Column::State => "d.state IS NOT NULL",
+            }),
+            Cond::EverSeen => self.sql.push_str("d.last_seen_at IS NOT NULL"),
             Cond::Ids(ids) => {
                 if ids.is_empty() {
                     self.sql.push_str("1 = 0");
@@ -360,29 +360,35 @@ mod tests {
             }),
             Filter::Not(Box::new(Filter::Cond(Cond::Column {
                 column: Column::Name,
-                test: Test::Glob(evil.clone()),
+                test: Test::Glob {
+                    like: evil.clone(),
+                    glob: evil.clone(),
+                },
             }))),
         ]);
         for sqlite in [true, false] {
             let c = compile(&f, 2, sqlite).unwrap();
             assert!(!c.sql.contains("DROP"), "{}", c.sql);
             assert!(c.sql.contains("$2") && !c.sql.contains("$1 "), "{}", c.sql);
-            assert_eq!(c.params.len(), 5);
+            assert_eq!(c.params.len(), 4);
         }
     }
 
     #[test]
-    fn globs_translate_per_dialect() {
+    fn globs_use_each_dialects_spelling() {
         let f = Filter::Cond(Cond::Column {
             column: Column::Name,
-            test: Test::Glob("kiosk-1?_[a]%*".into()),
+            test: Test::Glob {
+                like: "k\\_%".into(),
+                glob: "k_*".into(),
+            },
         });
         let pg = compile(&f, 1, false).unwrap();
-        assert_eq!(pg.params, vec![Param::Text(r"kiosk-1_\_[a]\%%".into())]);
-        assert!(pg.sql.contains("LIKE $1 ESCAPE"));
+        assert_eq!(pg.params, vec![Param::Text("k\\_%".into())]);
+        assert!(pg.sql.contains("LIKE $1 ESCAPE"), "{}", pg.sql);
         let lite = compile(&f, 1, true).unwrap();
-        assert_eq!(lite.params, vec![Param::Text("kiosk-1?_[[]a]%*".into())]);
-        assert!(lite.sql.contains("GLOB $1"));
+        assert_eq!(lite.params, vec![Param::Text("k_*".into())]);
+        assert!(lite.sql.contains("GLOB $1"), "{}", lite.sql);
     }
 
     #[test]

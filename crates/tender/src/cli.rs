@@ -70,9 +70,67 @@ pub enum Command {
     /// Tenant-wide settings
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Device groups: static (explicit members, nested) and dynamic (a saved query)
+    #[command(subcommand)]
+    Groups(GroupsCommand),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupsCommand {
+    /// Every group, by name
+    List,
+    /// Create a static group (optionally inside another) or, with --query, a dynamic one
+    Create {
+        name: String,
+        /// Parent static group (name or id)
+        #[arg(long, conflicts_with = "query")]
+        parent: Option<String>,
+        /// Device query: the group's members are the devices matching it, always
+        #[arg(long)]
+        query: Option<String>,
+    },
+    /// Show a group and how many devices are in it
+    Show { group: String },
+    /// Rename a group (dynamic groups that name it follow)
+    Rename { group: String, new_name: String },
+    /// Move a static group under another, or to the top with --top
+    Move {
+        group: String,
+        /// New parent (name or id)
+        #[arg(required_unless_present = "top")]
+        parent: Option<String>,
+        #[arg(long)]
+        top: bool,
+    },
+    /// Change a dynamic group's query
+    SetQuery { group: String, query: String },
+    /// Delete a group (its memberships go with it; child groups must go first)
+    Delete { group: String },
+    /// Add devices to a static group
+    Add {
+        group: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// Remove devices from a static group
+    Remove {
+        group: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// The devices in a group (a static group's subgroups included)
+    Devices {
+        group: String,
+        /// Devices per page (1-1000)
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Fetch every page
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -341,6 +399,9 @@ pub struct ListDevicesArgs {
     /// Start after this cursor (the next_cursor of a previous page)
     #[arg(long)]
     pub cursor: Option<String>,
+    /// Only devices matching this query, e.g. 'inventory.os.id = "debian" and online = true'
+    #[arg(long, short = 'q')]
+    pub query: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]

@@ -6,7 +6,7 @@ use anyhow::{Result, anyhow};
 use serde_json::Value;
 
 use crate::cli::{
-    Cli, Command, CredentialsCommand, DevicesCommand, EnrollmentPolicy, GlobalArgs,
+    Cli, Command, CredentialsCommand, DevicesCommand, EnrollmentPolicy, GlobalArgs, GroupsCommand,
     ListDevicesArgs, OutputFormat, TenantCommand, TokensCommand,
 };
 use crate::client::ApiClient;
@@ -19,6 +19,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::AdminToken(args) => serve::admin_token(args).await,
         Command::Login => login(g).await,
         Command::Sim(args) => crate::sim::run(g, args).await,
+        Command::Groups(cmd) => groups(g, cmd).await,
         Command::Whoami => whoami(g).await,
         Command::Devices(DevicesCommand::List(args)) => list_devices(g, args).await,
         Command::Devices(DevicesCommand::Show { id }) => show_device(g, id).await,
@@ -440,6 +441,9 @@ async fn list_devices(g: &GlobalArgs, args: &ListDevicesArgs) -> Result<ExitCode
         if let Some(s) = args.state {
             q.push(("state", s.as_str().to_owned()));
         }
+        if let Some(query) = &args.query {
+            q.push(("q", query.clone()));
+        }
         if let Some(c) = &cursor {
             q.push(("cursor", c.clone()));
         }
@@ -564,6 +568,178 @@ fn print_device(g: &GlobalArgs, d: &Value) -> Result<ExitCode> {
             )
             .collect();
             output::table(&["field", "value"], &rows)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A group by name or id.
+async fn find_group(client: &ApiClient, name_or_id: &str) -> Result<Value> {
+    let list: Value = client.get("groups", &[]).await?;
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["name"] == name_or_id || g["id"] == name_or_id)
+        .cloned()
+        .ok_or_else(|| anyhow!("no group named {name_or_id:?}; see `tender groups list`"))
+}
+
+fn group_rows(items: &[Value]) -> Vec<Vec<String>> {
+    let name_of = |id: &Value| {
+        items
+            .iter()
+            .find(|g| &g["id"] == id)
+            .map(|g| str_at(g, "/name"))
+            .unwrap_or_else(|| "-".to_owned())
+    };
+    items
+        .iter()
+        .map(|g| {
+            vec![
+                str_at(g, "/name"),
+                str_at(g, "/kind"),
+                name_of(&g["parent_id"]),
+                str_at(g, "/query"),
+                str_at(g, "/id"),
+            ]
+        })
+        .collect()
+}
+
+async fn groups(g: &GlobalArgs, cmd: &GroupsCommand) -> Result<ExitCode> {
+    let client = connect(g)?;
+    let show = |v: &Value| -> Result<()> {
+        match g.output {
+            OutputFormat::Json => output::json(v),
+            OutputFormat::Table => output::table(
+                &["name", "kind", "parent", "query", "id"],
+                &group_rows(std::slice::from_ref(v)),
+            ),
+        }
+    };
+    match cmd {
+        GroupsCommand::List => {
+            let list: Value = client.get("groups", &[]).await?;
+            match g.output {
+                OutputFormat::Json => output::json(&list)?,
+                OutputFormat::Table => {
+                    let items = list["items"].as_array().cloned().unwrap_or_default();
+                    output::table(
+                        &["name", "kind", "parent", "query", "id"],
+                        &group_rows(&items),
+                    )?;
+                }
+            }
+        }
+        GroupsCommand::Create {
+            name,
+            parent,
+            query,
+        } => {
+            let mut body = serde_json::json!({ "name": name });
+            if let Some(p) = parent {
+                body["parent_id"] = find_group(&client, p).await?["id"].clone();
+            }
+            if let Some(q) = query {
+                body["query"] = q.clone().into();
+            }
+            let created: Value = client.send(reqwest::Method::POST, "groups", &body).await?;
+            show(&created)?;
+        }
+        GroupsCommand::Show { group } => {
+            let found = find_group(&client, group).await?;
+            let name = str_at(&found, "/name");
+            let count: Value = client
+                .get("devices/count", &[("q", format!("group = \"{name}\""))])
+                .await?;
+            match g.output {
+                OutputFormat::Json => {
+                    let mut v = found.clone();
+                    v["devices"] = count["count"].clone();
+                    output::json(&v)?;
+                }
+                OutputFormat::Table => {
+                    show(&found)?;
+                    println!("{} device(s)", count["count"]);
+                }
+            }
+        }
+        GroupsCommand::Rename { group, new_name } => {
+            let found = find_group(&client, group).await?;
+            let v: Value = client
+                .send(
+                    reqwest::Method::PATCH,
+                    &format!("groups/{}", str_at(&found, "/id")),
+                    &serde_json::json!({ "name": new_name }),
+                )
+                .await?;
+            show(&v)?;
+        }
+        GroupsCommand::Move { group, parent, top } => {
+            let found = find_group(&client, group).await?;
+            let parent_id = match (parent, top) {
+                (_, true) => Value::from(""),
+                (Some(p), false) => find_group(&client, p).await?["id"].clone(),
+                (None, false) => return Err(anyhow!("name the new parent, or pass --top")),
+            };
+            let v: Value = client
+                .send(
+                    reqwest::Method::PATCH,
+                    &format!("groups/{}", str_at(&found, "/id")),
+                    &serde_json::json!({ "parent_id": parent_id }),
+                )
+                .await?;
+            show(&v)?;
+        }
+        GroupsCommand::SetQuery { group, query } => {
+            let found = find_group(&client, group).await?;
+            let v: Value = client
+                .send(
+                    reqwest::Method::PATCH,
+                    &format!("groups/{}", str_at(&found, "/id")),
+                    &serde_json::json!({ "query": query }),
+                )
+                .await?;
+            show(&v)?;
+        }
+        GroupsCommand::Delete { group } => {
+            let found = find_group(&client, group).await?;
+            client
+                .delete(&format!("groups/{}", str_at(&found, "/id")))
+                .await?;
+            eprintln!("deleted group {}", str_at(&found, "/name"));
+        }
+        GroupsCommand::Add { group, devices } | GroupsCommand::Remove { group, devices } => {
+            let found = find_group(&client, group).await?;
+            let path = match cmd {
+                GroupsCommand::Add { .. } => format!("groups/{}/members", str_at(&found, "/id")),
+                _ => format!("groups/{}/members/remove", str_at(&found, "/id")),
+            };
+            let r: Value = client
+                .send(
+                    reqwest::Method::POST,
+                    &path,
+                    &serde_json::json!({ "device_ids": devices }),
+                )
+                .await?;
+            let verb = if matches!(cmd, GroupsCommand::Add { .. }) {
+                "added"
+            } else {
+                "removed"
+            };
+            eprintln!("{verb} {} device(s)", r["changed"]);
+        }
+        GroupsCommand::Devices { group, limit, all } => {
+            let found = find_group(&client, group).await?;
+            let args = ListDevicesArgs {
+                state: None,
+                limit: *limit,
+                all: *all,
+                cursor: None,
+                query: Some(format!("group = \"{}\"", str_at(&found, "/name"))),
+            };
+            return list_devices(g, &args).await;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -663,6 +663,53 @@ fn sim_brings_a_fleet_online_with_inventory() {
         assert!(std::time::Instant::now() < deadline, "telemetry from {id}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Search and a dynamic group over the fleet's inventory, from the CLI.
+    let kiosks = items
+        .iter()
+        .filter(|d| d["inventory"]["attributes"]["device_type"] == "kiosk")
+        .count();
+    let o = run(tender(dir.path()).args([
+        "devices",
+        "list",
+        "--all",
+        "-o",
+        "json",
+        "-q",
+        r#"inventory.device_type = "kiosk" and online = true"#,
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), kiosks);
+    let o = run(tender(dir.path()).args([
+        "groups",
+        "create",
+        "kiosks",
+        "--query",
+        r#"inventory.device_type = "kiosk""#,
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(tender(dir.path()).args(["groups", "show", "kiosks"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("{kiosks} device(s)")),
+        "{}",
+        stdout(&o)
+    );
+    // A tag puts a device into a static group's search; a bad query says where it is wrong.
+    let first = items[0]["id"].as_str().unwrap();
+    let o = run(tender(dir.path()).args(["devices", "tag", first, "rack=r1"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(tender(dir.path()).args(["groups", "create", "rack-r1"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(tender(dir.path()).args(["groups", "add", "rack-r1", first]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(tender(dir.path()).args(["groups", "devices", "rack-r1", "-o", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["items"][0]["id"], first);
+    let o = run(tender(dir.path()).args(["devices", "list", "-q", "tag.rack = "]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("at "), "{}", stderr(&o));
+
     // The table shows presence, OS and agent columns, and counts who is online.
     let o = run(tender(dir.path()).args(["devices", "list", "--all"]));
     assert!(stdout(&o).contains("OS"), "{}", stdout(&o));

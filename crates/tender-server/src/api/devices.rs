@@ -128,6 +128,9 @@ pub struct ListDevicesQuery {
     pub state: Option<DeviceStateDto>,
     /// What to embed in each device, comma-separated: `inventory`, `tags`.
     pub include: Option<String>,
+    /// Only devices matching this device query, e.g. `inventory.os.id = "debian" and online = true`
+    /// (see the query language in docs/api.md).
+    pub q: Option<String>,
 }
 
 const CURSOR_VERSION: &str = "d1:";
@@ -140,7 +143,7 @@ const CURSOR_VERSION: &str = "d1:";
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of devices in creation order", body = DevicePage),
-        (status = 400, description = "Invalid limit, cursor, state, include or unknown parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid limit, cursor, state, include, query or unknown parameter", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Lacks devices_read", body = Problem, content_type = "application/problem+json"),
     )
@@ -151,9 +154,24 @@ pub async fn list_devices(
     Query(q): Query<ListDevicesQuery>,
 ) -> Result<Json<DevicePage>, Problem> {
     let page = cursor::page_request::<DeviceId>(CURSOR_VERSION, q.limit, q.cursor.as_deref())?;
+    let matching = match q.q.as_deref() {
+        Some(text) if !text.trim().is_empty() => {
+            let query = crate::api::search::parse_query(text)?;
+            Some(
+                crate::api::search::to_filter(
+                    &state,
+                    auth.principal.tenant_id,
+                    &query,
+                    state.clock.now(),
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
     let filter = DeviceFilter {
         state: q.state.map(Into::into),
-        ..Default::default()
+        matching,
     };
     let tenant = auth.principal.tenant_id;
     let page = state.store.list_devices(tenant, &filter, &page).await?;

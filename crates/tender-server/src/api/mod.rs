@@ -28,7 +28,9 @@ pub mod connections;
 pub mod cursor;
 pub mod devices;
 pub mod enrollment;
+pub mod groups;
 pub mod inventory;
+pub mod search;
 pub mod tags;
 pub mod telemetry;
 pub mod whoami;
@@ -65,6 +67,14 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         devices::revoke_certificates,
         devices::accept_pending,
         inventory::get_inventory,
+        search::count_devices,
+        groups::create_group,
+        groups::list_groups,
+        groups::get_group,
+        groups::update_group,
+        groups::delete_group,
+        groups::add_members,
+        groups::remove_members,
         tags::set_tag,
         tags::delete_tag,
         connections::list_connections,
@@ -83,6 +93,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
     tags(
         (name = "devices", description = "The device registry and device lifecycle"),
         (name = "telemetry", description = "Time series sent by devices"),
+        (name = "groups", description = "Static and dynamic device groups"),
         (name = "enrollment", description = "How devices join: enrollment tokens and the tenant's policy"),
         (name = "operators", description = "Who is calling"),
     ),
@@ -116,6 +127,19 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
             get(devices::list_devices).post(devices::preauthorize),
         )
         .route("/devices/accept-pending", post(devices::accept_pending))
+        .route("/devices/count", get(search::count_devices))
+        .route(
+            "/groups",
+            get(groups::list_groups).post(groups::create_group),
+        )
+        .route(
+            "/groups/{id}",
+            get(groups::get_group)
+                .patch(groups::update_group)
+                .delete(groups::delete_group),
+        )
+        .route("/groups/{id}/members", post(groups::add_members))
+        .route("/groups/{id}/members/remove", post(groups::remove_members))
         .route("/devices/{id}", get(devices::get_device))
         .route("/devices/{id}/accept", post(devices::accept_device))
         .route("/devices/{id}/reject", post(devices::reject_device))
