@@ -225,9 +225,9 @@ async fn main() {
             text(Scope::Inventory, "os.id", "debian"),
         ),
         (
-            "os.id = debian and tag site = lyon (3%)",
+            "os.version = 12 and tag site = lyon (4%)",
             Filter::And(vec![
-                text(Scope::Inventory, "os.id", "debian"),
+                text(Scope::Inventory, "os.version", "12"),
                 text(Scope::Tag, "site", "lyon"),
             ]),
         ),
