@@ -973,41 +973,29 @@ macro_rules! impl_sql_store {
                 key: &tender_core::inventory::AttributeName,
                 value: &str,
             ) -> $crate::Result<()> {
-                let what = || format!("tag {key} of device {device}");
-                let mut tx = self
-                    .pool
-                    .begin()
-                    .await
-                    .map_err(|e| $crate::map_sqlx(&what(), e))?;
-                let existing =
-                    sqlx::query_as::<_, (uuid::Uuid, String, String)>($crate::sql::DEVICE_TAGS)
-                        .bind(tenant.as_uuid());
-                let mut existing = existing;
-                for _ in 0..$crate::sql::ONLINE_DEVICES_CHUNK {
-                    existing = existing.bind(device.as_uuid());
-                }
-                let tags = existing
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|e| $crate::map_sqlx(&what(), e))?;
-                if tags.len() >= tender_core::inventory::MAX_TAGS
-                    && !tags.iter().any(|(_, k, _)| k == key.as_str())
-                {
-                    return Err($crate::StoreError::Conflict(format!(
-                        "device {device} has {} tags already, the most it may have",
-                        tender_core::inventory::MAX_TAGS
-                    )));
-                }
-                sqlx::query($crate::sql::UPSERT_TAG)
+                let written = sqlx::query($crate::sql::UPSERT_TAG)
                     .bind(tenant.as_uuid())
                     .bind(device.as_uuid())
                     .bind(key.as_str())
                     .bind(value)
                     .bind(tender_core::inventory::text_number(value))
-                    .execute(&mut *tx)
+                    .bind(i64::try_from(tender_core::inventory::MAX_TAGS).unwrap_or(i64::MAX))
+                    .execute(&self.pool)
                     .await
-                    .map_err(|e| $crate::map_sqlx(&what(), e))?;
-                tx.commit().await.map_err(|e| $crate::map_sqlx(&what(), e))
+                    .map_err(|e| $crate::map_sqlx(&format!("tag {key} of device {device}"), e))?
+                    .rows_affected();
+                if written == 0 {
+                    // Nothing written: the device is at the limit, or (the foreign key is not
+                    // checked when no row is inserted) it does not exist.
+                    if $crate::Store::device(self, tenant, device).await?.is_none() {
+                        return Err($crate::StoreError::NotFound(format!("device {device}")));
+                    }
+                    return Err($crate::StoreError::Conflict(format!(
+                        "device {device} has {} tags already, the most it may have",
+                        tender_core::inventory::MAX_TAGS
+                    )));
+                }
+                Ok(())
             }
 
             async fn delete_device_tag(

@@ -183,10 +183,15 @@ pub(crate) const DELETE_ATTRIBUTES: &str =
 pub(crate) const INSERT_ATTRIBUTE: &str = "INSERT INTO device_attributes \
      (tenant_id, device_id, scope, name, seq, text_value, num_value) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
-/// Sets a tag: $1 tenant, $2 device, $3 key, $4 value, $5 number or NULL.
+/// Sets a tag unless the device has $6 other tags: $1 tenant, $2 device, $3 key, $4 value,
+/// $5 number or NULL. One statement, so that it is atomic without a read-then-write
+/// transaction (which SQLite's WAL mode may refuse outright when another writer got in
+/// between). No row written means the limit was reached.
 pub(crate) const UPSERT_TAG: &str = "INSERT INTO device_attributes \
      (tenant_id, device_id, scope, name, seq, text_value, num_value) \
-     VALUES ($1, $2, 'tag', $3, 0, $4, $5) \
+     SELECT $1, $2, 'tag', $3, 0, $4, $5 \
+     WHERE (SELECT COUNT(*) FROM device_attributes \
+     WHERE tenant_id = $1 AND device_id = $2 AND scope = 'tag' AND name <> $3) < $6 \
      ON CONFLICT (tenant_id, device_id, scope, name, seq) \
      DO UPDATE SET text_value = excluded.text_value, num_value = excluded.num_value";
 pub(crate) const DELETE_TAG: &str = "DELETE FROM device_attributes \
