@@ -375,6 +375,11 @@ async fn openapi_documents_every_api_route(b: Backend) {
     let expected: BTreeSet<&str> = [
         "/api/v1/devices",
         "/api/v1/devices/accept-pending",
+        "/api/v1/devices/count",
+        "/api/v1/groups",
+        "/api/v1/groups/{id}",
+        "/api/v1/groups/{id}/members",
+        "/api/v1/groups/{id}/members/remove",
         "/api/v1/devices/{id}",
         "/api/v1/devices/{id}/accept",
         "/api/v1/devices/{id}/reject",
