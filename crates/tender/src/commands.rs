@@ -585,6 +585,18 @@ async fn find_group(client: &ApiClient, name_or_id: &str) -> Result<Value> {
         .ok_or_else(|| anyhow!("no group named {name_or_id:?}; see `tender groups list`"))
 }
 
+/// `PATCH /groups/{id}` of the group named (or with the id) `group`.
+async fn patch_group(client: &ApiClient, group: &str, body: Value) -> Result<Value> {
+    let found = find_group(client, group).await?;
+    client
+        .send(
+            reqwest::Method::PATCH,
+            &format!("groups/{}", str_at(&found, "/id")),
+            &body,
+        )
+        .await
+}
+
 fn group_rows(items: &[Value]) -> Vec<Vec<String>> {
     let name_of = |id: &Value| {
         items
@@ -666,42 +678,19 @@ async fn groups(g: &GlobalArgs, cmd: &GroupsCommand) -> Result<ExitCode> {
             }
         }
         GroupsCommand::Rename { group, new_name } => {
-            let found = find_group(&client, group).await?;
-            let v: Value = client
-                .send(
-                    reqwest::Method::PATCH,
-                    &format!("groups/{}", str_at(&found, "/id")),
-                    &serde_json::json!({ "name": new_name }),
-                )
-                .await?;
-            show(&v)?;
+            show(&patch_group(&client, group, serde_json::json!({ "name": new_name })).await?)?;
         }
         GroupsCommand::Move { group, parent, top } => {
-            let found = find_group(&client, group).await?;
             let parent_id = match (parent, top) {
                 (_, true) => Value::from(""),
                 (Some(p), false) => find_group(&client, p).await?["id"].clone(),
                 (None, false) => return Err(anyhow!("name the new parent, or pass --top")),
             };
-            let v: Value = client
-                .send(
-                    reqwest::Method::PATCH,
-                    &format!("groups/{}", str_at(&found, "/id")),
-                    &serde_json::json!({ "parent_id": parent_id }),
-                )
-                .await?;
-            show(&v)?;
+            let body = serde_json::json!({ "parent_id": parent_id });
+            show(&patch_group(&client, group, body).await?)?;
         }
         GroupsCommand::SetQuery { group, query } => {
-            let found = find_group(&client, group).await?;
-            let v: Value = client
-                .send(
-                    reqwest::Method::PATCH,
-                    &format!("groups/{}", str_at(&found, "/id")),
-                    &serde_json::json!({ "query": query }),
-                )
-                .await?;
-            show(&v)?;
+            show(&patch_group(&client, group, serde_json::json!({ "query": query })).await?)?;
         }
         GroupsCommand::Delete { group } => {
             let found = find_group(&client, group).await?;
