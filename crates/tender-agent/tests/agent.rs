@@ -86,16 +86,8 @@ async fn the_agent_enrolls_connects_and_its_telemetry_is_stored() {
         })
         .await
     });
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if tender_agent::status::read(&data).is_some_and(|s| s.state == "connected") {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("connected again with the stored identity");
+    // Connected again with the stored identity.
+    common::wait_connected(&data).await;
     stop.send(()).unwrap();
     tokio::time::timeout(WAIT, agent)
         .await
@@ -408,16 +400,8 @@ async fn the_binary_stops_on_revocation_and_says_why() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let id = tokio::time::timeout(WAIT, async {
-        loop {
-            if tender_agent::status::read(&data).is_some_and(|st| st.state == "connected") {
-                return identity::Identity::load(&data).unwrap().unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("connected");
+    common::wait_connected(&data).await;
+    let id = identity::Identity::load(&data).unwrap().unwrap();
     let (st, body) = s
         .admin(
             reqwest::Method::POST,

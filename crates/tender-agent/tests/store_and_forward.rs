@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Server, WAIT, start};
+use common::{Server, WAIT, start, wait_until};
 use tender_agent::agent::{RunOptions, Source};
 use tender_agent::buffer::{Buffer, Limits};
 use tender_agent::inventory::{Attributes, Value};
@@ -72,16 +72,6 @@ async fn stored(s: &Server, device: &str, metric: &str) -> Vec<(i64, f64)> {
             None => return out,
         }
     }
-}
-
-async fn wait_until<F: AsyncFn() -> bool>(what: &str, f: F) {
-    tokio::time::timeout(WAIT, async {
-        while !f().await {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 #[tokio::test]

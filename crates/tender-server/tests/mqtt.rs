@@ -296,22 +296,32 @@ async fn connections(s: &TestServer, id: &str) -> Vec<Value> {
     c["items"].as_array().unwrap().clone()
 }
 
-/// Waits until the device's newest connection is closed (the server records the close after
-/// the socket is gone, so poll the record rather than sleep a guess).
-async fn wait_closed(s: &TestServer, id: &str) -> Value {
+/// The one place these tests wait on state the server shows only through its store or API:
+/// until `check` gives a value, re-checked every 20 ms, bounded by [`WAIT`].
+async fn poll_until<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     tokio::time::timeout(WAIT, async {
         loop {
-            let c = connections(s, id).await;
-            if let Some(first) = c.first()
-                && !first["disconnected_at"].is_null()
-            {
-                return first.clone();
+            if let Some(v) = check().await {
+                return v;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("the connection is recorded as closed")
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits until the device's newest connection is closed (the server records the close after
+/// the socket is gone, so poll the record rather than sleep a guess).
+async fn wait_closed(s: &TestServer, id: &str) -> Value {
+    poll_until("the connection recorded as closed", async || {
+        connections(s, id)
+            .await
+            .first()
+            .filter(|first| !first["disconnected_at"].is_null())
+            .cloned()
+    })
+    .await
 }
 
 /// A well-behaved device still gets through: the gateway kept serving.
@@ -1027,20 +1037,17 @@ async fn mosquitto_clients_publish_telemetry_and_receive_commands() {
     let device_id: tender_core::DeviceId = dev.id.parse().unwrap();
     let metrics = tender_server::metrics::Metrics::new();
     // The subscription exists once the gateway reports the message as sent.
-    tokio::time::timeout(WAIT, async {
-        while gateway.send(
+    poll_until("mosquitto_sub subscribed", async || {
+        (gateway.send(
             device_id,
             "commands/reboot-1",
             Bytes::from_static(b"{\"name\":\"reboot\"}"),
             QoS::AtLeastOnce,
             &metrics,
-        ) != tender_server::mqtt::Delivery::Sent
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        ) == tender_server::mqtt::Delivery::Sent)
+            .then_some(())
     })
-    .await
-    .expect("mosquitto_sub subscribes");
+    .await;
     let mut out = String::new();
     sub.stdout
         .take()
@@ -1246,13 +1253,10 @@ async fn the_will_is_published_only_on_an_abrupt_end() {
     .await;
     c.recv().await.unwrap();
     drop(c); // no DISCONNECT
-    tokio::time::timeout(WAIT, async {
-        while latest(&s, &dev.id).await.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    poll_until("the will stored", async || {
+        (!latest(&s, &dev.id).await.is_empty()).then_some(())
     })
-    .await
-    .expect("the will is stored");
+    .await;
     let names: Vec<String> = latest(&s, &dev.id)
         .await
         .iter()

@@ -42,6 +42,20 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The one place these tests wait: until `check` gives a value, bounded by [`WAIT`]. Other
+/// processes (the server, devices, the simulator) show progress only through the API, so the
+/// condition is re-checked every 100 ms; nothing asserts on time.
+fn poll_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 struct ServerProc {
     child: Child,
     base: String,
@@ -525,14 +539,10 @@ fn a_device_enrolls_with_openssl_and_curl() {
         .spawn()
         .unwrap();
     // The operator sees it online (once the subscriber's CONNECT is through).
-    let deadline = Instant::now() + WAIT;
-    let list = loop {
+    let list = poll_until("the device online", || {
         let list = op(&["devices", "list"]);
-        if list.contains("online") || Instant::now() > deadline {
-            break list;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        list.contains("online").then_some(list)
+    });
     assert!(
         list.contains(id)
             && list.contains("kiosk-17")
@@ -618,8 +628,7 @@ fn sim_brings_a_fleet_online_with_inventory() {
         v["items"].as_array().unwrap().clone()
     };
     let wait_online = |want: usize| {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
+        poll_until("the simulated devices online with inventory", || {
             let items = list();
             let ready = items
                 .iter()
@@ -627,15 +636,8 @@ fn sim_brings_a_fleet_online_with_inventory() {
                     d["online"] == true && d["inventory"]["attributes"]["simulated"] == true
                 })
                 .count();
-            if ready == want {
-                return items;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{ready} of {want} simulated devices online with inventory"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            (ready == want).then_some(items)
+        })
     };
     let mut child = sim(&[]);
     let items = wait_online(20);
@@ -653,16 +655,13 @@ fn sim_brings_a_fleet_online_with_inventory() {
     );
     // Telemetry arrives too.
     let id = items[0]["id"].as_str().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    poll_until("telemetry from the simulated device", || {
         let o = run(tender(dir.path()).args(["devices", "telemetry", id, "-o", "json"]));
         assert!(o.status.success(), "{}", stderr(&o));
-        if String::from_utf8_lossy(&o.stdout).contains("temp.cpu.celsius") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "telemetry from {id}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        String::from_utf8_lossy(&o.stdout)
+            .contains("temp.cpu.celsius")
+            .then_some(())
+    });
     // Search and a dynamic group over the fleet's inventory, from the CLI.
     let kiosks = items
         .iter()

@@ -163,19 +163,19 @@ impl Server {
             .collect()
     }
 
-    /// Polls the store until `device` has all of `names`.
+    /// Waits until the store has all of `names` for `device`.
     pub async fn wait_for_metrics(&self, device: &str, names: &[&str]) -> Vec<String> {
-        tokio::time::timeout(WAIT, async {
-            loop {
+        poll_until(
+            &format!("metrics {names:?} stored for {device}"),
+            async || {
                 let have = self.metrics(device).await;
-                if names.iter().all(|n| have.iter().any(|h| h == n)) {
-                    return have;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
+                names
+                    .iter()
+                    .all(|n| have.iter().any(|h| h == n))
+                    .then_some(have)
+            },
+        )
         .await
-        .unwrap_or_else(|_| panic!("metrics {names:?} stored for {device}"))
     }
 }
 
@@ -228,18 +228,38 @@ impl Stopped {
     }
 }
 
-/// Waits (bounded) until an agent using `data` has stored its identity.
-pub async fn wait_enrolled(data: &Path) -> identity::Identity {
+/// The one place the agent tests wait: until `check` gives a value, bounded by [`WAIT`]. The
+/// agent shows its progress only in files and in the server's store, so this re-checks the
+/// condition (every 20 ms) rather than waiting for an event; it never asserts on time.
+pub async fn poll_until<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     tokio::time::timeout(WAIT, async {
         loop {
-            if let Some(id) = identity::Identity::load(data).unwrap() {
-                return id;
+            if let Some(v) = check().await {
+                return v;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("enrolled")
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits until `check` holds.
+pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    poll_until(what, async || check().await.then_some(())).await
+}
+
+/// Waits until an agent using `data` has stored its identity.
+pub async fn wait_enrolled(data: &Path) -> identity::Identity {
+    poll_until("enrolled", async || identity::Identity::load(data).unwrap()).await
+}
+
+/// Waits until the agent using `data` says it is connected.
+pub async fn wait_connected(data: &Path) {
+    wait_until("connected", async || {
+        tender_agent::status::read(data).is_some_and(|s| s.state == "connected")
+    })
+    .await
 }
 
 /// Runs the agent loop with `source` in a task; send on the returned sender to stop it.
