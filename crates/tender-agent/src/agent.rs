@@ -22,8 +22,10 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::buffer::{Buffer, BufferError, Limits, Record, SyncPolicy};
+use crate::commands::CommandRunner;
 use crate::config::AgentConfig;
 use crate::custom::{self, CustomOptions};
+use crate::desired::DesiredHandler;
 use crate::identity::{self, EnrollOptions, Identity, IdentityError};
 use crate::inventory::{self, Attributes, ChangeTracker, InventoryOptions, Location};
 use crate::mqtt::{self, ConnState, MqttClient, MqttError, MqttOptions, PublishError};
@@ -50,6 +52,35 @@ pub enum AgentError {
 /// The topic a record with this suffix goes to.
 pub fn topic(device_id: &str, suffix: &str) -> String {
     format!("tender/v1/{device_id}/{suffix}")
+}
+
+/// A record for the server from a handler: appended to the buffer under `suffix`.
+#[derive(Debug, Clone)]
+pub struct Uplink {
+    pub suffix: String,
+    pub payload: Vec<u8>,
+}
+
+/// What a message from the server is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downlink<'a> {
+    /// `state/desired`: the full desired state.
+    Desired,
+    /// `commands/{id}`: a command.
+    Command(&'a str),
+}
+
+/// Classifies a downlink topic of this device; `None` for anything else.
+pub fn downlink<'a>(device_id: &str, topic: &'a str) -> Option<Downlink<'a>> {
+    let rest = topic
+        .strip_prefix("tender/v1/")?
+        .strip_prefix(device_id)?
+        .strip_prefix('/')?;
+    if rest == "state/desired" {
+        return Some(Downlink::Desired);
+    }
+    let id = rest.strip_prefix("commands/")?;
+    (!id.is_empty() && !id.contains('/')).then_some(Downlink::Command(id))
 }
 
 /// The topic telemetry goes to.
@@ -471,6 +502,12 @@ pub async fn run_with<S: Source>(
         }
     };
 
+    // What the device answers the server (reported state, command results) goes through the
+    // buffer like everything else, so it survives a lost connection or a restart.
+    let (uplink_tx, mut uplink_rx) = tokio::sync::mpsc::channel::<Uplink>(64);
+    let mut desired = DesiredHandler::new(config, uplink_tx.clone());
+    let mut commands = CommandRunner::new(config, uplink_tx);
+
     let outcome = loop {
         tokio::select! {
             _ = &mut shutdown => {
@@ -521,9 +558,16 @@ pub async fn run_with<S: Source>(
                 });
             }
             msg = messages.recv(), if messages_open => match msg {
-                Some(m) => tracing::info!(topic = %m.topic, bytes = m.payload.len(), "message from the server (not acted on yet)"),
+                Some(m) => match downlink(&device_id, &m.topic) {
+                    Some(Downlink::Desired) => desired.on_desired(&m.payload).await,
+                    Some(Downlink::Command(id)) => commands.on_command(id, &m.payload),
+                    None => tracing::info!(topic = %m.topic, bytes = m.payload.len(), "message from the server on a topic this agent does not handle"),
+                },
                 None => messages_open = false,
             },
+            Some(up) = uplink_rx.recv() => {
+                append(&up.suffix, up.payload, &mut writer);
+            }
             _ = inventory_tick.tick() => {
                 let attrs = source.inventory().await;
                 if inventory_sent.is_new(&attrs) {

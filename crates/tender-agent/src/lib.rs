@@ -9,14 +9,18 @@
 //! - [`custom`]: custom metrics from collector programs and the local spool directory.
 //! - [`backoff`]: exponential back-off with full jitter.
 //! - [`buffer`]: the on-disk store-and-forward buffer for records waiting to be delivered.
+//! - [`desired`]: applies the desired state (configuration handlers) and reports it.
+//! - [`commands`]: runs commands from the server and reports their outcome.
 //! - [`config`], [`status`], [`agent`]: the agent's configuration, status file and main loop.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod backoff;
 pub mod buffer;
+pub mod commands;
 pub mod config;
 pub mod custom;
+pub mod desired;
 pub mod identity;
 pub mod inventory;
 pub mod mqtt;

@@ -542,6 +542,9 @@ impl Session {
     async fn run(mut self) {
         // Resumed session: resend what was not acknowledged.
         self.resend_inflight();
+        if !lock(&self.reg.state).subscriptions.is_empty() {
+            self.resync();
+        }
         let end = self.serve().await;
         self.finish(end).await;
     }
@@ -720,7 +723,16 @@ impl Session {
                     ));
                 }
                 let codes = self.on_subscribe(filters);
+                let granted = codes.iter().any(|c| {
+                    matches!(
+                        c,
+                        SubscribeAckReason::GrantedQos0 | SubscribeAckReason::GrantedQos1
+                    )
+                });
                 self.conn.queue(Outgoing::SubAck { packet_id, codes });
+                if granted {
+                    self.resync();
+                }
                 None
             }
             Incoming::Unsubscribe { packet_id, filters } => {
@@ -765,6 +777,18 @@ impl Session {
                 Some(self.protocol_error(&format!("{what} is not sent by clients")))
             }
         }
+    }
+
+    /// Asks the server to send the device everything it should have now (full desired state,
+    /// pending commands). Runs in its own task, so what it sends follows the SUBACK or CONNACK
+    /// already queued.
+    fn resync(&self) {
+        let uplinks = self.ctx.uplinks.clone();
+        let from = uplink::From {
+            tenant_id: self.identity.tenant_id,
+            device_id: self.identity.device_id,
+        };
+        tokio::spawn(async move { uplinks.resync(from).await });
     }
 
     fn protocol_error(&self, why: &str) -> End {

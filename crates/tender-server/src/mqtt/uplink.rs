@@ -39,6 +39,12 @@ pub trait UplinkHandler: Send + Sync + 'static {
         payload: &Bytes,
         received_at: Timestamp,
     ) -> Result<(), Refusal>;
+
+    /// Called when a device subscribes to downlink topics, and when it resumes a session that
+    /// has subscriptions: send it everything it should have now (the full desired state,
+    /// pending commands), so a device that was away misses nothing. Errors are the handler's
+    /// to log; the session carries on.
+    async fn resync(&self, _from: From) {}
 }
 
 /// The server's handler: stores what the server processes and refuses the rest clearly.
