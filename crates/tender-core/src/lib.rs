@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod certificate;
 pub mod clock;
+pub mod config;
 pub mod device;
 pub mod enrollment;
 pub mod group;
@@ -18,6 +19,7 @@ pub mod presence;
 pub mod query;
 pub mod telemetry;
 pub mod tenant;
+pub mod twin;
 pub mod user;
 
 pub use clock::{Clock, ManualClock, Timestamp};
