@@ -62,6 +62,18 @@ impl Layer {
     }
 }
 
+/// A fleet or group layer as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredLayer {
+    /// `None` for the fleet layer.
+    pub group_id: Option<GroupId>,
+    pub priority: i32,
+    pub document: Document,
+    /// Starts at 1 when the layer is created and grows with every change.
+    pub version: u64,
+    pub updated_at: crate::Timestamp,
+}
+
 /// The effective configuration of a device.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Rendered {

@@ -92,6 +92,17 @@ pub fn validate(doc: &Document, limits: TwinLimits) -> Result<(), TwinError> {
     Ok(())
 }
 
+/// The canonical text of a document (keys in order, so equal documents are equal text).
+pub fn to_text(doc: &Document) -> String {
+    // Serialising a map of JSON values cannot fail (keys are strings, numbers finite).
+    serde_json::to_string(doc).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// A document back from its stored text.
+pub fn from_text(text: &str) -> Result<Document, TwinError> {
+    serde_json::from_str(text).map_err(|e| TwinError::NotJson(e.to_string()))
+}
+
 /// The canonical serialisation's length in bytes.
 pub fn serialized_len(doc: &Document) -> usize {
     serde_json::to_vec(doc)
@@ -227,6 +238,148 @@ pub fn delta(desired: &Document, reported: &Document) -> Document {
         }
     }
     out
+}
+
+/// A device's twin as stored.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Twin {
+    /// The device's own configuration layer, written by operators.
+    pub desired: Document,
+    pub desired_version: u64,
+    pub desired_at: Option<crate::Timestamp>,
+    /// What the device says it is.
+    pub reported: Document,
+    pub reported_version: u64,
+    pub reported_at: Option<crate::Timestamp>,
+    /// The version of the effective configuration last rendered for the device.
+    pub rendered_version: u64,
+}
+
+/// How a reported value is indexed for device queries: by JSON type, so a comparison only
+/// meets values of its own type (see the query language).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKind {
+    String,
+    Number,
+    Bool,
+    /// An object or `null`: present for `exists`, equal to nothing.
+    Other,
+}
+
+impl IndexKind {
+    /// The attribute scope the store files this kind under.
+    pub fn scope(self) -> &'static str {
+        match self {
+            IndexKind::String => "reported.s",
+            IndexKind::Number => "reported.n",
+            IndexKind::Bool => "reported.b",
+            IndexKind::Other => "reported.o",
+        }
+    }
+
+    pub const ALL: [IndexKind; 4] = [
+        IndexKind::String,
+        IndexKind::Number,
+        IndexKind::Bool,
+        IndexKind::Other,
+    ];
+}
+
+/// One searchable row of a reported document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexRow {
+    pub kind: IndexKind,
+    /// [`index_path`] of the value's keys.
+    pub path: String,
+    /// Position in an array; 0 otherwise.
+    pub seq: i64,
+    pub text: String,
+    pub number: Option<f64>,
+}
+
+/// The name a value at `segments` is indexed under: the keys as a JSON Pointer.
+pub fn index_path<S: AsRef<str>>(segments: &[S]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        out.push('/');
+        out.push_str(&escape_pointer(s.as_ref()));
+    }
+    out
+}
+
+/// The longest indexed text; longer strings are cut (on a character boundary).
+pub const MAX_INDEXED_TEXT: usize = 1024;
+/// At most this many rows are indexed per document (the rest are not searchable).
+pub const MAX_INDEX_ROWS: usize = 2048;
+
+/// The searchable rows of a reported document: every value by its key path, array elements
+/// by position (arrays are not indexed inside arrays or objects inside arrays).
+pub fn index_rows(doc: &Document) -> Vec<IndexRow> {
+    let mut rows = Vec::new();
+    let mut path = Vec::new();
+    index_into(doc, &mut path, &mut rows);
+    rows.truncate(MAX_INDEX_ROWS);
+    rows
+}
+
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_INDEXED_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_INDEXED_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+fn scalar_row(value: &Value, path: String, seq: i64) -> Option<IndexRow> {
+    let (kind, text, number) = match value {
+        Value::String(s) => (IndexKind::String, clip(s), None),
+        Value::Number(n) => (IndexKind::Number, n.to_string(), n.as_f64()),
+        Value::Bool(b) => (IndexKind::Bool, b.to_string(), None),
+        Value::Null => (IndexKind::Other, String::new(), None),
+        Value::Object(_) | Value::Array(_) => return None,
+    };
+    Some(IndexRow {
+        kind,
+        path,
+        seq,
+        text,
+        number,
+    })
+}
+
+fn index_into<'a>(doc: &'a Document, path: &mut Vec<&'a str>, rows: &mut Vec<IndexRow>) {
+    for (key, value) in doc {
+        if rows.len() >= MAX_INDEX_ROWS {
+            return;
+        }
+        path.push(key);
+        let here = index_path(path);
+        match value {
+            Value::Object(inner) => {
+                rows.push(IndexRow {
+                    kind: IndexKind::Other,
+                    path: here,
+                    seq: 0,
+                    text: String::new(),
+                    number: None,
+                });
+                index_into(inner, path, rows);
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let seq = i64::try_from(i).unwrap_or(i64::MAX);
+                    if let Some(row) = scalar_row(item, here.clone(), seq) {
+                        rows.push(row);
+                    }
+                }
+            }
+            scalar => rows.extend(scalar_row(scalar, here, 0)),
+        }
+        path.pop();
+    }
 }
 
 /// Refuses a write that names a version other than the current one.
@@ -382,6 +535,41 @@ mod tests {
         ));
         assert!(validate(&doc(json!({"a/b~": 1})), limits).is_ok());
         assert!(parse_document(&vec![b' '; 5000], limits).is_err());
+    }
+
+    #[test]
+    fn reported_values_are_indexed_by_path_and_type() {
+        let rows = index_rows(&doc(json!({
+            "fw": {"channel": "beta", "build": 12},
+            "ok": true,
+            "tags": ["a", 2],
+            "a/b": null
+        })));
+        let got: Vec<(&str, &str, i64, &str, Option<f64>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.kind.scope(),
+                    r.path.as_str(),
+                    r.seq,
+                    r.text.as_str(),
+                    r.number,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("reported.o", "/a~1b", 0, "", None),
+                ("reported.o", "/fw", 0, "", None),
+                ("reported.n", "/fw/build", 0, "12", Some(12.0)),
+                ("reported.s", "/fw/channel", 0, "beta", None),
+                ("reported.b", "/ok", 0, "true", None),
+                ("reported.s", "/tags", 0, "a", None),
+                ("reported.n", "/tags", 1, "2", Some(2.0)),
+            ]
+        );
+        assert_eq!(index_path(&["fw", "channel"]), "/fw/channel");
     }
 
     #[test]

@@ -82,6 +82,9 @@ macro_rules! conformance_suite {
             tags_set_replace_delete_and_are_bounded,
             groups_lifecycle_and_members,
             device_filters_match_the_same_on_every_backend,
+            twin_documents_are_compare_and_set,
+            reported_state_is_searchable_by_type,
+            config_layers_are_compare_and_set,
         );
         #[tokio::test]
         async fn data_survives_reopen() {
@@ -2297,6 +2300,264 @@ pub async fn device_filters_match_the_same_on_every_backend(store: &dyn Store) {
         ..Default::default()
     };
     assert_eq!(store.count_devices(t.id, &debian).await.unwrap(), 3);
+}
+
+fn doc(v: serde_json::Value) -> tender_core::twin::Document {
+    match v {
+        serde_json::Value::Object(m) => m,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+pub async fn twin_documents_are_compare_and_set(store: &dyn Store) {
+    use serde_json::json;
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let d = device(a.id, "d1", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    // Nothing written: empty documents at version 0.
+    let t = store.twin(a.id, d.id).await.unwrap();
+    assert_eq!(t, tender_core::twin::Twin::default());
+
+    let want = doc(json!({"log": {"level": "debug"}, "n": 1.5}));
+    let t1 = T0.plus_millis(1);
+    assert_eq!(
+        store.write_desired(a.id, d.id, 0, &want, t1).await.unwrap(),
+        Some(1)
+    );
+    // A writer that read version 0 loses against the one that wrote version 1.
+    let other = doc(json!({"log": {"level": "info"}}));
+    assert_eq!(
+        store
+            .write_desired(a.id, d.id, 0, &other, t1)
+            .await
+            .unwrap(),
+        None
+    );
+    // Two writers racing from version 1: exactly one wins.
+    let writes = futures_join_all((0..4).map(|i| {
+        let doc = doc(json!({ "writer": i }));
+        async move { store.write_desired(a.id, d.id, 1, &doc, t1).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(
+        writes.iter().filter(|w| **w == Some(2)).count(),
+        1,
+        "{writes:?}"
+    );
+    assert_eq!(writes.iter().filter(|w| w.is_none()).count(), 3);
+    let t = store.twin(a.id, d.id).await.unwrap();
+    assert_eq!(t.desired_version, 2);
+    assert_eq!(t.desired_at, Some(t1));
+    assert!(t.desired.contains_key("writer"));
+    assert_eq!(t.reported_version, 0);
+
+    let rep = doc(json!({"fw": "1.2", "nested": {"x": [1, 2]}}));
+    assert_eq!(
+        store.write_reported(a.id, d.id, 0, &rep, t1).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.write_reported(a.id, d.id, 0, &rep, t1).await.unwrap(),
+        None
+    );
+    let t = store.twin(a.id, d.id).await.unwrap();
+    assert_eq!(t.reported, rep);
+    assert_eq!(t.reported_version, 1);
+
+    // The rendered version grows only when the document changes.
+    let r1 = doc(json!({"a": 1}));
+    assert_eq!(store.record_rendered(a.id, d.id, &r1, t1).await.unwrap(), 1);
+    assert_eq!(store.record_rendered(a.id, d.id, &r1, t1).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .record_rendered(a.id, d.id, &doc(json!({"a": 2})), t1)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.twin(a.id, d.id).await.unwrap().rendered_version, 2);
+
+    // Another tenant sees nothing and cannot write.
+    assert_eq!(
+        store.twin(b.id, d.id).await.unwrap(),
+        tender_core::twin::Twin::default()
+    );
+    assert!(matches!(
+        store.write_desired(b.id, d.id, 0, &want, t1).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .write_reported(a.id, DeviceId::from_uuid(Uuid::now_v7()), 0, &want, t1)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+pub async fn reported_state_is_searchable_by_type(store: &dyn Store) {
+    use crate::filter::{Cond, Filter, Op, Scope, Test};
+    use serde_json::json;
+    let a = new_tenant(store, "a").await;
+    let d1 = device(a.id, "d1", DeviceState::Accepted);
+    let d2 = device(a.id, "d2", DeviceState::Accepted);
+    store.insert_device(&d1).await.unwrap();
+    store.insert_device(&d2).await.unwrap();
+    store
+        .write_reported(
+            a.id,
+            d1.id,
+            0,
+            &doc(json!({"fw": {"channel": "beta", "build": 12}})),
+            T0,
+        )
+        .await
+        .unwrap();
+    store
+        .write_reported(
+            a.id,
+            d2.id,
+            0,
+            &doc(json!({"fw": {"channel": "12", "build": "x"}})),
+            T0,
+        )
+        .await
+        .unwrap();
+    let count = |f: Filter| async move {
+        store
+            .count_devices(
+                a.id,
+                &DeviceFilter {
+                    state: None,
+                    matching: Some(f),
+                },
+            )
+            .await
+            .unwrap()
+    };
+    let attr = |scope, name: &str, test| {
+        Filter::Cond(Cond::Attr {
+            scope,
+            name: name.into(),
+            test,
+        })
+    };
+    assert_eq!(
+        count(attr(
+            Scope::ReportedString,
+            "/fw/channel",
+            Test::Text(Op::Eq, "beta".into())
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        count(attr(
+            Scope::ReportedNumber,
+            "/fw/build",
+            Test::Number(Op::Gt, 10.0)
+        ))
+        .await,
+        1
+    );
+    // A string that looks like a number is not a number.
+    assert_eq!(
+        count(attr(
+            Scope::ReportedNumber,
+            "/fw/channel",
+            Test::Number(Op::Eq, 12.0)
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        count(Filter::Cond(Cond::AttrExists {
+            scope: Scope::ReportedOther,
+            name: "/fw".into()
+        }))
+        .await,
+        2
+    );
+    // A new report replaces the index.
+    store
+        .write_reported(a.id, d1.id, 1, &doc(json!({"fw": null})), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(attr(
+            Scope::ReportedString,
+            "/fw/channel",
+            Test::Text(Op::Eq, "beta".into())
+        ))
+        .await,
+        0
+    );
+}
+
+pub async fn config_layers_are_compare_and_set(store: &dyn Store) {
+    use serde_json::json;
+    use tender_core::group::GroupKind;
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let g = group(a.id, "site", None, GroupKind::Static);
+    store.create_group(&g).await.unwrap();
+    assert!(store.config_layers(a.id).await.unwrap().is_empty());
+    let fleet = doc(json!({"tz": "UTC"}));
+    assert_eq!(
+        store
+            .write_config_layer(a.id, None, 0, 0, &fleet, T0)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    // Creating again is a conflict, not an overwrite.
+    assert_eq!(
+        store
+            .write_config_layer(a.id, None, 0, 0, &fleet, T0)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .write_config_layer(a.id, None, 1, 0, &doc(json!({"tz": "CET"})), T0)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store
+            .write_config_layer(a.id, None, 1, 0, &fleet, T0)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .write_config_layer(a.id, Some(g.id), 0, 7, &fleet, T0)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    let layers = store.config_layers(a.id).await.unwrap();
+    assert_eq!(layers.len(), 2);
+    let site = layers.iter().find(|l| l.group_id == Some(g.id)).unwrap();
+    assert_eq!((site.priority, site.version), (7, 1));
+    let f = layers.iter().find(|l| l.group_id.is_none()).unwrap();
+    assert_eq!(f.document, doc(json!({"tz": "CET"})));
+    // Tenant-scoped, and a group's layer needs the group.
+    assert!(store.config_layers(b.id).await.unwrap().is_empty());
+    assert!(matches!(
+        store
+            .write_config_layer(b.id, Some(g.id), 0, 0, &fleet, T0)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Deleting the group deletes its layer.
+    assert!(store.delete_group(a.id, g.id).await.unwrap());
+    assert_eq!(store.config_layers(a.id).await.unwrap().len(), 1);
+    assert!(store.delete_config_layer(a.id, None).await.unwrap());
+    assert!(!store.delete_config_layer(a.id, None).await.unwrap());
 }
 
 pub async fn data_survives_reopen(f: &Fixture) {

@@ -18,6 +18,12 @@ use tender_core::{DeviceId, GroupId, Timestamp};
 pub enum Scope {
     Inventory,
     Tag,
+    /// Reported twin values by JSON type (see `tender_core::twin::index_rows`).
+    ReportedString,
+    ReportedNumber,
+    ReportedBool,
+    /// Objects and `null`: present, equal to nothing.
+    ReportedOther,
 }
 
 impl Scope {
@@ -25,6 +31,10 @@ impl Scope {
         match self {
             Scope::Inventory => "inventory",
             Scope::Tag => "tag",
+            Scope::ReportedString => tender_core::twin::IndexKind::String.scope(),
+            Scope::ReportedNumber => tender_core::twin::IndexKind::Number.scope(),
+            Scope::ReportedBool => tender_core::twin::IndexKind::Bool.scope(),
+            Scope::ReportedOther => tender_core::twin::IndexKind::Other.scope(),
         }
     }
 }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tender_core::certificate::{DeviceCertificate, DeviceCredential};
+use tender_core::config::StoredLayer;
 use tender_core::device::{Device, DeviceState};
 use tender_core::enrollment::EnrollmentToken;
 use tender_core::group::Group;
@@ -38,10 +39,12 @@ use tender_core::page::{Page, PageLimit, PageRequest};
 use tender_core::presence::DeviceConnection;
 use tender_core::telemetry::{MetricName, Sample};
 use tender_core::tenant::{Tenant, TenantSlug};
+use tender_core::twin::{Document, Twin};
 use tender_core::user::{ApiToken, User};
 use tender_core::{ConnectionId, DeviceId, GroupId, TenantId, Timestamp, TokenId, UserId};
 
 mod adapter;
+mod adapter_twin;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod filter;
@@ -103,7 +106,15 @@ pub struct DeviceFilter {
 /// The storage port.
 #[async_trait]
 pub trait Store:
-    IdentityStore + PresenceStore + TelemetryStore + InventoryStore + GroupStore + Send + Sync + 'static
+    IdentityStore
+    + PresenceStore
+    + TelemetryStore
+    + InventoryStore
+    + GroupStore
+    + TwinStore
+    + Send
+    + Sync
+    + 'static
 {
     fn backend(&self) -> Backend;
 
@@ -393,6 +404,60 @@ pub trait GroupStore: Send + Sync + 'static {
     ) -> Result<u64>;
     /// The static groups a device was added to (not their ancestors).
     async fn device_groups(&self, tenant: TenantId, device: DeviceId) -> Result<Vec<GroupId>>;
+}
+
+/// The twin and configuration part of the port. Documents are written by compare-and-set on
+/// their version: a write names the version it read and succeeds only if that is still the
+/// current one (`Ok(None)` otherwise), so two writers never overwrite each other silently.
+#[async_trait]
+pub trait TwinStore: Send + Sync + 'static {
+    /// The device's twin; empty at version 0 when nothing was written yet.
+    async fn twin(&self, tenant: TenantId, device: DeviceId) -> Result<Twin>;
+    /// Replaces the desired document if its version is `expected`; returns the new version
+    /// (`expected + 1`). NotFound when the device does not exist.
+    async fn write_desired(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        expected: u64,
+        doc: &Document,
+        at: Timestamp,
+    ) -> Result<Option<u64>>;
+    /// Replaces the reported document if its version is `expected` and re-indexes it for
+    /// `reported.*` queries in the same transaction; returns the new version.
+    async fn write_reported(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        expected: u64,
+        doc: &Document,
+        at: Timestamp,
+    ) -> Result<Option<u64>>;
+    /// Records the effective configuration rendered for the device: the rendered version
+    /// grows by one when `doc` differs from the last one recorded. Returns the version.
+    async fn record_rendered(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        doc: &Document,
+        at: Timestamp,
+    ) -> Result<u64>;
+    /// The fleet layer (if set) and every group layer of the tenant.
+    async fn config_layers(&self, tenant: TenantId) -> Result<Vec<StoredLayer>>;
+    /// Writes the fleet layer (`group` None) or a group's layer if its version is `expected`
+    /// (0: it must not exist yet); returns the new version. NotFound when the group does not
+    /// exist.
+    async fn write_config_layer(
+        &self,
+        tenant: TenantId,
+        group: Option<GroupId>,
+        expected: u64,
+        priority: i32,
+        doc: &Document,
+        at: Timestamp,
+    ) -> Result<Option<u64>>;
+    /// Deletes a layer; false when there was none.
+    async fn delete_config_layer(&self, tenant: TenantId, group: Option<GroupId>) -> Result<bool>;
 }
 
 /// A shared, type-erased store.

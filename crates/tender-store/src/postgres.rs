@@ -42,3 +42,4 @@ impl PgStore {
 }
 
 impl_sql_store!(PgStore, Backend::Postgres);
+crate::adapter_twin::impl_twin_store!(PgStore);

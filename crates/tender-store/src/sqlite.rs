@@ -64,3 +64,4 @@ impl SqliteStore {
 }
 
 impl_sql_store!(SqliteStore, Backend::Sqlite);
+crate::adapter_twin::impl_twin_store!(SqliteStore);
