@@ -58,6 +58,33 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub ca: CaConfig,
+    pub twin: TwinConfig,
+}
+
+/// The device twin and configuration documents.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwinConfig {
+    /// Largest desired, reported or configuration-layer document, in bytes of canonical JSON.
+    /// Keep it well under `mqtt.max_packet_bytes`: the effective document travels in one
+    /// MQTT message.
+    pub max_document_bytes: usize,
+}
+
+impl Default for TwinConfig {
+    fn default() -> Self {
+        TwinConfig {
+            max_document_bytes: tender_core::twin::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+impl TwinConfig {
+    pub fn limits(&self) -> tender_core::twin::TwinLimits {
+        tender_core::twin::TwinLimits {
+            max_bytes: self.max_document_bytes,
+        }
+    }
 }
 
 impl Default for Config {
@@ -70,6 +97,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             ca: CaConfig::default(),
+            twin: TwinConfig::default(),
         }
     }
 }
@@ -357,6 +385,11 @@ impl Config {
         if self.devices.hostnames.is_empty() {
             return Err(ConfigError::Invalid(
                 "devices.hostnames must name at least one host".into(),
+            ));
+        }
+        if self.twin.max_document_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "twin.max_document_bytes must be at least 1024".into(),
             ));
         }
         if self.data_dir.as_os_str().is_empty() {

@@ -204,6 +204,11 @@ pub fn router(state: AppState) -> Router {
         .route("/device/v1/renew", post(renew))
         .route("/device/v1/telemetry", post(telemetry))
         .route("/device/v1/inventory", put(inventory))
+        .route("/device/v1/state/desired", get(desired_state))
+        .route(
+            "/device/v1/state/reported",
+            axum::routing::patch(reported_state),
+        )
         .fallback(|uri: axum::http::Uri| async move {
             Problem::not_found(format!("no such resource: {}", uri.path()))
         })
@@ -609,6 +614,28 @@ async fn inventory(
     body: axum::body::Bytes,
 ) -> Result<StatusCode, Problem> {
     uplink(state, auth, crate::mqtt::topic::Uplink::Inventory, body).await
+}
+
+/// The device's effective desired state, as it would get it on `state/desired` (for devices
+/// without MQTT, or an agent on its HTTPS fallback).
+async fn desired_state(
+    State(state): State<AppState>,
+    auth: DeviceAuth,
+) -> Result<axum::response::Response, Problem> {
+    let eff = crate::twin::effective(&state, auth.tenant_id, auth.device_id).await?;
+    Ok(axum::Json(serde_json::json!({
+        "version": eff.version,
+        "state": eff.rendered.document,
+    }))
+    .into_response())
+}
+
+async fn reported_state(
+    State(state): State<AppState>,
+    auth: DeviceAuth,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, Problem> {
+    uplink(state, auth, crate::mqtt::topic::Uplink::Reported, body).await
 }
 
 async fn uplink(

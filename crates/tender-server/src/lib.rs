@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod problem;
 pub mod state;
+pub mod twin;
 
 pub use config::Config;
 
@@ -153,6 +154,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         ca,
         device_cert_validity_days: config.devices.certificate_validity_days,
         gateway: gateway.clone(),
+        twin_limits: config.twin.limits(),
     };
     let (device_shutdown, device_signal) = watch::channel(false);
     let listener_cert_for_mqtt = listener_cert.clone();

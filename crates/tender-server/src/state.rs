@@ -20,6 +20,8 @@ pub struct AppState {
     pub device_cert_validity_days: u32,
     /// The MQTT gateway's session registry: send to devices, disconnect them.
     pub gateway: crate::mqtt::Gateway,
+    /// Limits on twin and configuration documents.
+    pub twin_limits: tender_core::twin::TwinLimits,
 }
 
 /// The system clock, millisecond precision.

@@ -339,6 +339,7 @@ async fn still_serving(s: &TestServer) {
 on_both_backends!(
     a_device_connects_and_is_online_until_it_leaves,
     revocation_and_decommissioning_cut_live_sessions,
+    desired_state_flows_down_and_reported_state_up,
 );
 
 async fn a_device_connects_and_is_online_until_it_leaves(b: Backend) {
@@ -1027,7 +1028,7 @@ async fn mosquitto_clients_publish_telemetry_and_receive_commands() {
             "20",
             "-v",
             "-t",
-            &format!("tender/v1/{}/#", dev.id),
+            &format!("tender/v1/{}/commands/+", dev.id),
         ])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -1636,5 +1637,333 @@ async fn reconnecting_devices_resume_tls_and_are_still_checked() {
     );
     let (_c, reason) = connect(resumed).await;
     assert_eq!(reason, ConnectAckReason::NotAuthorized);
+    s.stop().await;
+}
+
+/// The next `state/desired` message (acknowledged), skipping anything else; its payload.
+async fn next_desired(c: &mut Client, dev: &Dev) -> Value {
+    let topic = format!("tender/v1/{}/state/desired", dev.id);
+    loop {
+        match c.recv().await {
+            Some(MqttPacket::V5(v5::Packet::Publish(p))) => {
+                if let Some(id) = p.packet_id {
+                    c.send(MqttPacket::V5(v5::Packet::PublishAck(v5::PublishAck {
+                        packet_id: id,
+                        reason_code: PublishAckReason::Success,
+                        properties: Default::default(),
+                        reason_string: None,
+                    })))
+                    .await;
+                }
+                if p.topic == topic {
+                    return serde_json::from_slice(&p.payload).unwrap();
+                }
+            }
+            Some(_) => {}
+            None => panic!("the server closed the connection"),
+        }
+    }
+}
+
+/// Sends `body` with `method` as the admin, with extra headers; status, headers, JSON body.
+async fn admin_with(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Value,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let mut req = s
+        .http
+        .request(method, s.url(path))
+        .bearer_auth(&s.token)
+        .json(&body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let st = resp.status();
+    let h = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    (st, h, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn desired_state_flows_down_and_reported_state_up(b: Backend) {
+    let mut s = start(b).await;
+    let dev = enroll(&s).await;
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.connect_v5(&dev.id, true, 0).await;
+    c.subscribe_v5(&[&format!("tender/v1/{}/#", dev.id)]).await;
+    // Subscribing is a resync: the device gets its (empty) desired state at once.
+    assert_eq!(
+        next_desired(&mut c, &dev).await,
+        json!({"version": 0, "state": {}})
+    );
+
+    // A fleet default and a device value arrive merged, as one new version.
+    let (st, _, f) = admin_with(
+        &s,
+        reqwest::Method::PUT,
+        "/api/v1/config/fleet",
+        &[],
+        json!({"document": {"tz": "UTC", "log": "info"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{f}");
+    let d = next_desired(&mut c, &dev).await;
+    assert_eq!(d["state"], json!({"tz": "UTC", "log": "info"}));
+    let v1 = d["version"].as_u64().unwrap();
+    let twin_path = format!("/api/v1/devices/{}/twin", dev.id);
+    let (st, h, t) = admin_with(
+        &s,
+        reqwest::Method::PATCH,
+        &format!("{twin_path}/desired"),
+        &[],
+        json!({"log": "debug"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    assert_eq!(h["etag"], "\"1\"");
+    let d = next_desired(&mut c, &dev).await;
+    assert_eq!(d["state"], json!({"tz": "UTC", "log": "debug"}));
+    assert!(d["version"].as_u64().unwrap() > v1);
+
+    // The device reports; the delta is what it has not done yet.
+    c.publish_v5(
+        &format!("tender/v1/{}/state/reported", dev.id),
+        r#"{"log": "debug", "uptime": 5}"#,
+        QoS::AtLeastOnce,
+        7,
+    )
+    .await;
+    let ack = loop {
+        match c.recv().await {
+            Some(MqttPacket::V5(v5::Packet::PublishAck(a))) => break a,
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    };
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    let (st, t) = s.admin_get(&twin_path).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        t["reported"]["document"],
+        json!({"log": "debug", "uptime": 5})
+    );
+    assert_eq!(t["reported"]["version"], 1);
+    assert_eq!(t["delta"], json!({"tz": "UTC"}));
+    assert_eq!(t["effective"]["sources"]["/tz"]["layer"], "fleet");
+    assert_eq!(t["effective"]["sources"]["/log"]["layer"], "device");
+    // Reported values are searchable, typed as JSON.
+    let (_, found) = s
+        .admin_get("/api/v1/devices?q=reported.uptime%20%3E%203")
+        .await;
+    assert_eq!(found["items"].as_array().unwrap().len(), 1, "{found}");
+    let (_, found) = s
+        .admin_get("/api/v1/devices?q=reported.uptime%20%3D%20%225%22")
+        .await;
+    assert_eq!(found["items"].as_array().unwrap().len(), 0, "{found}");
+    // A reported payload that is not an object is refused with a reason, not dropped.
+    c.publish_v5(
+        &format!("tender/v1/{}/state/reported", dev.id),
+        "[1]",
+        QoS::AtLeastOnce,
+        8,
+    )
+    .await;
+    let ack = loop {
+        match c.recv().await {
+            Some(MqttPacket::V5(v5::Packet::PublishAck(a))) => break a,
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    };
+    assert_eq!(ack.reason_code, PublishAckReason::PayloadFormatInvalid);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_twin_writers_conflict_instead_of_overwriting() {
+    let mut s = start_with(Backend::Sqlite, |c| c.twin.max_document_bytes = 2048).await;
+    let dev = enroll(&s).await;
+    let path = format!("/api/v1/devices/{}/twin/desired", dev.id);
+    let (st, h, _) = admin_with(
+        &s,
+        reqwest::Method::PUT,
+        &path,
+        &[("If-Match", "\"0\"")],
+        json!({"a": 1}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(h["etag"], "\"1\"");
+    // Two writers read version 1 and write at once: one wins, the other is told.
+    let w1 = admin_with(
+        &s,
+        reqwest::Method::PATCH,
+        &path,
+        &[("If-Match", "\"1\"")],
+        json!({"b": 1}),
+    );
+    let w2 = admin_with(
+        &s,
+        reqwest::Method::PATCH,
+        &path,
+        &[("If-Match", "\"1\"")],
+        json!({"c": 1}),
+    );
+    let ((s1, _, _), (s2, _, _)) = tokio::join!(w1, w2);
+    let mut got = [s1, s2];
+    got.sort();
+    assert_eq!(got, [StatusCode::OK, StatusCode::PRECONDITION_FAILED]);
+    // expected_version in the query says 409 instead.
+    let (st, _, p) = admin_with(
+        &s,
+        reqwest::Method::PATCH,
+        &format!("{path}?expected_version=1"),
+        &[],
+        json!({"d": 1}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["type"], "urn:tender:problem:version-mismatch");
+    let (_, t) = s
+        .admin_get(&format!("/api/v1/devices/{}/twin", dev.id))
+        .await;
+    assert_eq!(t["desired"]["version"], 2);
+    let doc = t["desired"]["document"].as_object().unwrap();
+    assert_eq!(
+        doc.len(),
+        2,
+        "exactly one of the racing patches landed: {doc:?}"
+    );
+    // Limits and shape, with clear errors.
+    let (st, _, p) = admin_with(
+        &s,
+        reqwest::Method::PUT,
+        &path,
+        &[],
+        json!({"big": "x".repeat(3000)}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("2048"), "{p}");
+    let (st, _, _) = admin_with(&s, reqwest::Method::PUT, &path, &[], json!([1])).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _, _) = admin_with(
+        &s,
+        reqwest::Method::PUT,
+        &path,
+        &[("If-Match", "nope")],
+        json!({}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _, _) = admin_with(
+        &s,
+        reqwest::Method::PUT,
+        "/api/v1/devices/0191c1d2-0000-7000-8000-000000000000/twin/desired",
+        &[],
+        json!({}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_made_while_offline_arrives_on_reconnect_and_groups_layer_in() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.connect_v5(&dev.id, true, 0).await;
+    c.subscribe_v5(&[&format!("tender/v1/{}/#", dev.id)]).await;
+    next_desired(&mut c, &dev).await;
+    // A dynamic group with a layer: the device joins when its inventory matches.
+    let (st, g) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/groups",
+        Some(json!({"name": "debian", "query": "inventory.os.id = \"debian\""})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{g}");
+    let gid = g["id"].as_str().unwrap().to_owned();
+    let (st, _, l) = admin_with(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/config/groups/{gid}"),
+        &[],
+        json!({"document": {"apt": {"mirror": "deb.example"}}, "priority": 5}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{l}");
+    c.publish_v5(
+        &format!("tender/v1/{}/inventory", dev.id),
+        r#"{"os.id": "debian"}"#,
+        QoS::AtLeastOnce,
+        3,
+    )
+    .await;
+    let d = next_desired(&mut c, &dev).await;
+    assert_eq!(d["state"], json!({"apt": {"mirror": "deb.example"}}));
+    let (_, cfg) = s
+        .admin_get(&format!("/api/v1/devices/{}/config", dev.id))
+        .await;
+    assert_eq!(cfg["sources"]["/apt/mirror"]["group"], "debian");
+    // It leaves when its inventory stops matching.
+    c.publish_v5(
+        &format!("tender/v1/{}/inventory", dev.id),
+        r#"{"os.id": "alpine"}"#,
+        QoS::AtLeastOnce,
+        4,
+    )
+    .await;
+    let d = next_desired(&mut c, &dev).await;
+    assert_eq!(d["state"], json!({}));
+    let before = d["version"].as_u64().unwrap();
+
+    // Offline: the change waits for the device, which gets the whole state on reconnect.
+    drop(c);
+    wait_closed(&s, &dev.id).await;
+    let (st, _, _) = admin_with(
+        &s,
+        reqwest::Method::PATCH,
+        &format!("/api/v1/devices/{}/twin/desired", dev.id),
+        &[],
+        json!({"log": "debug"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.connect_v5(&dev.id, true, 0).await;
+    c.subscribe_v5(&[&format!("tender/v1/{}/#", dev.id)]).await;
+    let d = next_desired(&mut c, &dev).await;
+    assert_eq!(d["state"], json!({"log": "debug"}));
+    assert!(d["version"].as_u64().unwrap() > before);
+    // Over HTTPS the device reads the same.
+    let https = device_https(&s, &dev);
+    let port = s.server.as_ref().unwrap().device_addr.port();
+    let r: Value = https
+        .get(format!("https://127.0.0.1:{port}/device/v1/state/desired"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r, d);
+    let st = https
+        .patch(format!("https://127.0.0.1:{port}/device/v1/state/reported"))
+        .body(r#"{"log":"debug"}"#)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, t) = s
+        .admin_get(&format!("/api/v1/devices/{}/twin", dev.id))
+        .await;
+    assert_eq!(t["delta"], json!({}));
     s.stop().await;
 }

@@ -296,6 +296,9 @@ pub async fn update_group(
             }
         }
     }
+    // Moves and query changes change memberships, so the configuration of devices in and
+    // out of the group.
+    crate::twin::propagate(&state, tenant, crate::twin::Affected::All);
     Ok(Json(group.into()))
 }
 
@@ -322,6 +325,7 @@ pub async fn delete_group(
         .delete_group(auth.principal.tenant_id, id)
         .await?
     {
+        crate::twin::propagate(&state, auth.principal.tenant_id, crate::twin::Affected::All);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(format!("no group {id}")))
@@ -384,6 +388,7 @@ pub async fn add_members(
         .store
         .add_group_members(tenant, group, &ids, state.clock.now())
         .await?;
+    crate::twin::propagate(&state, tenant, crate::twin::Affected::Devices(ids));
     Ok(Json(MembersChanged { changed }))
 }
 
@@ -412,5 +417,6 @@ pub async fn remove_members(
         .store
         .remove_group_members(tenant, group, &ids)
         .await?;
+    crate::twin::propagate(&state, tenant, crate::twin::Affected::Devices(ids));
     Ok(Json(MembersChanged { changed }))
 }

@@ -24,6 +24,7 @@ use crate::config::HttpConfig;
 use crate::problem::{Problem, problem_for_plain_errors};
 use crate::state::AppState;
 
+pub mod config;
 pub mod connections;
 pub mod cursor;
 pub mod devices;
@@ -33,6 +34,7 @@ pub mod inventory;
 pub mod search;
 pub mod tags;
 pub mod telemetry;
+pub mod twin;
 pub mod whoami;
 
 /// A path segment as an id, or `400 invalid-id` naming the kind of id expected.
@@ -77,6 +79,19 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         groups::remove_members,
         tags::set_tag,
         tags::delete_tag,
+        twin::get_twin,
+        twin::put_desired,
+        twin::patch_desired,
+        config::device_config,
+        config::list_layers,
+        config::get_fleet,
+        config::put_fleet,
+        config::patch_fleet,
+        config::delete_fleet,
+        config::get_group_layer,
+        config::put_group_layer,
+        config::patch_group_layer,
+        config::delete_group_layer,
         connections::list_connections,
         connections::issue_credential,
         connections::delete_credential,
@@ -94,6 +109,8 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         (name = "devices", description = "The device registry and device lifecycle"),
         (name = "telemetry", description = "Time series sent by devices"),
         (name = "groups", description = "Static and dynamic device groups"),
+        (name = "twin", description = "Desired and reported device state"),
+        (name = "config", description = "Layered configuration: fleet, group and device values"),
         (name = "enrollment", description = "How devices join: enrollment tokens and the tenant's policy"),
         (name = "operators", description = "Who is calling"),
     ),
@@ -156,6 +173,27 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
             get(connections::list_connections),
         )
         .route("/devices/{id}/inventory", get(inventory::get_inventory))
+        .route("/devices/{id}/twin", get(twin::get_twin))
+        .route(
+            "/devices/{id}/twin/desired",
+            put(twin::put_desired).patch(twin::patch_desired),
+        )
+        .route("/devices/{id}/config", get(config::device_config))
+        .route("/config", get(config::list_layers))
+        .route(
+            "/config/fleet",
+            get(config::get_fleet)
+                .put(config::put_fleet)
+                .patch(config::patch_fleet)
+                .delete(config::delete_fleet),
+        )
+        .route(
+            "/config/groups/{id}",
+            get(config::get_group_layer)
+                .put(config::put_group_layer)
+                .patch(config::patch_group_layer)
+                .delete(config::delete_group_layer),
+        )
         .route(
             "/devices/{id}/tags/{key}",
             put(tags::set_tag).delete(tags::delete_tag),

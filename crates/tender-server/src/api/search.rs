@@ -10,6 +10,7 @@
 
 use tender_core::group::{Group, GroupKind, descendants};
 use tender_core::query::{self, Builtin, CmpOp, Expr, Field, Query, Value};
+use tender_core::twin::index_path;
 use tender_core::{DeviceId, TenantId, Timestamp};
 use tender_store::filter::{Column, Cond, Filter, Op, Scope, Test};
 
@@ -55,6 +56,21 @@ pub async fn to_filter(
         stack: Vec::new(),
     }
     .expr(query.expr())
+}
+
+/// The filter for membership of `group` (a static group with its subgroups, or a dynamic
+/// group's query), given every group of the tenant.
+pub fn group_membership(
+    groups: &[Group],
+    group: &Group,
+    now: Timestamp,
+) -> Result<Filter, Problem> {
+    Translator {
+        groups,
+        now,
+        stack: Vec::new(),
+    }
+    .group(group.name.as_str())
 }
 
 struct Translator<'a> {
@@ -146,7 +162,7 @@ impl Translator<'_> {
                     }
                     Field::Inventory(name) => attr(Scope::Inventory, name, test),
                     Field::Tag(name) => attr(Scope::Tag, name, test),
-                    Field::Reported(_) => return Err(reported()),
+                    Field::Reported(path) => attr(Scope::ReportedString, &index_path(path), test),
                     _ => return Err(unsupported("~ applies to text fields only")),
                 }
             }
@@ -170,7 +186,25 @@ impl Translator<'_> {
                 scope: Scope::Tag,
                 name: name.clone(),
             }),
-            Field::Reported(_) => return Err(reported()),
+            Field::Reported(path) => {
+                let name = index_path(path);
+                Filter::Or(
+                    [
+                        Scope::ReportedString,
+                        Scope::ReportedNumber,
+                        Scope::ReportedBool,
+                        Scope::ReportedOther,
+                    ]
+                    .into_iter()
+                    .map(|scope| {
+                        Filter::Cond(Cond::AttrExists {
+                            scope,
+                            name: name.clone(),
+                        })
+                    })
+                    .collect(),
+                )
+            }
         })
     }
 
@@ -184,7 +218,7 @@ impl Translator<'_> {
             },
             Field::Inventory(name) => attr(Scope::Inventory, name, attr_test(o, value)),
             Field::Tag(name) => attr(Scope::Tag, name, attr_test(o, value)),
-            Field::Reported(_) => return Err(reported()),
+            Field::Reported(path) => reported_test(&index_path(path), o, value),
         })
     }
 
@@ -275,11 +309,25 @@ fn attr_test(o: CmpOp, value: &Value) -> Test {
     }
 }
 
-fn reported() -> Problem {
-    Problem::bad_request(
-        "invalid-query",
-        "reported.* fields need the device twin, which this server does not store yet",
-    )
+/// A reported-state comparison: typed as JSON, so each value type meets only its own kind of
+/// indexed value (a string never equals a number).
+fn reported_test(name: &str, o: CmpOp, value: &Value) -> Filter {
+    match value {
+        Value::Text(t) => attr(Scope::ReportedString, name, Test::Text(op(o), t.clone())),
+        Value::Number(n) => attr(Scope::ReportedNumber, name, Test::Number(op(o), *n)),
+        Value::Bool(b) => attr(Scope::ReportedBool, name, Test::Text(op(o), b.to_string())),
+        Value::Time(t) => attr(
+            Scope::ReportedString,
+            name,
+            Test::Text(
+                op(o),
+                match t {
+                    query::TimeValue::Absolute(at) => at.to_rfc3339(),
+                    query::TimeValue::RelativeToNow { .. } => String::new(),
+                },
+            ),
+        ),
+    }
 }
 
 /// Checks, when a dynamic group is saved, that its query can be translated: groups it names

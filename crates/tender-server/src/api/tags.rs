@@ -83,6 +83,7 @@ pub async fn set_tag(
         .store
         .set_device_tag(tenant, id, &key, &body.value)
         .await?;
+    crate::twin::device_facts_changed(&state, tenant, id);
     Ok(Json(Tags {
         tags: tags_of(&state, tenant, id).await?,
     }))
@@ -114,6 +115,7 @@ pub async fn delete_tag(
     let id: DeviceId = parse_id(&id)?;
     let key = parse_key(&key)?;
     if state.store.delete_device_tag(tenant, id, &key).await? {
+        crate::twin::device_facts_changed(&state, tenant, id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(format!("device {id} has no tag {key}")))

@@ -286,6 +286,11 @@ impl Gateway {
         lock(&self.registry).live.contains_key(&device)
     }
 
+    /// The devices with a live session on this gateway.
+    pub fn connected_devices(&self) -> Vec<DeviceId> {
+        lock(&self.registry).live.keys().copied().collect()
+    }
+
     /// Number of live sessions.
     pub fn live_sessions(&self) -> usize {
         lock(&self.registry).live.len()

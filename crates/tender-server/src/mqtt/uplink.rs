@@ -95,13 +95,43 @@ impl UplinkHandler for ServerUplinks {
                     })?;
                 if changed {
                     tracing::debug!(device = %from.device_id, attributes = inventory.len(), "inventory changed");
+                    crate::twin::device_facts_changed(&self.state, from.tenant_id, from.device_id);
                 }
                 Ok(())
+            }
+            Uplink::Reported => {
+                use crate::twin::ReportError;
+                match crate::twin::apply_reported(
+                    &self.state,
+                    from.tenant_id,
+                    from.device_id,
+                    payload,
+                    received_at,
+                )
+                .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(ReportError::Invalid(why)) => Err(Refusal::PayloadInvalid(why)),
+                    Err(e) => {
+                        tracing::warn!(device = %from.device_id, error = %e, "cannot store reported state");
+                        Err(Refusal::Unavailable(
+                            "reported state could not be stored; retry".into(),
+                        ))
+                    }
+                }
             }
             other => Err(Refusal::NotSupported(format!(
                 "{} messages are not processed by this server version yet",
                 other.kind()
             ))),
+        }
+    }
+
+    async fn resync(&self, from: From) {
+        if let Err(e) =
+            crate::twin::push_desired(&self.state, from.tenant_id, from.device_id, true).await
+        {
+            tracing::warn!(device = %from.device_id, error = %e.detail, "cannot send the desired state on resync");
         }
     }
 }
