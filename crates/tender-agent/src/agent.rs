@@ -867,6 +867,7 @@ async fn send_https(client: &reqwest::Client, server_url: &str, window: &[Record
         let request = match r.suffix.as_str() {
             "telemetry" => client.post(format!("{server_url}/device/v1/telemetry")),
             "inventory" => client.put(format!("{server_url}/device/v1/inventory")),
+            "state/reported" => client.patch(format!("{server_url}/device/v1/state/reported")),
             // Only MQTT carries the rest: wait for it.
             _ => {
                 out.push(Outcome::Retry(format!(

@@ -47,6 +47,7 @@ pub struct RawConfig {
     pub buffer_max_mib: Option<u64>,
     pub buffer_fsync_every: Option<u32>,
     pub https_fallback_after_secs: Option<u64>,
+    pub config_handlers: Option<std::collections::BTreeMap<String, crate::desired::HandlerConfig>>,
 }
 
 /// The collectors that can be switched on and off (`collectors = [...]`).
@@ -88,6 +89,8 @@ pub struct AgentConfig {
     pub buffer_fsync_every: u32,
     /// When MQTT has been down this long, deliver over the HTTPS device API; `None`: never.
     pub https_fallback_after_secs: Option<u64>,
+    /// Desired-state keys applied by writing a file (and running a hook): `[config_handlers.<key>]`.
+    pub config_handlers: std::collections::BTreeMap<String, crate::desired::HandlerConfig>,
 }
 
 /// Environment variables that override the file.
@@ -225,7 +228,15 @@ impl RawConfig {
         if !(1..=4096).contains(&buffer_max_mib) {
             return Err(invalid("buffer_max_mib", "1 to 4096 MiB"));
         }
+        let config_handlers = self.config_handlers.unwrap_or_default();
+        crate::desired::validate_handlers(&config_handlers).map_err(|reason| {
+            ConfigError::Invalid {
+                key: "config_handlers",
+                reason,
+            }
+        })?;
         Ok(AgentConfig {
+            config_handlers,
             telemetry_batch,
             system_metrics: on("system"),
             collectors_dir: on("scripts").then(|| {
