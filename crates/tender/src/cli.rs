@@ -73,6 +73,12 @@ pub enum Command {
     /// Device groups: static (explicit members, nested) and dynamic (a saved query)
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// The device twin: desired and reported state, per device
+    #[command(subcommand)]
+    Twin(crate::twin_cli::TwinCommand),
+    /// Layered configuration: fleet defaults, group values, and each device's effective result
+    #[command(subcommand)]
+    Config(crate::twin_cli::ConfigCommand),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),

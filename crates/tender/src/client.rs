@@ -70,6 +70,17 @@ impl ApiClient {
         self.request(method, path, &[], Some(body)).await
     }
 
+    /// Sends JSON to `api/v1/<path>?<query>` with `method`, returning the JSON body.
+    pub async fn send_with_query<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: &serde_json::Value,
+    ) -> Result<T> {
+        self.request(method, path, query, Some(body)).await
+    }
+
     /// DELETEs `api/v1/<path>`.
     pub async fn delete(&self, path: &str) -> Result<()> {
         self.request::<serde_json::Value>(reqwest::Method::DELETE, path, &[], None)

@@ -20,6 +20,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Login => login(g).await,
         Command::Sim(args) => crate::sim::run(g, args).await,
         Command::Groups(cmd) => groups(g, cmd).await,
+        Command::Twin(cmd) => crate::twin_cli::twin(g, cmd).await,
+        Command::Config(cmd) => crate::twin_cli::config(g, cmd).await,
         Command::Whoami => whoami(g).await,
         Command::Devices(DevicesCommand::List(args)) => list_devices(g, args).await,
         Command::Devices(DevicesCommand::Show { id }) => show_device(g, id).await,

@@ -12,6 +12,7 @@ mod output;
 mod profile;
 mod serve;
 mod sim;
+mod twin_cli;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -717,6 +717,88 @@ fn sim_brings_a_fleet_online_with_inventory() {
         "{}",
         stderr(&o)
     );
+
+    // Layered configuration and the twin from the CLI: a fleet default and a group value
+    // reach the simulated agents, which acknowledge the version they got.
+    let ok = |args: &[&str]| {
+        let o = run(tender(dir.path()).args(args));
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    ok(&[
+        "config",
+        "set",
+        "--fleet",
+        "log.level=info",
+        "ntp.server=pool.ntp.org",
+    ]);
+    ok(&[
+        "config",
+        "set",
+        "--group",
+        "kiosks",
+        "app.mode=kiosk",
+        "--priority",
+        "5",
+    ]);
+    let kiosk = items
+        .iter()
+        .find(|d| d["inventory"]["attributes"]["device_type"] == "kiosk")
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .expect("the seeded fleet has kiosks");
+    let twin = poll_until("the kiosk acknowledges its configuration", || {
+        let t: serde_json::Value =
+            serde_json::from_str(&ok(&["twin", "get", &kiosk, "-o", "json"])).unwrap();
+        (t["reported"]["document"]["tender"]["desired_version"] == t["effective"]["version"]
+            && t["effective"]["document"]["app"]["mode"] == "kiosk")
+            .then_some(t)
+    });
+    assert_eq!(twin["effective"]["document"]["log"]["level"], "info");
+    let shown = ok(&["config", "show", &kiosk]);
+    assert!(
+        shown.contains("/app/mode") && shown.contains("group kiosks"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("/log/level") && shown.contains("fleet"),
+        "{shown}"
+    );
+    // The device layer wins; a writer holding a stale version gets a conflict, not a
+    // silent overwrite.
+    ok(&[
+        "twin",
+        "set",
+        &kiosk,
+        "log.level=debug",
+        "--if-version",
+        "0",
+    ]);
+    let o = run(tender(dir.path()).args([
+        "twin",
+        "set",
+        &kiosk,
+        "log.level=warn",
+        "--if-version",
+        "0",
+    ]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("version"), "{}", stderr(&o));
+    let table = ok(&["twin", "get", &kiosk]);
+    assert!(
+        table.contains("debug") && table.contains("device"),
+        "{table}"
+    );
+    let diff = ok(&["twin", "diff", &kiosk]);
+    assert!(diff.contains("/log/level"), "{diff}");
+    let layers = ok(&["config", "list"]);
+    assert!(
+        layers.contains("group kiosks") && layers.contains("fleet"),
+        "{layers}"
+    );
+    let o = run(tender(dir.path()).args(["twin", "set", &kiosk, "oops"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("KEY=VALUE"), "{}", stderr(&o));
+
     child.kill().unwrap();
     child.wait().unwrap();
 
