@@ -310,6 +310,7 @@ struct Facts {
     tags: BTreeMap<String, String>,
     groups: BTreeSet<String>,
     created_at: Timestamp,
+    reported: Value,
 }
 
 impl DeviceFacts for Facts {
@@ -330,8 +331,8 @@ impl DeviceFacts for Facts {
     fn tag(&self, key: &str) -> Option<&str> {
         self.tags.get(key).map(String::as_str)
     }
-    fn reported(&self, _path: &[String]) -> Option<&Value> {
-        None
+    fn reported(&self, path: &[String]) -> Option<&Value> {
+        path.iter().try_fold(&self.reported, |at, key| at.get(key))
     }
     fn in_group(&self, name: &str) -> bool {
         self.groups.contains(name)
@@ -351,8 +352,22 @@ async fn the_store_agrees_with_the_core_on_every_query(b: Backend) {
     )
     .await;
     assert_eq!(st, StatusCode::OK);
+    // Reported states of every JSON type, through the same path devices use.
+    let reported = [
+        json!({"fw": {"channel": "beta", "build": 12}, "ok": true, "tags": ["a", "b"]}),
+        json!({"fw": {"channel": "12", "build": "x"}, "ok": "true", "n": null}),
+        json!({"fw": "flat", "tags": "b"}),
+    ];
+    for (id, doc) in ids.iter().zip(&reported) {
+        let doc = doc.as_object().unwrap().clone();
+        s.store()
+            .write_reported(tenant.id, *id, 0, &doc, now())
+            .await
+            .unwrap()
+            .unwrap();
+    }
     let mut facts = Vec::new();
-    for id in &ids {
+    for (i, id) in ids.iter().enumerate() {
         let d = s.store().device(tenant.id, *id).await.unwrap().unwrap();
         let inventory = s
             .store()
@@ -379,6 +394,7 @@ async fn the_store_agrees_with_the_core_on_every_query(b: Backend) {
             tags,
             groups,
             created_at: d.created_at,
+            reported: reported.get(i).cloned().unwrap_or(json!({})),
         });
     }
     let queries = [
@@ -404,6 +420,19 @@ async fn the_store_agrees_with_the_core_on_every_query(b: Backend) {
         r#"state in ("accepted", "pending") and created_at <= now"#,
         r#"exists last_seen or online = true"#,
         r#"not (inventory.os.id = "debian" and tag.site = "north")"#,
+        r#"reported.fw.channel = "beta""#,
+        r#"reported.fw.channel != "beta""#,
+        r#"reported.fw.build > 10"#,
+        r#"reported.fw.build = "x""#,
+        r#"reported.fw.channel = 12"#,
+        r#"exists reported.fw"#,
+        r#"not exists reported.fw"#,
+        r#"reported.fw = "flat" or reported.fw ~ "fl*""#,
+        r#"reported.ok = true"#,
+        r#"reported.ok = "true""#,
+        r#"reported.tags = "b""#,
+        r#"reported.tags in ("a", "z")"#,
+        r#"exists reported.n"#,
     ];
     let now = now();
     for q in queries {

@@ -22,7 +22,7 @@ pub enum Scope {
     ReportedString,
     ReportedNumber,
     ReportedBool,
-    /// Objects and `null`: present, equal to nothing.
+    /// Objects: present, equal to nothing.
     ReportedOther,
 }
 
