@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod device;
 pub mod enrollment;
+pub mod event;
 pub mod group;
 pub mod ids;
 pub mod inventory;

@@ -85,6 +85,7 @@ macro_rules! conformance_suite {
             twin_documents_are_compare_and_set,
             reported_state_is_searchable_by_type,
             config_layers_are_compare_and_set,
+            events_append_in_order_and_filter,
         );
         #[tokio::test]
         async fn data_survives_reopen() {
@@ -2558,6 +2559,147 @@ pub async fn config_layers_are_compare_and_set(store: &dyn Store) {
     assert_eq!(store.config_layers(a.id).await.unwrap().len(), 1);
     assert!(store.delete_config_layer(a.id, None).await.unwrap());
     assert!(!store.delete_config_layer(a.id, None).await.unwrap());
+}
+
+pub async fn events_append_in_order_and_filter(store: &dyn Store) {
+    use tender_core::event::{EventFilter, EventKind, NewEvent};
+    use tender_core::group::GroupKind;
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let d1 = device(a.id, "d1", DeviceState::Accepted);
+    let d2 = device(a.id, "d2", DeviceState::Accepted);
+    store.insert_device(&d1).await.unwrap();
+    store.insert_device(&d2).await.unwrap();
+    let g = group(
+        a.id,
+        "dyn",
+        None,
+        GroupKind::Dynamic {
+            query: "online = true".into(),
+        },
+    );
+    store.create_group(&g).await.unwrap();
+    let mut ids = Vec::new();
+    for (i, (dev, kind)) in [
+        (d1.id, EventKind::DeviceConnected),
+        (d2.id, EventKind::InventoryChanged),
+        (d1.id, EventKind::DeviceDisconnected),
+        (d1.id, EventKind::GroupJoined),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = NewEvent::device(a.id, dev, T0.plus_millis(i as i64), kind).with("n", i as u64);
+        if kind == EventKind::GroupJoined {
+            e = e.in_group(g.id);
+        }
+        ids.push(store.append_event(&e).await.unwrap());
+    }
+    store
+        .append_event(&NewEvent::device(b.id, d1.id, T0, EventKind::DeviceCreated))
+        .await
+        .unwrap();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let all = store
+        .events(a.id, &EventFilter::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4, "other tenants' events are not listed");
+    assert_eq!(all[1].kind, EventKind::InventoryChanged);
+    assert_eq!(all[1].data["n"], 1);
+    assert_eq!(all[3].group_id, Some(g.id));
+    let after = store
+        .events(
+            a.id,
+            &EventFilter {
+                after: Some(ids[1]),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..]);
+    let f = EventFilter {
+        device: Some(d1.id),
+        kinds: vec![EventKind::DeviceConnected, EventKind::DeviceDisconnected],
+        ..Default::default()
+    };
+    let got = store.events(a.id, &f, 100).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|e| f.matches(e)));
+    assert_eq!(
+        store
+            .events(a.id, &EventFilter::default(), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let by_group = EventFilter {
+        group: Some(g.id),
+        ..Default::default()
+    };
+    assert_eq!(store.events(a.id, &by_group, 10).await.unwrap().len(), 1);
+    // Pruning by age.
+    assert_eq!(store.prune_events(T0.plus_millis(2)).await.unwrap(), 3);
+    assert_eq!(
+        store
+            .events(a.id, &EventFilter::default(), 100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Dynamic memberships: recorded once, removed once.
+    assert!(
+        store
+            .set_dynamic_membership(a.id, g.id, d1.id, true, T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_dynamic_membership(a.id, g.id, d1.id, true, T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.dynamic_memberships(a.id, d1.id).await.unwrap(),
+        vec![g.id]
+    );
+    assert!(
+        store
+            .dynamic_memberships(b.id, d1.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .set_dynamic_membership(a.id, g.id, d1.id, false, T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_dynamic_membership(a.id, g.id, d1.id, false, T0)
+            .await
+            .unwrap()
+    );
+    store
+        .set_dynamic_membership(a.id, g.id, d2.id, true, T0)
+        .await
+        .unwrap();
+    assert!(store.delete_group(a.id, g.id).await.unwrap());
+    assert!(
+        store
+            .dynamic_memberships(a.id, d2.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn data_survives_reopen(f: &Fixture) {

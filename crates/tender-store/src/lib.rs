@@ -33,6 +33,7 @@ use tender_core::certificate::{DeviceCertificate, DeviceCredential};
 use tender_core::config::StoredLayer;
 use tender_core::device::{Device, DeviceState};
 use tender_core::enrollment::EnrollmentToken;
+use tender_core::event::{Event, EventFilter, NewEvent};
 use tender_core::group::Group;
 use tender_core::inventory::{AttributeName, DeviceInventory, Inventory};
 use tender_core::page::{Page, PageLimit, PageRequest};
@@ -44,6 +45,7 @@ use tender_core::user::{ApiToken, User};
 use tender_core::{ConnectionId, DeviceId, GroupId, TenantId, Timestamp, TokenId, UserId};
 
 mod adapter;
+mod adapter_events;
 mod adapter_twin;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -112,6 +114,7 @@ pub trait Store:
     + InventoryStore
     + GroupStore
     + TwinStore
+    + EventStore
     + Send
     + Sync
     + 'static
@@ -458,6 +461,35 @@ pub trait TwinStore: Send + Sync + 'static {
     ) -> Result<Option<u64>>;
     /// Deletes a layer; false when there was none.
     async fn delete_config_layer(&self, tenant: TenantId, group: Option<GroupId>) -> Result<bool>;
+}
+
+/// The events part of the port: an append-only log per tenant, and the dynamic-group
+/// memberships last seen (so that joining and leaving can be events).
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends an event; returns its id (greater than every id before it).
+    async fn append_event(&self, event: &NewEvent) -> Result<u64>;
+    /// The tenant's events passing `filter`, oldest first, at most `limit`.
+    async fn events(
+        &self,
+        tenant: TenantId,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<Event>>;
+    /// Deletes events older than `before` (every tenant); returns how many.
+    async fn prune_events(&self, before: Timestamp) -> Result<u64>;
+    /// The dynamic groups `device` was last recorded as matching.
+    async fn dynamic_memberships(&self, tenant: TenantId, device: DeviceId)
+    -> Result<Vec<GroupId>>;
+    /// Records whether `device` matches dynamic `group`; returns whether that changed.
+    async fn set_dynamic_membership(
+        &self,
+        tenant: TenantId,
+        group: GroupId,
+        device: DeviceId,
+        member: bool,
+        at: Timestamp,
+    ) -> Result<bool>;
 }
 
 /// A shared, type-erased store.

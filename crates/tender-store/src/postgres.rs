@@ -43,3 +43,4 @@ impl PgStore {
 
 impl_sql_store!(PgStore, Backend::Postgres);
 crate::adapter_twin::impl_twin_store!(PgStore);
+crate::adapter_events::impl_event_store!(PgStore);

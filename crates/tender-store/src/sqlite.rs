@@ -65,3 +65,4 @@ impl SqliteStore {
 
 impl_sql_store!(SqliteStore, Backend::Sqlite);
 crate::adapter_twin::impl_twin_store!(SqliteStore);
+crate::adapter_events::impl_event_store!(SqliteStore);
