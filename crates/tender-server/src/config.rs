@@ -59,6 +59,21 @@ pub struct Config {
     pub log: LogConfig,
     pub ca: CaConfig,
     pub twin: TwinConfig,
+    pub events: EventsConfig,
+}
+
+/// The event log.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events older than this many days are deleted (hourly).
+    pub retention_days: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { retention_days: 30 }
+    }
 }
 
 /// The device twin and configuration documents.
@@ -98,6 +113,7 @@ impl Default for Config {
             log: LogConfig::default(),
             ca: CaConfig::default(),
             twin: TwinConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -385,6 +401,11 @@ impl Config {
         if self.devices.hostnames.is_empty() {
             return Err(ConfigError::Invalid(
                 "devices.hostnames must name at least one host".into(),
+            ));
+        }
+        if self.events.retention_days == 0 {
+            return Err(ConfigError::Invalid(
+                "events.retention_days must be at least 1".into(),
             ));
         }
         if self.twin.max_document_bytes < 1024 {

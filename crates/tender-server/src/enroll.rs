@@ -284,7 +284,20 @@ fn new_device(
 /// Inserts a new device; if the same key raced in first, returns that device instead.
 async fn insert_or_existing(state: &AppState, device: Device) -> Result<Device, EnrollError> {
     match state.store.insert_device(&device).await {
-        Ok(()) => Ok(device),
+        Ok(()) => {
+            crate::events::emit(
+                state,
+                crate::events::device_event(
+                    state,
+                    device.tenant_id,
+                    device.id,
+                    tender_core::event::EventKind::DeviceCreated,
+                )
+                .with("state", device.state.as_str()),
+            )
+            .await;
+            Ok(device)
+        }
         Err(StoreError::Conflict(_)) => {
             let fp = device.key_fingerprint.as_deref().unwrap_or_default();
             Ok(state

@@ -22,6 +22,7 @@ pub mod config;
 pub mod datadir;
 pub mod device_api;
 pub mod enroll;
+pub mod events;
 pub mod metrics;
 pub mod mqtt;
 pub mod problem;
@@ -74,6 +75,7 @@ pub struct RunningServer {
     device_shutdown: watch::Sender<bool>,
     device_task: JoinHandle<()>,
     mqtt_task: Option<JoinHandle<()>>,
+    events: events::EventHub,
     grace: Duration,
 }
 
@@ -155,6 +157,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         device_cert_validity_days: config.devices.certificate_validity_days,
         gateway: gateway.clone(),
         twin_limits: config.twin.limits(),
+        events: crate::events::EventHub::default(),
     };
     let (device_shutdown, device_signal) = watch::channel(false);
     let listener_cert_for_mqtt = listener_cert.clone();
@@ -193,6 +196,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         }
         None => None,
     };
+    tokio::spawn(events::prune_periodically(
+        state.clone(),
+        config.events.retention_days,
+    ));
+    let events = state.events.clone();
     let app = api::router(state, &config.http);
     let (shutdown, signal) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -218,6 +226,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         store,
         shutdown,
         task,
+        events,
         grace: Duration::from_secs(config.http.shutdown_grace_secs),
     })
 }
@@ -271,6 +280,8 @@ impl RunningServer {
                 }
             }
         }
+        // Live event streams end, so they do not hold the HTTP server open.
+        self.events.close();
         let _ = self.shutdown.send(());
         let mut task = self.task;
         match tokio::time::timeout(self.grace, &mut task).await {

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub mqtt_throttled: Counter,
     /// Downlink messages dropped, by reason (`queue_full`, `session_expired`).
     pub mqtt_dropped: Family<ReasonLabels, Counter>,
+    /// Events that could not be recorded (the store refused them).
+    pub events_not_recorded: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -168,6 +170,12 @@ impl Metrics {
             "Messages for devices dropped, by reason",
             mqtt_dropped.clone(),
         );
+        let events_not_recorded = Counter::default();
+        registry.register(
+            "events_not_recorded",
+            "Events the store could not record",
+            events_not_recorded.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -190,7 +198,12 @@ impl Metrics {
             mqtt_refused,
             mqtt_throttled,
             mqtt_dropped,
+            events_not_recorded,
         }
+    }
+
+    pub fn event_not_recorded(&self) {
+        self.events_not_recorded.inc();
     }
 
     pub fn mqtt_connection(&self, outcome: &'static str) {

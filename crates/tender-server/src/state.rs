@@ -22,6 +22,8 @@ pub struct AppState {
     pub gateway: crate::mqtt::Gateway,
     /// Limits on twin and configuration documents.
     pub twin_limits: tender_core::twin::TwinLimits,
+    /// Wakes event streams when an event is recorded.
+    pub events: crate::events::EventHub,
 }
 
 /// The system clock, millisecond precision.

@@ -269,10 +269,12 @@ pub async fn has_dynamic_layers(state: &AppState, tenant: TenantId) -> Result<bo
     }))
 }
 
-/// After something about `device` changed that dynamic groups may look at.
+/// After something about `device` changed that dynamic groups may look at: records joins and
+/// leaves of dynamic groups, and re-sends its configuration if a dynamic group has a layer.
 pub fn device_facts_changed(state: &AppState, tenant: TenantId, device: DeviceId) {
     let state = state.clone();
     tokio::spawn(async move {
+        crate::events::track_dynamic_groups(&state, tenant, device).await;
         match has_dynamic_layers(&state, tenant).await {
             Ok(true) => propagate(&state, tenant, Affected::Devices(vec![device])),
             Ok(false) => {}
@@ -313,12 +315,24 @@ pub async fn apply_reported(
         }
         tender_core::twin::validate(&doc, state.twin_limits)
             .map_err(|e| ReportError::Invalid(format!("reported state after this update: {e}")))?;
-        if state
+        if let Some(version) = state
             .store
             .write_reported(tenant, device, twin.reported_version, &doc, at)
             .await?
-            .is_some()
         {
+            let keys: Vec<serde_json::Value> = patch.keys().map(|k| k.as_str().into()).collect();
+            crate::events::emit(
+                state,
+                crate::events::device_event(
+                    state,
+                    tenant,
+                    device,
+                    tender_core::event::EventKind::TwinReportedChanged,
+                )
+                .with("version", version)
+                .with("keys", keys),
+            )
+            .await;
             device_facts_changed(state, tenant, device);
             return Ok(true);
         }

@@ -400,6 +400,8 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/enrollment-tokens",
         "/api/v1/enrollment-tokens/{id}",
         "/api/v1/tenant/enrollment",
+        "/api/v1/events",
+        "/api/v1/events/stream",
         "/api/v1/whoami",
     ]
     .into();

@@ -1967,3 +1967,170 @@ async fn a_change_made_while_offline_arrives_on_reconnect_and_groups_layer_in() 
     assert_eq!(t["delta"], json!({}));
     s.stop().await;
 }
+
+/// Reads server-sent events from `resp` until `want` kinds were all seen (in any order among
+/// others); returns every (id, kind, data) read.
+async fn read_sse(resp: &mut reqwest::Response, want: &[&str]) -> Vec<(u64, String, Value)> {
+    let mut buf = String::new();
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let (mut id, mut kind, mut data) = (None, None, None);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse::<u64>().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        kind = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data = serde_json::from_str::<Value>(v.trim()).ok();
+                    }
+                }
+                if let (Some(id), Some(kind), Some(data)) = (id, kind, data) {
+                    seen.push((id, kind, data));
+                }
+            }
+            if want.iter().all(|w| seen.iter().any(|(_, k, _)| k == w)) {
+                return;
+            }
+            let chunk = resp.chunk().await.unwrap().expect("the stream stays open");
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("events {want:?} within {WAIT:?}; saw {seen:?}"));
+    seen
+}
+
+#[tokio::test]
+async fn events_are_queryable_and_streamed_live() {
+    let mut s = start(Backend::Sqlite).await;
+    let (st, g) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/groups",
+        Some(json!({"name": "arm", "query": "inventory.cpu.arch = \"arm64\""})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{g}");
+    let mut live = s
+        .http
+        .get(s.url("/api/v1/events/stream"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    assert_eq!(live.headers()["content-type"], "text/event-stream");
+    let dev = enroll(&s).await;
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.connect_v5(&dev.id, true, 0).await;
+    c.publish_v5(
+        &format!("tender/v1/{}/inventory", dev.id),
+        r#"{"cpu.arch": "arm64"}"#,
+        QoS::AtLeastOnce,
+        1,
+    )
+    .await;
+    assert_eq!(c.puback_v5().await.reason_code, PublishAckReason::Success);
+    let (st, _, _) = admin_with(
+        &s,
+        reqwest::Method::PATCH,
+        &format!("/api/v1/devices/{}/twin/desired", dev.id),
+        &[],
+        json!({"a": 1}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let seen = read_sse(
+        &mut live,
+        &[
+            "device.created",
+            "device.connected",
+            "inventory.changed",
+            "group.joined",
+            "twin.desired_changed",
+        ],
+    )
+    .await;
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "in id order: {seen:?}"
+    );
+    let joined = seen.iter().find(|(_, k, _)| k == "group.joined").unwrap();
+    assert_eq!(joined.2["device_id"], dev.id);
+    assert_eq!(joined.2["group_id"], g["id"]);
+    assert_eq!(joined.2["data"]["group"], "arm");
+    drop(live);
+
+    // Leaving the dynamic group and disconnecting are events too; the log filters by device
+    // and kind.
+    c.publish_v5(
+        &format!("tender/v1/{}/inventory", dev.id),
+        r#"{"cpu.arch": "x86_64"}"#,
+        QoS::AtLeastOnce,
+        2,
+    )
+    .await;
+    assert_eq!(c.puback_v5().await.reason_code, PublishAckReason::Success);
+    drop(c);
+    wait_closed(&s, &dev.id).await;
+    let log = poll_until("the leave and disconnect events", async || {
+        let (st, page) = s
+            .admin_get(&format!(
+                "/api/v1/events?device={}&kind=device.*,group",
+                dev.id
+            ))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{page}");
+        let kinds: Vec<String> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect();
+        (kinds.contains(&"group.left".to_owned())
+            && kinds.contains(&"device.disconnected".to_owned()))
+        .then_some(page)
+    })
+    .await;
+    let kinds: Vec<&str> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &kinds[..3],
+        ["device.created", "device.connected", "group.joined"],
+        "{kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&"inventory.changed"),
+        "filtered by kind: {kinds:?}"
+    );
+
+    // A stream resumes after Last-Event-ID with nothing missed.
+    let connected = log["items"][1]["id"].as_u64().unwrap();
+    let mut resumed = s
+        .http
+        .get(s.url(&format!("/api/v1/events/stream?device={}", dev.id)))
+        .bearer_auth(&s.token)
+        .header("Last-Event-ID", connected.to_string())
+        .send()
+        .await
+        .unwrap();
+    let again = read_sse(&mut resumed, &["device.disconnected"]).await;
+    assert_eq!(again[0].1, "inventory.changed", "{again:?}");
+    assert!(again.iter().all(|(id, _, _)| *id > connected));
+    drop(resumed);
+
+    // Bad filters are clear errors.
+    let (st, p) = s.admin_get("/api/v1/events?kind=nope").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(p["detail"].as_str().unwrap().contains("known:"), "{p}");
+    let (st, _) = s.admin_get("/api/v1/events?limit=0").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    s.stop().await;
+}

@@ -116,6 +116,32 @@ fn what(group: Option<GroupId>) -> String {
     }
 }
 
+async fn config_event(
+    state: &AppState,
+    tenant: TenantId,
+    group: Option<GroupId>,
+    name: Option<&str>,
+    version: Option<u64>,
+) {
+    let mut e = tender_core::event::NewEvent {
+        tenant_id: tenant,
+        at: state.clock.now(),
+        kind: tender_core::event::EventKind::ConfigChanged,
+        device_id: None,
+        group_id: group,
+        data: Default::default(),
+    }
+    .with("layer", if group.is_some() { "group" } else { "fleet" });
+    if let Some(n) = name {
+        e = e.with("group", n);
+    }
+    e = match version {
+        Some(v) => e.with("version", v),
+        None => e.with("deleted", true),
+    };
+    crate::events::emit(state, e).await;
+}
+
 async fn get_layer(
     state: &AppState,
     tenant: TenantId,
@@ -184,6 +210,7 @@ async fn write_layer(
             .write_config_layer(tenant, group, version, priority, &next, state.clock.now())
             .await?;
         if let Some(v) = written {
+            config_event(state, tenant, group, name.as_deref(), Some(v)).await;
             crate::twin::propagate(
                 state,
                 tenant,
@@ -229,6 +256,8 @@ async fn delete_layer(
     if !state.store.delete_config_layer(tenant, group).await? {
         return Err(Problem::not_found(format!("{} is not set", what(group))));
     }
+    let name = group_name(state, tenant, group).await.ok().flatten();
+    config_event(state, tenant, group, name.as_deref(), None).await;
     crate::twin::propagate(
         state,
         tenant,

@@ -272,7 +272,7 @@ async fn transition(
     id: DeviceId,
     to: DeviceState,
 ) -> Result<Device, Problem> {
-    tender_store::transition_device(&*state.store, tenant, id, to, state.clock.now())
+    let device = tender_store::transition_device(&*state.store, tenant, id, to, state.clock.now())
         .await
         .map_err(|e| match e {
             tender_store::TransitionError::NotAllowed(l) => Problem::new(
@@ -281,7 +281,19 @@ async fn transition(
                 l.to_string(),
             ),
             tender_store::TransitionError::Store(s) => s.into(),
-        })
+        })?;
+    crate::events::emit(
+        state,
+        crate::events::device_event(
+            state,
+            tenant,
+            id,
+            tender_core::event::EventKind::DeviceStateChanged,
+        )
+        .with("state", device.state.as_str()),
+    )
+    .await;
+    Ok(device)
 }
 
 #[utoipa::path(
@@ -583,5 +595,16 @@ pub async fn preauthorize(
             ),
             other => other.into(),
         })?;
+    crate::events::emit(
+        &state,
+        crate::events::device_event(
+            &state,
+            device.tenant_id,
+            device.id,
+            tender_core::event::EventKind::DeviceCreated,
+        )
+        .with("state", device.state.as_str()),
+    )
+    .await;
     Ok((axum::http::StatusCode::CREATED, Json(device.into())))
 }

@@ -363,6 +363,55 @@ async fn members(
     Ok((group.id, ids))
 }
 
+/// Which of `ids` are members of static `group` now.
+async fn already_members(
+    state: &AppState,
+    tenant: tender_core::TenantId,
+    group: GroupId,
+    ids: &[DeviceId],
+) -> Result<Vec<DeviceId>, Problem> {
+    let mut out = Vec::new();
+    for id in ids {
+        if state
+            .store
+            .device_groups(tenant, *id)
+            .await?
+            .contains(&group)
+        {
+            out.push(*id);
+        }
+    }
+    Ok(out)
+}
+
+async fn membership_events(
+    state: &AppState,
+    tenant: tender_core::TenantId,
+    group: GroupId,
+    devices: &[DeviceId],
+    joined: bool,
+) {
+    let name = match state.store.group(tenant, group).await {
+        Ok(Some(g)) => g.name.as_str().to_owned(),
+        _ => String::new(),
+    };
+    let kind = if joined {
+        tender_core::event::EventKind::GroupJoined
+    } else {
+        tender_core::event::EventKind::GroupLeft
+    };
+    for d in devices {
+        crate::events::emit(
+            state,
+            crate::events::device_event(state, tenant, *d, kind)
+                .in_group(group)
+                .with("group", name.clone())
+                .with("dynamic", false),
+        )
+        .await;
+    }
+}
+
 #[utoipa::path(
     post,
     path = "/api/v1/groups/{id}/members",
@@ -384,10 +433,17 @@ pub async fn add_members(
 ) -> Result<Json<MembersChanged>, Problem> {
     let tenant = auth.principal.tenant_id;
     let (group, ids) = members(&state, tenant, &id, &body).await?;
+    let before = already_members(&state, tenant, group, &ids).await?;
     let changed = state
         .store
         .add_group_members(tenant, group, &ids, state.clock.now())
         .await?;
+    let joined: Vec<DeviceId> = ids
+        .iter()
+        .filter(|d| !before.contains(d))
+        .copied()
+        .collect();
+    membership_events(&state, tenant, group, &joined, true).await;
     crate::twin::propagate(&state, tenant, crate::twin::Affected::Devices(ids));
     Ok(Json(MembersChanged { changed }))
 }
@@ -413,10 +469,12 @@ pub async fn remove_members(
 ) -> Result<Json<MembersChanged>, Problem> {
     let tenant = auth.principal.tenant_id;
     let (group, ids) = members(&state, tenant, &id, &body).await?;
+    let before = already_members(&state, tenant, group, &ids).await?;
     let changed = state
         .store
         .remove_group_members(tenant, group, &ids)
         .await?;
+    membership_events(&state, tenant, group, &before, false).await;
     crate::twin::propagate(&state, tenant, crate::twin::Affected::Devices(ids));
     Ok(Json(MembersChanged { changed }))
 }

@@ -29,6 +29,7 @@ pub mod connections;
 pub mod cursor;
 pub mod devices;
 pub mod enrollment;
+pub mod events;
 pub mod groups;
 pub mod inventory;
 pub mod search;
@@ -101,6 +102,8 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         enrollment::list_tokens,
         enrollment::revoke_token,
         enrollment::set_enrollment,
+        events::list_events,
+        events::stream_events,
         whoami::whoami,
     ),
     components(schemas(Problem)),
@@ -112,6 +115,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         (name = "twin", description = "Desired and reported device state"),
         (name = "config", description = "Layered configuration: fleet, group and device values"),
         (name = "enrollment", description = "How devices join: enrollment tokens and the tenant's policy"),
+        (name = "events", description = "What happened to devices and groups, as a log and a live stream"),
         (name = "operators", description = "Who is calling"),
     ),
 )]
@@ -210,6 +214,8 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         )
         .route("/enrollment-tokens/{id}", delete(enrollment::revoke_token))
         .route("/tenant/enrollment", put(enrollment::set_enrollment))
+        .route("/events", get(events::list_events))
+        .route("/events/stream", get(events::stream_events))
         .route("/whoami", get(whoami::whoami))
         .route("/openapi.json", get(openapi_json));
 

@@ -257,7 +257,18 @@ async fn write_desired(
                 state.clock.now(),
             )
             .await?;
-        if written.is_some() {
+        if let Some(version) = written {
+            crate::events::emit(
+                state,
+                crate::events::device_event(
+                    state,
+                    tenant,
+                    id,
+                    tender_core::event::EventKind::TwinDesiredChanged,
+                )
+                .with("version", version),
+            )
+            .await;
             crate::twin::propagate(state, tenant, crate::twin::Affected::Devices(vec![id]));
             return Ok(with_etag(twin_view(state, tenant, id).await?));
         }

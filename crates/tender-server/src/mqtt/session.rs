@@ -490,6 +490,18 @@ impl Session {
         {
             tracing::warn!(device = %identity.device_id, error = %e, "cannot record last seen");
         }
+        crate::events::emit(
+            &ctx.state,
+            crate::events::device_event(
+                &ctx.state,
+                identity.tenant_id,
+                identity.device_id,
+                tender_core::event::EventKind::DeviceConnected,
+            )
+            .with("protocol", connect.version.label())
+            .with("remote_addr", peer.to_string()),
+        )
+        .await;
         let max_keepalive = cfg.max_keepalive_secs;
         let keepalive_secs = if connect.keep_alive == 0 || connect.keep_alive > max_keepalive {
             max_keepalive
@@ -1018,6 +1030,17 @@ impl Session {
             {
                 tracing::warn!(%device, error = %e, "cannot record last seen");
             }
+            crate::events::emit(
+                &state,
+                crate::events::device_event(
+                    &state,
+                    self.identity.tenant_id,
+                    device,
+                    tender_core::event::EventKind::DeviceDisconnected,
+                )
+                .with("reason", end.why.clone()),
+            )
+            .await;
         }
         tracing::debug!(%device, reason = %end.why, "MQTT session ended");
         let reason = if self.version == Version::V5 {

@@ -95,6 +95,17 @@ impl UplinkHandler for ServerUplinks {
                     })?;
                 if changed {
                     tracing::debug!(device = %from.device_id, attributes = inventory.len(), "inventory changed");
+                    crate::events::emit(
+                        &self.state,
+                        crate::events::device_event(
+                            &self.state,
+                            from.tenant_id,
+                            from.device_id,
+                            tender_core::event::EventKind::InventoryChanged,
+                        )
+                        .with("attributes", inventory.len()),
+                    )
+                    .await;
                     crate::twin::device_facts_changed(&self.state, from.tenant_id, from.device_id);
                 }
                 Ok(())
