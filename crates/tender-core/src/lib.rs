@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod certificate;
 pub mod clock;
+pub mod command;
 pub mod device;
 pub mod enrollment;
 pub mod group;
