@@ -22,4 +22,5 @@ pub mod tenant;
 pub mod user;
 
 pub use clock::{Clock, ManualClock, Timestamp};
+pub use ids::CommandId;
 pub use ids::{ConnectionId, DeviceId, GroupId, TenantId, TokenId, UserId};

@@ -26,6 +26,9 @@ use tender_core::enrollment::EnrollmentToken;
 
 use crate::{DeviceFilter, DynStore, OpenOptions, Store, StoreError, TransitionError};
 
+mod commands;
+pub use commands::*;
+
 /// A fresh store for one test, plus whatever keeps its database alive until the test ends.
 pub struct Fixture {
     pub store: DynStore,
@@ -82,6 +85,9 @@ macro_rules! conformance_suite {
             tags_set_replace_delete_and_are_bounded,
             groups_lifecycle_and_members,
             device_filters_match_the_same_on_every_backend,
+            commands_round_trip_with_their_targets,
+            command_targets_change_only_from_the_state_read,
+            command_targets_expire_after_their_ttl,
         );
         #[tokio::test]
         async fn data_survives_reopen() {

@@ -4,6 +4,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 
 use crate::adapter::impl_sql_store;
+use crate::commands::impl_command_store;
 use crate::{Backend, OpenOptions, Result, StoreError, redact_url};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -42,3 +43,4 @@ impl PgStore {
 }
 
 impl_sql_store!(PgStore, Backend::Postgres);
+impl_command_store!(PgStore);
