@@ -194,6 +194,7 @@ requirements! {
     DevicesDecommission => DevicesDecommission,
     TenantManage => TenantManage,
     UsersManage => UsersManage,
+    CommandsSend => CommandsSend,
 }
 
 /// An authenticated caller who holds the permission `R` names.

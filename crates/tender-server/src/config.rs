@@ -58,6 +58,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub ca: CaConfig,
+    pub commands: crate::commands::CommandsConfig,
 }
 
 impl Default for Config {
@@ -70,6 +71,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             ca: CaConfig::default(),
+            commands: crate::commands::CommandsConfig::default(),
         }
     }
 }

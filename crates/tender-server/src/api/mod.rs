@@ -24,6 +24,7 @@ use crate::config::HttpConfig;
 use crate::problem::{Problem, problem_for_plain_errors};
 use crate::state::AppState;
 
+pub mod commands;
 pub mod connections;
 pub mod cursor;
 pub mod devices;
@@ -87,6 +88,12 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         enrollment::revoke_token,
         enrollment::set_enrollment,
         whoami::whoami,
+        commands::send_command,
+        commands::list_commands,
+        commands::get_command,
+        commands::command_devices,
+        commands::cancel_command,
+        commands::device_commands,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -96,6 +103,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         (name = "groups", description = "Static and dynamic device groups"),
         (name = "enrollment", description = "How devices join: enrollment tokens and the tenant's policy"),
         (name = "operators", description = "Who is calling"),
+        (name = "commands", description = "Commands sent to devices, their per-device status and results"),
     ),
 )]
 pub struct ApiDoc;
@@ -173,6 +181,14 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .route("/enrollment-tokens/{id}", delete(enrollment::revoke_token))
         .route("/tenant/enrollment", put(enrollment::set_enrollment))
         .route("/whoami", get(whoami::whoami))
+        .route(
+            "/commands",
+            get(commands::list_commands).post(commands::send_command),
+        )
+        .route("/commands/{id}", get(commands::get_command))
+        .route("/commands/{id}/devices", get(commands::command_devices))
+        .route("/commands/{id}/cancel", post(commands::cancel_command))
+        .route("/devices/{id}/commands", get(commands::device_commands))
         .route("/openapi.json", get(openapi_json));
 
     Router::new()

@@ -98,6 +98,16 @@ impl UplinkHandler for ServerUplinks {
                 }
                 Ok(())
             }
+            Uplink::CommandResult { command_id } => {
+                crate::commands::on_report(
+                    &self.state,
+                    from.tenant_id,
+                    from.device_id,
+                    command_id,
+                    payload,
+                )
+                .await
+            }
             other => Err(Refusal::NotSupported(format!(
                 "{} messages are not processed by this server version yet",
                 other.kind()
