@@ -47,6 +47,10 @@ pub struct RawConfig {
     pub buffer_max_mib: Option<u64>,
     pub buffer_fsync_every: Option<u32>,
     pub https_fallback_after_secs: Option<u64>,
+    /// What the `reboot` command runs (default `["systemctl", "reboot"]`).
+    pub reboot_command: Option<Vec<String>>,
+    /// Custom commands: `[commands.<name>] exec = [...]`, `allow_args = false`.
+    pub commands: Option<std::collections::BTreeMap<String, crate::commands::RawCustomCommand>>,
 }
 
 /// The collectors that can be switched on and off (`collectors = [...]`).
@@ -88,6 +92,8 @@ pub struct AgentConfig {
     pub buffer_fsync_every: u32,
     /// When MQTT has been down this long, deliver over the HTTPS device API; `None`: never.
     pub https_fallback_after_secs: Option<u64>,
+    /// The commands the agent carries out (built-ins and the allow-list of custom ones).
+    pub commands: crate::commands::CommandsConfig,
 }
 
 /// Environment variables that override the file.
@@ -225,7 +231,10 @@ impl RawConfig {
         if !(1..=4096).contains(&buffer_max_mib) {
             return Err(invalid("buffer_max_mib", "1 to 4096 MiB"));
         }
+        let commands =
+            crate::commands::CommandsConfig::from_raw(self.reboot_command, self.commands)?;
         Ok(AgentConfig {
+            commands,
             telemetry_batch,
             system_metrics: on("system"),
             collectors_dir: on("scripts").then(|| {

@@ -115,6 +115,9 @@ pub async fn resync(state: &AppState, tenant: TenantId, device: DeviceId) {
             return;
         }
     };
+    if !pending.is_empty() {
+        tracing::debug!(%device, pending = pending.len(), "sending pending commands");
+    }
     for target in pending {
         let command = match state.store.command(tenant, target.command_id).await {
             Ok(Some(c)) => c,

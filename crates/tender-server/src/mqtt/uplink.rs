@@ -114,4 +114,8 @@ impl UplinkHandler for ServerUplinks {
             ))),
         }
     }
+
+    async fn resync(&self, from: From) {
+        crate::commands::resync(&self.state, from.tenant_id, from.device_id).await;
+    }
 }
