@@ -73,6 +73,9 @@ pub enum Command {
     /// Device groups: static (explicit members, nested) and dynamic (a saved query)
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// Commands to devices: send (to a device, a list, a group or a query), follow, cancel
+    #[command(subcommand, name = "command")]
+    Commands(crate::device_commands::CommandCommand),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),

@@ -20,6 +20,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Login => login(g).await,
         Command::Sim(args) => crate::sim::run(g, args).await,
         Command::Groups(cmd) => groups(g, cmd).await,
+        Command::Commands(cmd) => crate::device_commands::run(g, cmd).await,
         Command::Whoami => whoami(g).await,
         Command::Devices(DevicesCommand::List(args)) => list_devices(g, args).await,
         Command::Devices(DevicesCommand::Show { id }) => show_device(g, id).await,
@@ -818,7 +819,7 @@ fn os_of(d: &Value) -> String {
     }
 }
 
-fn uuid_like(s: &str) -> Option<()> {
+pub(crate) fn uuid_like(s: &str) -> Option<()> {
     (s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(())
 }
 
