@@ -734,14 +734,14 @@ fn sim_brings_a_fleet_online_with_inventory() {
     server.stop();
 }
 
-/// The fleet for the group-command test: `TENDER_TEST_FLEET` devices (default 200), of which
-/// one in twenty is offline when the command is sent. `TENDER_TEST_FLEET=1000` is the full
-/// acceptance run (1000 devices, 50 offline).
+/// The fleet for the group-command test: `TENDER_TEST_FLEET` devices (default 1000), of which
+/// one in twenty is offline when the command is sent. Set it lower on a machine that cannot
+/// hold 1000 simulated devices and their connections.
 fn fleet_size() -> usize {
     std::env::var("TENDER_TEST_FLEET")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200)
+        .unwrap_or(1000)
 }
 
 /// `tender command send` to a group of simulated devices, some offline: it completes for the
