@@ -643,6 +643,94 @@ mod tests {
         assert!(r.error.unwrap().contains("cannot start"));
     }
 
+    fn runner(
+        dir: &Path,
+        custom: BTreeMap<String, CustomCommand>,
+    ) -> (CommandRunner, mpsc::Receiver<Uplink>) {
+        let (tx, rx) = mpsc::channel(16);
+        let (restart, _) = watch::channel(false);
+        let runner = CommandRunner {
+            uplinks: tx,
+            config: Arc::new(CommandsConfig {
+                custom,
+                ..CommandsConfig::default()
+            }),
+            data_dir: dir.to_owned(),
+            journal: Arc::new(Mutex::new(Journal::open(dir))),
+            running: Arc::default(),
+            restart: Arc::new(restart),
+            started: Instant::now(),
+        };
+        (runner, rx)
+    }
+
+    async fn report(rx: &mut mpsc::Receiver<Uplink>) -> (String, Report) {
+        let up = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        (up.suffix, serde_json::from_slice(&up.payload).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_command_id_runs_once_even_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let custom: BTreeMap<String, CustomCommand> = [(
+            "count".to_owned(),
+            CustomCommand {
+                exec: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!("echo x >> {}; echo ran", count.display()),
+                ],
+                allow_args: false,
+            },
+        )]
+        .into();
+        let msg = br#"{"name": "count", "args": [], "timeout_secs": 10, "sent_at": 1}"#;
+        let (mut r, mut rx) = runner(dir.path(), custom.clone());
+        r.on_command("c1", msg);
+        assert_eq!(report(&mut rx).await.1.status, "delivered");
+        let (suffix, done) = report(&mut rx).await;
+        assert_eq!(suffix, "commands/c1/result");
+        assert_eq!(done.stdout.as_deref(), Some("ran\n"));
+        // Delivered again, and again after a restart: the recorded result, no second run.
+        r.on_command("c1", msg);
+        assert_eq!(report(&mut rx).await.1, done);
+        let (mut r, mut rx) = runner(dir.path(), custom);
+        r.on_command("c1", msg);
+        assert_eq!(report(&mut rx).await.1, done);
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
+        // A run cut short by a stop (recorded as started, no report) is not run again.
+        Journal::open(dir.path()).record("c2", None);
+        let (mut r, mut rx) = runner(dir.path(), BTreeMap::new());
+        r.on_command("c2", msg);
+        let (_, cut) = report(&mut rx).await;
+        assert_eq!(cut.status, "failed");
+        assert!(cut.error.unwrap().contains("interrupted"));
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
+    }
+
+    #[tokio::test]
+    async fn restart_agent_reports_then_asks_the_agent_to_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, mut rx) = runner(dir.path(), BTreeMap::new());
+        let mut restart = r.restart_requested();
+        r.on_command("r1", br#"{"name": "restart-agent"}"#);
+        assert_eq!(report(&mut rx).await.1.status, "delivered");
+        assert_eq!(report(&mut rx).await.1.status, "succeeded");
+        tokio::time::timeout(Duration::from_secs(10), restart.wait_for(|r| *r))
+            .await
+            .unwrap()
+            .unwrap();
+        // A bad message fails clearly.
+        r.on_command("bad", b"{}");
+        let (_, bad) = report(&mut rx).await;
+        assert_eq!(bad.status, "failed");
+        assert!(bad.error.unwrap().contains("not valid"));
+    }
+
     #[test]
     fn truncation_keeps_characters_whole() {
         assert_eq!(truncate("héllo", 2), "h");
