@@ -47,6 +47,9 @@ pub enum AgentError {
     Buffer(#[from] BufferError),
     #[error("the MQTT task failed: {0}")]
     Task(String),
+    /// The server's `restart-agent` command: exit, to be started again by the service manager.
+    #[error("restart requested by the server")]
+    RestartRequested,
 }
 
 /// The topic a record with this suffix goes to.
@@ -507,6 +510,7 @@ pub async fn run_with<S: Source>(
     let (uplink_tx, mut uplink_rx) = tokio::sync::mpsc::channel::<Uplink>(64);
     let mut desired = DesiredHandler::new(config, uplink_tx.clone());
     let mut commands = CommandRunner::new(config, uplink_tx);
+    let mut restart = commands.restart_requested();
 
     let outcome = loop {
         tokio::select! {
@@ -567,6 +571,15 @@ pub async fn run_with<S: Source>(
             },
             Some(up) = uplink_rx.recv() => {
                 append(&up.suffix, up.payload, &mut writer);
+            }
+            Ok(()) = restart.changed() => {
+                if *restart.borrow_and_update() {
+                    // The command's report is queued before the request: buffer it first.
+                    while let Ok(up) = uplink_rx.try_recv() {
+                        append(&up.suffix, up.payload, &mut writer);
+                    }
+                    break Err(AgentError::RestartRequested);
+                }
             }
             _ = inventory_tick.tick() => {
                 let attrs = source.inventory().await;

@@ -48,6 +48,10 @@ pub struct RawConfig {
     pub buffer_fsync_every: Option<u32>,
     pub https_fallback_after_secs: Option<u64>,
     pub config_handlers: Option<std::collections::BTreeMap<String, crate::desired::HandlerConfig>>,
+    /// What the `reboot` command runs (default `["systemctl", "reboot"]`).
+    pub reboot_command: Option<Vec<String>>,
+    /// Custom commands: `[commands.<name>] exec = [...]`, `allow_args = false`.
+    pub commands: Option<std::collections::BTreeMap<String, crate::commands::RawCustomCommand>>,
 }
 
 /// The collectors that can be switched on and off (`collectors = [...]`).
@@ -91,6 +95,8 @@ pub struct AgentConfig {
     pub https_fallback_after_secs: Option<u64>,
     /// Desired-state keys applied by writing a file (and running a hook): `[config_handlers.<key>]`.
     pub config_handlers: std::collections::BTreeMap<String, crate::desired::HandlerConfig>,
+    /// The commands the agent carries out (built-ins and the allow-list of custom ones).
+    pub commands: crate::commands::CommandsConfig,
 }
 
 /// Environment variables that override the file.
@@ -235,8 +241,11 @@ impl RawConfig {
                 reason,
             }
         })?;
+        let commands =
+            crate::commands::CommandsConfig::from_raw(self.reboot_command, self.commands)?;
         Ok(AgentConfig {
             config_handlers,
+            commands,
             telemetry_batch,
             system_metrics: on("system"),
             collectors_dir: on("scripts").then(|| {

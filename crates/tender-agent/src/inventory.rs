@@ -1208,7 +1208,7 @@ pub async fn run_program(path: &Path, timeout: Duration) -> Result<String, Scrip
 
 /// Spawns, retrying a few times on "text file busy" (a script being written, or another
 /// thread of this process forking while it held the file open for writing).
-async fn spawn_retrying_busy(
+pub(crate) async fn spawn_retrying_busy(
     cmd: &mut tokio::process::Command,
 ) -> std::io::Result<tokio::process::Child> {
     let mut attempt = 0;
@@ -1225,7 +1225,7 @@ async fn spawn_retrying_busy(
 
 /// Sends SIGKILL to the process group `pgid`, so that what a script started dies with it.
 /// (Through `kill` in `/bin/sh`: the agent has no unsafe code to call kill(2) itself.)
-async fn kill_process_group(pgid: u32) {
+pub(crate) async fn kill_process_group(pgid: u32) {
     let status = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg("kill -s KILL -- \"-$1\" 2>/dev/null")

@@ -137,7 +137,13 @@ async fn the_sdk_publishes_receives_and_reports_refusals() {
         "{reserved:?}"
     );
 
-    // A message from the server arrives on the channel (and is acknowledged).
+    // Subscribing is answered with the desired state (the resync); then a message from the
+    // server arrives on the channel (and is acknowledged).
+    let first = tokio::time::timeout(WAIT, sup.messages.recv())
+        .await
+        .expect("delivered")
+        .expect("channel open");
+    assert_eq!(first.topic, format!("tender/v1/{device}/state/desired"));
     let metrics = tender_server::metrics::Metrics::new();
     s.server.gateway.send(
         device.parse().unwrap(),

@@ -75,6 +75,11 @@ id_type!(
     GroupId,
     "group id"
 );
+id_type!(
+    /// A command sent to one or more devices.
+    CommandId,
+    "command id"
+);
 
 /// A string that is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod certificate;
 pub mod clock;
+pub mod command;
 pub mod config;
 pub mod device;
 pub mod enrollment;
@@ -24,4 +25,5 @@ pub mod twin;
 pub mod user;
 
 pub use clock::{Clock, ManualClock, Timestamp};
+pub use ids::CommandId;
 pub use ids::{ConnectionId, DeviceId, GroupId, TenantId, TokenId, UserId};

@@ -195,6 +195,7 @@ requirements! {
     TenantManage => TenantManage,
     UsersManage => UsersManage,
     TwinWrite => TwinWrite,
+    CommandsSend => CommandsSend,
 }
 
 /// An authenticated caller who holds the permission `R` names.

@@ -60,6 +60,7 @@ pub struct Config {
     pub ca: CaConfig,
     pub twin: TwinConfig,
     pub events: EventsConfig,
+    pub commands: crate::commands::CommandsConfig,
 }
 
 /// The event log.
@@ -114,6 +115,7 @@ impl Default for Config {
             ca: CaConfig::default(),
             twin: TwinConfig::default(),
             events: EventsConfig::default(),
+            commands: crate::commands::CommandsConfig::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod ca;
+pub mod commands;
 pub mod config;
 pub mod datadir;
 pub mod device_api;
@@ -162,6 +163,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let (device_shutdown, device_signal) = watch::channel(false);
     let listener_cert_for_mqtt = listener_cert.clone();
     let device_signal_for_mqtt = device_signal.clone();
+    let device_signal_for_commands = device_signal.clone();
     tokio::spawn(device_api::rotate_daily(
         listener_cert,
         state.ca.clone(),
@@ -201,6 +203,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config.events.retention_days,
     ));
     let events = state.events.clone();
+    tokio::spawn(commands::sweeper(
+        state.clone(),
+        Duration::from_millis(config.commands.sweep_interval_ms),
+        device_signal_for_commands,
+    ));
     let app = api::router(state, &config.http);
     let (shutdown, signal) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

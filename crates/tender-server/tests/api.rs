@@ -403,6 +403,11 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/events",
         "/api/v1/events/stream",
         "/api/v1/whoami",
+        "/api/v1/commands",
+        "/api/v1/commands/{id}",
+        "/api/v1/commands/{id}/devices",
+        "/api/v1/commands/{id}/cancel",
+        "/api/v1/devices/{id}/commands",
     ]
     .into();
     assert_eq!(paths, expected);

@@ -1640,9 +1640,8 @@ async fn reconnecting_devices_resume_tls_and_are_still_checked() {
     s.stop().await;
 }
 
-/// The next `state/desired` message (acknowledged), skipping anything else; its payload.
-async fn next_desired(c: &mut Client, dev: &Dev) -> Value {
-    let topic = format!("tender/v1/{}/state/desired", dev.id);
+/// The next PUBLISH from the server (acknowledged, as a device does): topic and JSON payload.
+async fn next_publish(c: &mut Client) -> (String, Value) {
     loop {
         match c.recv().await {
             Some(MqttPacket::V5(v5::Packet::Publish(p))) => {
@@ -1655,12 +1654,24 @@ async fn next_desired(c: &mut Client, dev: &Dev) -> Value {
                     })))
                     .await;
                 }
-                if p.topic == topic {
-                    return serde_json::from_slice(&p.payload).unwrap();
-                }
+                return (
+                    p.topic.to_string(),
+                    serde_json::from_slice(&p.payload).unwrap(),
+                );
             }
-            Some(_) => {}
+            Some(_) => continue,
             None => panic!("the server closed the connection"),
+        }
+    }
+}
+
+/// The next `state/desired` message (acknowledged), skipping anything else; its payload.
+async fn next_desired(c: &mut Client, dev: &Dev) -> Value {
+    let topic = format!("tender/v1/{}/state/desired", dev.id);
+    loop {
+        let (t, payload) = next_publish(c).await;
+        if t == topic {
+            return payload;
         }
     }
 }
@@ -2132,5 +2143,276 @@ async fn events_are_queryable_and_streamed_live() {
     assert!(p["detail"].as_str().unwrap().contains("known:"), "{p}");
     let (st, _) = s.admin_get("/api/v1/events?limit=0").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
+    s.stop().await;
+}
+
+async fn command_target(s: &TestServer, command: &str) -> Value {
+    let (st, page) = admin(
+        s,
+        reqwest::Method::GET,
+        &format!("/api/v1/commands/{command}/devices"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    page["items"][0].clone()
+}
+
+async fn wait_target_state(s: &TestServer, command: &str, state: &str) -> Value {
+    poll_until(&format!("the command {state}"), async || {
+        let t = command_target(s, command).await;
+        (t["state"] == state).then_some(t)
+    })
+    .await
+}
+
+async fn send_command(s: &TestServer, body: Value) -> String {
+    let (st, c) = admin(s, reqwest::Method::POST, "/api/v1/commands", Some(body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{c}");
+    c["id"].as_str().unwrap().to_owned()
+}
+
+mod commands {
+    use super::*;
+    on_both_backends!(commands_over_mqtt_follow_their_states,);
+}
+
+/// A device's side of commands over MQTT: delivery, results, retries after a timeout, timing
+/// out, cancel, expiry, and refused results.
+async fn commands_over_mqtt_follow_their_states(b: Backend) {
+    let mut s = start_with(b, |c| c.commands.sweep_interval_ms = 50).await;
+    let dev = enroll(&s).await;
+    let away = enroll(&s).await;
+    let mut c = Client::open(&s, Some(&dev), true).await;
+    c.connect_v5(&dev.id, true, 0).await;
+    c.subscribe_v5(&[&format!("tender/v1/{}/commands/+", dev.id)])
+        .await;
+    let result_topic = |id: &str| format!("tender/v1/{}/commands/{id}/result", dev.id);
+
+    // Sent at once to a connected device; delivered, then succeeded with its output.
+    let id = send_command(&s, json!({"name": "ping", "target": {"device": dev.id}})).await;
+    let (topic, msg) = next_publish(&mut c).await;
+    assert_eq!(topic, format!("tender/v1/{}/commands/{id}", dev.id));
+    assert_eq!(msg["name"], "ping");
+    assert_eq!(msg["attempt"], 1);
+    assert!(msg["sent_at"].is_i64());
+    c.publish_v5(
+        &result_topic(&id),
+        r#"{"status":"delivered"}"#,
+        QoS::AtLeastOnce,
+        1,
+    )
+    .await;
+    assert_eq!(c.puback_v5().await.reason_code, PublishAckReason::Success);
+    assert_eq!(command_target(&s, &id).await["state"], "delivered");
+    let done = r#"{"status":"succeeded","exit_code":0,"stdout":"ok","output":{"clock_skew_ms":3}}"#;
+    c.publish_v5(&result_topic(&id), done, QoS::AtLeastOnce, 2)
+        .await;
+    assert_eq!(c.puback_v5().await.reason_code, PublishAckReason::Success);
+    let t = command_target(&s, &id).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(t["output"]["clock_skew_ms"], 3);
+    // A repeat is acknowledged and changes nothing; a failure afterwards neither.
+    c.publish_v5(
+        &result_topic(&id),
+        r#"{"status":"failed"}"#,
+        QoS::AtLeastOnce,
+        3,
+    )
+    .await;
+    assert_eq!(c.puback_v5().await.reason_code, PublishAckReason::Success);
+    assert_eq!(command_target(&s, &id).await["state"], "succeeded");
+
+    // Invalid results and results for commands the device never got: 0x99.
+    for (n, (topic, payload)) in [
+        (result_topic(&id), r#"{"status":"done"}"#.to_owned()),
+        (result_topic(&id), "not json".to_owned()),
+        (
+            result_topic("01a20996-40cc-71c3-9f0c-e87a9ab83871"),
+            r#"{"status":"delivered"}"#.to_owned(),
+        ),
+        (
+            result_topic("not-a-uuid"),
+            r#"{"status":"delivered"}"#.to_owned(),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        c.publish_v5(&topic, &payload, QoS::AtLeastOnce, 10 + n as u16)
+            .await;
+        assert_eq!(
+            c.puback_v5().await.reason_code,
+            PublishAckReason::PayloadFormatInvalid,
+            "{topic} {payload}"
+        );
+    }
+
+    // No result within the timeout: sent again (attempt 2), then timed out.
+    let id = send_command(
+        &s,
+        json!({"name": "slow", "target": {"device": dev.id}, "timeout_secs": 1, "max_attempts": 2}),
+    )
+    .await;
+    let (_, first) = next_publish(&mut c).await;
+    assert_eq!(first["attempt"], 1);
+    let (_, second) = next_publish(&mut c).await;
+    assert_eq!(second["id"], id.as_str());
+    assert_eq!(second["attempt"], 2);
+    let t = wait_target_state(&s, &id, "timed_out").await;
+    assert_eq!(t["attempts"], 2);
+
+    // Canceled: a late result is kept, the state stays canceled.
+    let id = send_command(
+        &s,
+        json!({"name": "backup", "args": ["--full"], "target": {"devices": [dev.id]}}),
+    )
+    .await;
+    next_publish(&mut c).await;
+    let (st, cmd) = admin(
+        &s,
+        reqwest::Method::POST,
+        &format!("/api/v1/commands/{id}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{cmd}");
+    assert_eq!(cmd["summary"]["canceled"], 1);
+    assert_eq!(cmd["summary"]["done"], true);
+    c.publish_v5(
+        &result_topic(&id),
+        r#"{"status":"succeeded","exit_code":0}"#,
+        QoS::AtLeastOnce,
+        20,
+    )
+    .await;
+    assert_eq!(c.puback_v5().await.reason_code, PublishAckReason::Success);
+    let t = command_target(&s, &id).await;
+    assert_eq!(
+        (t["state"].as_str(), t["exit_code"].as_i64()),
+        (Some("canceled"), Some(0))
+    );
+
+    // A device that stays away: queued, then expired after the TTL.
+    let id = send_command(
+        &s,
+        json!({"name": "ping", "target": {"device": away.id}, "ttl_secs": 1}),
+    )
+    .await;
+    assert_eq!(command_target(&s, &id).await["state"], "queued");
+    wait_target_state(&s, &id, "expired").await;
+
+    // The device's own list, newest first.
+    let (_, list) = admin(
+        &s,
+        reqwest::Method::GET,
+        &format!("/api/v1/devices/{}/commands", dev.id),
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    let (_, all) = admin(&s, reqwest::Method::GET, "/api/v1/commands?limit=2", None).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
+    assert!(all["next_cursor"].is_string());
+    s.stop().await;
+}
+
+/// Sending commands: input checked with problem answers, permission enforced.
+#[tokio::test]
+async fn sending_commands_checks_input_and_permission() {
+    let mut s = start(Backend::Sqlite).await;
+    let dev = enroll(&s).await;
+    let post = |body: Value| {
+        let s = &s;
+        async move { admin(s, reqwest::Method::POST, "/api/v1/commands", Some(body)).await }
+    };
+    for (body, status, kind) in [
+        (
+            json!({"name": "Bad Name", "target": {"device": dev.id}}),
+            400,
+            "invalid-command",
+        ),
+        (
+            json!({"name": "x", "args": vec!["a"; 33], "target": {"device": dev.id}}),
+            400,
+            "invalid-command",
+        ),
+        (
+            json!({"name": "x", "target": {"device": dev.id}, "ttl_secs": 0}),
+            400,
+            "invalid-field",
+        ),
+        (
+            json!({"name": "x", "target": {"device": dev.id}, "max_attempts": 11}),
+            400,
+            "invalid-field",
+        ),
+        (json!({"name": "x", "target": {}}), 400, "invalid-target"),
+        (
+            json!({"name": "x", "target": {"device": dev.id, "group": "g"}}),
+            400,
+            "invalid-target",
+        ),
+        (
+            json!({"name": "x", "target": {"device": "nope"}}),
+            400,
+            "invalid-id",
+        ),
+        (
+            json!({"name": "x", "target": {"query": "name = "}}),
+            400,
+            "invalid-query",
+        ),
+        (
+            json!({"name": "x", "target": {"query": "name = \"none\""}}),
+            400,
+            "no-targets",
+        ),
+        (
+            json!({"name": "x", "target": {"group": "missing"}}),
+            404,
+            "not-found",
+        ),
+        (
+            json!({"name": "x", "target": {"device": "01a20996-40cc-71c3-9f0c-e87a9ab83871"}}),
+            404,
+            "not-found",
+        ),
+    ] {
+        let (st, p) = post(body.clone()).await;
+        assert_eq!(st.as_u16(), status, "{body} -> {p}");
+        assert!(p["type"].as_str().unwrap().ends_with(kind), "{body} -> {p}");
+    }
+    let (st, p) = admin(&s, reqwest::Method::GET, "/api/v1/commands/nope", None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{p}");
+    let (st, p) = admin(
+        &s,
+        reqwest::Method::GET,
+        "/api/v1/commands/01a20996-40cc-71c3-9f0c-e87a9ab83871/devices",
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{p}");
+    // A viewer reads but does not send.
+    let tenant = s.default_tenant().await.id;
+    let (_, viewer, _) = s
+        .user_with_token(
+            tenant,
+            "viewer",
+            vec![tender_core::auth::Role::Viewer],
+            None,
+        )
+        .await;
+    let resp = s
+        .http
+        .post(s.url("/api/v1/commands"))
+        .bearer_auth(&viewer)
+        .json(&json!({"name": "ping", "target": {"device": dev.id}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let (st, _, _) = s.get("/api/v1/commands", Some(&viewer)).await;
+    assert_eq!(st, StatusCode::OK);
     s.stop().await;
 }

@@ -26,6 +26,9 @@ use tender_core::enrollment::EnrollmentToken;
 
 use crate::{DeviceFilter, DynStore, OpenOptions, Store, StoreError, TransitionError};
 
+mod commands;
+pub use commands::*;
+
 /// A fresh store for one test, plus whatever keeps its database alive until the test ends.
 pub struct Fixture {
     pub store: DynStore,
@@ -86,6 +89,9 @@ macro_rules! conformance_suite {
             reported_state_is_searchable_by_type,
             config_layers_are_compare_and_set,
             events_append_in_order_and_filter,
+            commands_round_trip_with_their_targets,
+            command_targets_change_only_from_the_state_read,
+            command_targets_expire_after_their_ttl,
         );
         #[tokio::test]
         async fn data_survives_reopen() {

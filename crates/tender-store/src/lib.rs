@@ -47,6 +47,7 @@ use tender_core::{ConnectionId, DeviceId, GroupId, TenantId, Timestamp, TokenId,
 mod adapter;
 mod adapter_events;
 mod adapter_twin;
+mod commands;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod filter;
@@ -115,6 +116,7 @@ pub trait Store:
     + GroupStore
     + TwinStore
     + EventStore
+    + CommandStore
     + Send
     + Sync
     + 'static
@@ -490,6 +492,97 @@ pub trait EventStore: Send + Sync + 'static {
         member: bool,
         at: Timestamp,
     ) -> Result<bool>;
+}
+
+/// The commands part of the port (`0011_commands.sql`): commands with the devices they were
+/// sent to, and each device's [`Target`](tender_core::command::Target). Target changes are
+/// conditional on the state read (see `commands.rs`).
+#[async_trait]
+pub trait CommandStore: Send + Sync + 'static {
+    /// Inserts the command and one `queued` target per device (duplicates ignored), in one
+    /// transaction. NotFound when a device does not exist in the tenant (nothing is stored).
+    async fn create_command(
+        &self,
+        command: &tender_core::command::Command,
+        devices: &[DeviceId],
+    ) -> Result<()>;
+    async fn command(
+        &self,
+        tenant: TenantId,
+        id: tender_core::CommandId,
+    ) -> Result<Option<tender_core::command::Command>>;
+    /// The tenant's commands, newest first.
+    async fn list_commands(
+        &self,
+        tenant: TenantId,
+        page: &PageRequest<tender_core::CommandId>,
+    ) -> Result<Page<tender_core::command::Command, tender_core::CommandId>>;
+    /// Counts of the command's targets per state.
+    async fn command_summary(
+        &self,
+        tenant: TenantId,
+        id: tender_core::CommandId,
+    ) -> Result<tender_core::command::Summary>;
+    /// The command's targets by device id, optionally only those in `state`.
+    async fn command_targets(
+        &self,
+        tenant: TenantId,
+        id: tender_core::CommandId,
+        state: Option<tender_core::command::CommandState>,
+        page: &PageRequest<DeviceId>,
+    ) -> Result<Page<tender_core::command::Target, DeviceId>>;
+    async fn command_target(
+        &self,
+        tenant: TenantId,
+        id: tender_core::CommandId,
+        device: DeviceId,
+    ) -> Result<Option<tender_core::command::Target>>;
+    /// A device's targets, newest command first.
+    async fn device_command_targets(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        page: &PageRequest<tender_core::CommandId>,
+    ) -> Result<Page<tender_core::command::Target, tender_core::CommandId>>;
+    /// A device's unfinished targets whose command has not expired, oldest command first.
+    async fn pending_for_device(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        now: Timestamp,
+    ) -> Result<Vec<tender_core::command::Target>>;
+    /// Stores `new` if the target is still in `expected`'s state and attempt count; false
+    /// when it moved meanwhile (the caller reads it again or gives up).
+    async fn update_target(
+        &self,
+        expected: &tender_core::command::Target,
+        new: &tender_core::command::Target,
+    ) -> Result<bool>;
+    /// `Target::on_sent` for those of `devices` whose target is `queued`, unexpired and has
+    /// attempts left, in one transaction; returns the devices it applied to.
+    async fn mark_sent(
+        &self,
+        command: &tender_core::command::Command,
+        devices: &[DeviceId],
+        now: Timestamp,
+    ) -> Result<Vec<DeviceId>>;
+    /// Up to `limit` `sent`/`delivered` targets whose attempt's deadline has passed, in every
+    /// tenant (the server's sweep), oldest deadline first.
+    async fn due_timeouts(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<tender_core::command::Target>>;
+    /// Every unfinished target past its command's TTL becomes `expired`, in every tenant (the
+    /// server's sweep); returns how many.
+    async fn expire_targets(&self, now: Timestamp) -> Result<u64>;
+    /// Every unfinished target of the command becomes `canceled`; returns how many.
+    async fn cancel_command(
+        &self,
+        tenant: TenantId,
+        id: tender_core::CommandId,
+        now: Timestamp,
+    ) -> Result<u64>;
 }
 
 /// A shared, type-erased store.

@@ -4,6 +4,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 
 use crate::adapter::impl_sql_store;
+use crate::commands::impl_command_store;
 use crate::{Backend, OpenOptions, Result, StoreError, redact_url};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -44,3 +45,4 @@ impl PgStore {
 impl_sql_store!(PgStore, Backend::Postgres);
 crate::adapter_twin::impl_twin_store!(PgStore);
 crate::adapter_events::impl_event_store!(PgStore);
+impl_command_store!(PgStore);

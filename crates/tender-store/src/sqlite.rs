@@ -6,6 +6,7 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::adapter::impl_sql_store;
+use crate::commands::impl_command_store;
 use crate::{Backend, OpenOptions, Result, StoreError, redact_url};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -66,3 +67,4 @@ impl SqliteStore {
 impl_sql_store!(SqliteStore, Backend::Sqlite);
 crate::adapter_twin::impl_twin_store!(SqliteStore);
 crate::adapter_events::impl_event_store!(SqliteStore);
+impl_command_store!(SqliteStore);

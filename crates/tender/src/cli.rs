@@ -79,6 +79,9 @@ pub enum Command {
     /// Layered configuration: fleet defaults, group values, and each device's effective result
     #[command(subcommand)]
     Config(crate::twin_cli::ConfigCommand),
+    /// Commands to devices: send (to a device, a list, a group or a query), follow, cancel
+    #[command(subcommand, name = "command")]
+    Commands(crate::device_commands::CommandCommand),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),

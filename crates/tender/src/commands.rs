@@ -22,6 +22,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Groups(cmd) => groups(g, cmd).await,
         Command::Twin(cmd) => crate::twin_cli::twin(g, cmd).await,
         Command::Config(cmd) => crate::twin_cli::config(g, cmd).await,
+        Command::Commands(cmd) => crate::device_commands::run(g, cmd).await,
         Command::Whoami => whoami(g).await,
         Command::Devices(DevicesCommand::List(args)) => list_devices(g, args).await,
         Command::Devices(DevicesCommand::Show { id }) => show_device(g, id).await,
@@ -820,7 +821,7 @@ fn os_of(d: &Value) -> String {
     }
 }
 
-fn uuid_like(s: &str) -> Option<()> {
+pub(crate) fn uuid_like(s: &str) -> Option<()> {
     (s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(())
 }
 

@@ -8,6 +8,7 @@ use clap::Parser;
 mod cli;
 mod client;
 mod commands;
+mod device_commands;
 mod output;
 mod profile;
 mod serve;

@@ -429,6 +429,11 @@ fn device_config(
         ..RawConfig::default()
     }
     .validate()
+    .map(|mut c| {
+        // `restart-agent` must not stop the simulator: a simulated device reports it and goes on.
+        c.commands.restart_exits = false;
+        c
+    })
     .map_err(|e| anyhow!("simulated device {name}: {e}"))
 }
 

@@ -45,8 +45,13 @@ fn stderr(o: &Output) -> String {
 /// The one place these tests wait: until `check` gives a value, bounded by [`WAIT`]. Other
 /// processes (the server, devices, the simulator) show progress only through the API, so the
 /// condition is re-checked every 100 ms; nothing asserts on time.
-fn poll_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
+fn poll_until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    poll_until_within(what, WAIT, check)
+}
+
+/// [`poll_until`] with another bound (large fleets take longer to come up).
+fn poll_until_within<T>(what: &str, bound: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + bound;
     loop {
         if let Some(v) = check() {
             return v;
@@ -806,6 +811,161 @@ fn sim_brings_a_fleet_online_with_inventory() {
     let mut child = sim(&[]);
     let items = wait_online(20);
     assert_eq!(items.len(), 20, "no device enrolled twice");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    server.stop();
+}
+
+/// The fleet for the group-command test: `TENDER_TEST_FLEET` devices (default 1000), of which
+/// one in twenty is offline when the command is sent. Set it lower on a machine that cannot
+/// hold 1000 simulated devices and their connections.
+fn fleet_size() -> usize {
+    std::env::var("TENDER_TEST_FLEET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+/// `tender command send` to a group of simulated devices, some offline: it completes for the
+/// online ones, stays queued for the others, and completes for them once they come online.
+#[test]
+fn a_group_command_reaches_online_devices_now_and_offline_ones_later() {
+    let total = fleet_size();
+    let offline = total / 20;
+    let online = total - offline;
+    let bound = Duration::from_secs(60 + total as u64 / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(dir.path(), &data, &[]);
+    let token = server.token.clone().unwrap();
+    let o = run(tender(dir.path()).args(["login", "--server", &server.base, "--token", &token]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sim_dir = dir.path().join("sim");
+    let sim = |n: usize| {
+        tender(dir.path())
+            .args(["sim", "--devices", &n.to_string(), "--interval-ms", "60000"])
+            .args(["--ramp", "200", "--report-secs", "5", "--data-dir"])
+            .arg(&sim_dir)
+            .arg("--ca")
+            .arg(data.join("ca/ca.crt"))
+            .args(["--server-url", &format!("https://{}", server.device_addr)])
+            .args(["--mqtt-url", &server.mqtt_addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let count_online = || -> usize {
+        let o = run(tender(dir.path()).args([
+            "devices",
+            "list",
+            "--all",
+            "-o",
+            "json",
+            "-q",
+            "online = true and inventory.simulated = true",
+        ]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["items"].as_array().unwrap().len()
+    };
+    let wait_online = |want: usize| {
+        poll_until_within(&format!("{want} simulated devices online"), bound, || {
+            (count_online() == want).then_some(())
+        })
+    };
+    // Every device enrolls once; then only some of them run.
+    let mut child = sim(total);
+    wait_online(total);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_online(0);
+    let mut child = sim(online);
+    wait_online(online);
+
+    let o = run(tender(dir.path()).args([
+        "groups",
+        "create",
+        "fleet",
+        "--query",
+        "inventory.simulated = true",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(tender(dir.path()).args(["command", "send", "ping", "--group", "fleet"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_owned();
+    let summary = || -> serde_json::Value {
+        let o = run(tender(dir.path()).args(["command", "list", "-o", "json"]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id.as_str())
+            .unwrap()["summary"]
+            .clone()
+    };
+    let s = poll_until_within("the online devices' results", bound, || {
+        let s = summary();
+        (s["succeeded"] == online).then_some(s)
+    });
+    assert_eq!(s["total"], total);
+    assert_eq!(s["queued"], offline, "{s}");
+    assert_eq!(s["done"], false);
+
+    // The rest come online (the same identities) and get the command.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut child = sim(total);
+    let s = poll_until_within("every device's result", bound, || {
+        let s = summary();
+        (s["succeeded"] == total).then_some(s)
+    });
+    assert_eq!(s["done"], true, "{s}");
+    assert_eq!(s["failed"], 0);
+
+    // The per-device results carry ping's diagnostics.
+    let o = run(tender(dir.path()).args(["command", "show", &id, "-o", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let devices = v["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), total);
+    assert!(
+        devices
+            .iter()
+            .all(|d| d["output"]["server_reachable"] == true)
+    );
+
+    // --wait follows a command to the end: progress on stderr, success exit.
+    wait_online(total);
+    let o = run(tender(dir.path()).args(["command", "send", "ping", "--group", "fleet", "--wait"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("succeeded {total}/{total}, queued 0, failed 0")),
+        "{}",
+        stderr(&o)
+    );
+    // A command the devices do not allow fails, and --wait says so with exit code 1.
+    let first = devices[0]["device_id"].as_str().unwrap();
+    let o = run(tender(dir.path()).args(["command", "send", "rm-rf", "--device", first, "--wait"]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 of 1 device(s) did not succeed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("not allowed"), "{}", stdout(&o));
+    // Bad input is one clear line.
+    let o = run(tender(dir.path()).args(["command", "send", "Bad Name", "--device", first]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("invalid command name"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(tender(dir.path()).args(["command", "send", "ping", "--group", "nope"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no group named"), "{}", stderr(&o));
     child.kill().unwrap();
     child.wait().unwrap();
     server.stop();

@@ -24,6 +24,7 @@ use crate::config::HttpConfig;
 use crate::problem::{Problem, problem_for_plain_errors};
 use crate::state::AppState;
 
+pub mod commands;
 pub mod config;
 pub mod connections;
 pub mod cursor;
@@ -105,6 +106,12 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         events::list_events,
         events::stream_events,
         whoami::whoami,
+        commands::send_command,
+        commands::list_commands,
+        commands::get_command,
+        commands::command_devices,
+        commands::cancel_command,
+        commands::device_commands,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -117,6 +124,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         (name = "enrollment", description = "How devices join: enrollment tokens and the tenant's policy"),
         (name = "events", description = "What happened to devices and groups, as a log and a live stream"),
         (name = "operators", description = "Who is calling"),
+        (name = "commands", description = "Commands sent to devices, their per-device status and results"),
     ),
 )]
 pub struct ApiDoc;
@@ -217,6 +225,14 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .route("/events", get(events::list_events))
         .route("/events/stream", get(events::stream_events))
         .route("/whoami", get(whoami::whoami))
+        .route(
+            "/commands",
+            get(commands::list_commands).post(commands::send_command),
+        )
+        .route("/commands/{id}", get(commands::get_command))
+        .route("/commands/{id}/devices", get(commands::command_devices))
+        .route("/commands/{id}/cancel", post(commands::cancel_command))
+        .route("/devices/{id}/commands", get(commands::device_commands))
         .route("/openapi.json", get(openapi_json));
 
     Router::new()

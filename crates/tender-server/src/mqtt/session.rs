@@ -800,7 +800,8 @@ impl Session {
             tenant_id: self.identity.tenant_id,
             device_id: self.identity.device_id,
         };
-        tokio::spawn(async move { uplinks.resync(from).await });
+        let at = self.ctx.state.clock.now();
+        tokio::spawn(async move { uplinks.resync(from, at).await });
     }
 
     fn protocol_error(&self, why: &str) -> End {

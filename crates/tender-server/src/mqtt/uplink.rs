@@ -43,8 +43,9 @@ pub trait UplinkHandler: Send + Sync + 'static {
     /// Called when a device subscribes to downlink topics, and when it resumes a session that
     /// has subscriptions: send it everything it should have now (the full desired state,
     /// pending commands), so a device that was away misses nothing. Errors are the handler's
-    /// to log; the session carries on.
-    async fn resync(&self, _from: From) {}
+    /// to log; the session carries on. `at` is when the device subscribed or resumed: what
+    /// was sent after it reached the device through the new subscription already.
+    async fn resync(&self, _from: From, _at: Timestamp) {}
 }
 
 /// The server's handler: stores what the server processes and refuses the rest clearly.
@@ -131,6 +132,16 @@ impl UplinkHandler for ServerUplinks {
                     }
                 }
             }
+            Uplink::CommandResult { command_id } => {
+                crate::commands::on_report(
+                    &self.state,
+                    from.tenant_id,
+                    from.device_id,
+                    command_id,
+                    payload,
+                )
+                .await
+            }
             other => Err(Refusal::NotSupported(format!(
                 "{} messages are not processed by this server version yet",
                 other.kind()
@@ -138,11 +149,12 @@ impl UplinkHandler for ServerUplinks {
         }
     }
 
-    async fn resync(&self, from: From) {
+    async fn resync(&self, from: From, at: Timestamp) {
         if let Err(e) =
             crate::twin::push_desired(&self.state, from.tenant_id, from.device_id, true).await
         {
             tracing::warn!(device = %from.device_id, error = %e.detail, "cannot send the desired state on resync");
         }
+        crate::commands::resync(&self.state, from.tenant_id, from.device_id, at).await;
     }
 }
