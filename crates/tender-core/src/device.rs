@@ -261,3 +261,65 @@ mod tests {
         );
     }
 }
+
+/// Operator metadata about a device (devices never see it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceMetadata {
+    /// Who is responsible for the device: 1–128 characters, no control characters.
+    pub owner: Option<String>,
+    /// Free-form notes: up to 4096 bytes; newlines and tabs allowed, other control characters
+    /// not.
+    pub notes: Option<String>,
+    pub updated_at: Option<crate::Timestamp>,
+}
+
+/// Longest notes, in bytes.
+pub const MAX_NOTES_BYTES: usize = 4096;
+
+/// Checks an owner value.
+pub fn validate_owner(owner: &str) -> Result<(), String> {
+    let n = owner.chars().count();
+    if n == 0 || n > 128 {
+        return Err("owner must be 1 to 128 characters".into());
+    }
+    if owner.chars().any(char::is_control) {
+        return Err("owner must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// Checks notes.
+pub fn validate_notes(notes: &str) -> Result<(), String> {
+    if notes.len() > MAX_NOTES_BYTES {
+        return Err(format!(
+            "notes are {} bytes; at most {MAX_NOTES_BYTES}",
+            notes.len()
+        ));
+    }
+    if notes
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        return Err(
+            "notes must not contain control characters other than newlines and tabs".into(),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::*;
+
+    #[test]
+    fn owners_and_notes_are_checked() {
+        assert!(validate_owner("ops team").is_ok());
+        assert!(validate_owner("").is_err());
+        assert!(validate_owner(&"x".repeat(129)).is_err());
+        assert!(validate_owner("a\u{7}b").is_err());
+        assert!(validate_notes("line 1\nline 2\tok").is_ok());
+        assert!(validate_notes("bell\u{7}").is_err());
+        assert!(validate_notes(&"x".repeat(4097)).is_err());
+        assert!(validate_notes("").is_ok());
+    }
+}

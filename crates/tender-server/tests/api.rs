@@ -32,6 +32,7 @@ on_both_backends!(
     openapi_documents_every_api_route,
     restart_keeps_data_and_never_reprints_the_token,
     tags_are_set_shown_and_removed,
+    owner_and_notes_are_kept_per_device,
 );
 
 async fn health_and_readiness(b: Backend) {
@@ -473,6 +474,58 @@ async fn readiness_fails_when_the_database_goes_away() {
     assert_problem(st, &h, &body, StatusCode::SERVICE_UNAVAILABLE);
     // Liveness is unaffected.
     assert_eq!(s.get("/healthz", None).await.0, StatusCode::OK);
+    s.stop().await;
+}
+
+async fn owner_and_notes_are_kept_per_device(b: Backend) {
+    use serde_json::json;
+    let mut s = start(b).await;
+    let tenant = s.default_tenant().await;
+    let ids = s.add_devices(tenant.id, 1, DeviceState::Accepted).await;
+    let path = format!("/api/v1/devices/{}", ids[0]);
+    let (st, d) = admin(
+        &s,
+        reqwest::Method::PATCH,
+        &path,
+        Some(json!({"owner": "ops", "notes": "rack 3\nshelf 2"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{d}");
+    assert_eq!(d["owner"], "ops");
+    assert_eq!(d["notes"], "rack 3\nshelf 2");
+    // A field left out stays; null clears.
+    let (_, d) = admin(
+        &s,
+        reqwest::Method::PATCH,
+        &path,
+        Some(json!({"notes": null})),
+    )
+    .await;
+    assert_eq!(d["owner"], "ops");
+    assert!(d.get("notes").is_none(), "{d}");
+    let (_, d) = s.admin_get(&path).await;
+    assert_eq!(d["owner"], "ops");
+    // Bad values and fields are clear errors.
+    for body in [
+        json!({"owner": ""}),
+        json!({"notes": "\u{7}"}),
+        json!({"color": "red"}),
+        json!({"owner": 5}),
+    ] {
+        let (st, p) = admin(&s, reqwest::Method::PATCH, &path, Some(body.clone())).await;
+        assert!(
+            st == StatusCode::BAD_REQUEST || st == StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {st} {p}"
+        );
+    }
+    let (st, _) = admin(
+        &s,
+        reqwest::Method::PATCH,
+        "/api/v1/devices/0191c1d2-0000-7000-8000-000000000000",
+        Some(json!({"owner": "x"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
     s.stop().await;
 }
 

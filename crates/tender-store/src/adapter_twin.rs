@@ -59,6 +59,58 @@ macro_rules! impl_twin_store {
         }
 
         #[async_trait::async_trait]
+        impl $crate::MetadataStore for $store {
+            async fn device_metadata(
+                &self,
+                tenant: tender_core::TenantId,
+                device: tender_core::DeviceId,
+            ) -> $crate::Result<tender_core::device::DeviceMetadata> {
+                let row: Option<(Option<String>, Option<String>, i64)> = sqlx::query_as(
+                    "SELECT owner, notes, updated_at FROM device_metadata \
+                     WHERE tenant_id = $1 AND device_id = $2",
+                )
+                .bind(tenant.as_uuid())
+                .bind(device.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| $crate::map_sqlx(&format!("metadata of device {device}"), e))?;
+                Ok(match row {
+                    Some((owner, notes, at)) => tender_core::device::DeviceMetadata {
+                        owner,
+                        notes,
+                        updated_at: Some(tender_core::Timestamp::from_unix_millis(at)),
+                    },
+                    None => tender_core::device::DeviceMetadata::default(),
+                })
+            }
+
+            async fn set_device_metadata(
+                &self,
+                tenant: tender_core::TenantId,
+                device: tender_core::DeviceId,
+                owner: Option<&str>,
+                notes: Option<&str>,
+                at: tender_core::Timestamp,
+            ) -> $crate::Result<()> {
+                sqlx::query(
+                    "INSERT INTO device_metadata (tenant_id, device_id, owner, notes, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (tenant_id, device_id) DO UPDATE SET owner = excluded.owner, \
+                     notes = excluded.notes, updated_at = excluded.updated_at",
+                )
+                .bind(tenant.as_uuid())
+                .bind(device.as_uuid())
+                .bind(owner)
+                .bind(notes)
+                .bind(at.unix_millis())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| $crate::map_sqlx(&format!("metadata of device {device}"), e))?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
         impl $crate::TwinStore for $store {
             async fn twin(
                 &self,

@@ -89,6 +89,7 @@ macro_rules! conformance_suite {
             reported_state_is_searchable_by_type,
             config_layers_are_compare_and_set,
             events_append_in_order_and_filter,
+            device_metadata_round_trips,
             commands_round_trip_with_their_targets,
             command_targets_change_only_from_the_state_read,
             command_targets_expire_after_their_ttl,
@@ -2706,6 +2707,40 @@ pub async fn events_append_in_order_and_filter(store: &dyn Store) {
             .unwrap()
             .is_empty()
     );
+}
+
+pub async fn device_metadata_round_trips(store: &dyn Store) {
+    let a = new_tenant(store, "a").await;
+    let b = new_tenant(store, "b").await;
+    let d = device(a.id, "d1", DeviceState::Accepted);
+    store.insert_device(&d).await.unwrap();
+    let empty = store.device_metadata(a.id, d.id).await.unwrap();
+    assert_eq!(empty, tender_core::device::DeviceMetadata::default());
+    store
+        .set_device_metadata(a.id, d.id, Some("ops"), Some("rack 3\nshelf 2"), T0)
+        .await
+        .unwrap();
+    let m = store.device_metadata(a.id, d.id).await.unwrap();
+    assert_eq!(m.owner.as_deref(), Some("ops"));
+    assert_eq!(m.notes.as_deref(), Some("rack 3\nshelf 2"));
+    assert_eq!(m.updated_at, Some(T0));
+    store
+        .set_device_metadata(a.id, d.id, None, Some("moved"), T0.plus_millis(1))
+        .await
+        .unwrap();
+    let m = store.device_metadata(a.id, d.id).await.unwrap();
+    assert_eq!((m.owner, m.notes.as_deref()), (None, Some("moved")));
+    // Tenant-scoped: another tenant neither sees nor writes it.
+    assert_eq!(
+        store.device_metadata(b.id, d.id).await.unwrap(),
+        tender_core::device::DeviceMetadata::default()
+    );
+    assert!(matches!(
+        store
+            .set_device_metadata(b.id, d.id, Some("x"), None, T0)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub async fn data_survives_reopen(f: &Fixture) {

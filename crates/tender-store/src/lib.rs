@@ -31,6 +31,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tender_core::certificate::{DeviceCertificate, DeviceCredential};
 use tender_core::config::StoredLayer;
+use tender_core::device::DeviceMetadata;
 use tender_core::device::{Device, DeviceState};
 use tender_core::enrollment::EnrollmentToken;
 use tender_core::event::{Event, EventFilter, NewEvent};
@@ -115,6 +116,7 @@ pub trait Store:
     + InventoryStore
     + GroupStore
     + TwinStore
+    + MetadataStore
     + EventStore
     + CommandStore
     + Send
@@ -463,6 +465,22 @@ pub trait TwinStore: Send + Sync + 'static {
     ) -> Result<Option<u64>>;
     /// Deletes a layer; false when there was none.
     async fn delete_config_layer(&self, tenant: TenantId, group: Option<GroupId>) -> Result<bool>;
+}
+
+/// Operator metadata about devices (owner, notes).
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// The device's metadata; empty when never set.
+    async fn device_metadata(&self, tenant: TenantId, device: DeviceId) -> Result<DeviceMetadata>;
+    /// Replaces the device's metadata. NotFound when the device does not exist.
+    async fn set_device_metadata(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        owner: Option<&str>,
+        notes: Option<&str>,
+        at: Timestamp,
+    ) -> Result<()>;
 }
 
 /// The events part of the port: an append-only log per tenant, and the dynamic-group

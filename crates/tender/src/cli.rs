@@ -315,6 +315,15 @@ pub enum DevicesCommand {
         #[arg(required = true, value_name = "KEY=VALUE")]
         tags: Vec<String>,
     },
+    /// Set who owns a device and notes about it (`--owner ""` or `--notes ""` clears)
+    Set {
+        /// Device id
+        id: String,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        notes: Option<String>,
+    },
     /// Remove operator tags from a device
     Untag {
         /// Device id

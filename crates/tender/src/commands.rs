@@ -61,6 +61,31 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Devices(DevicesCommand::Tag { id, tags }) => tag_device(g, id, tags).await,
         Command::Devices(DevicesCommand::Untag { id, keys }) => untag_device(g, id, keys).await,
+        Command::Devices(DevicesCommand::Set { id, owner, notes }) => {
+            check_device_id(id)?;
+            if owner.is_none() && notes.is_none() {
+                return Err(anyhow!("nothing to change: give --owner and/or --notes"));
+            }
+            let mut body = serde_json::Map::new();
+            for (k, v) in [("owner", owner), ("notes", notes)] {
+                if let Some(v) = v {
+                    let value = if v.is_empty() {
+                        Value::Null
+                    } else {
+                        Value::String(v.clone())
+                    };
+                    body.insert(k.to_owned(), value);
+                }
+            }
+            let d: Value = connect(g)?
+                .send(
+                    reqwest::Method::PATCH,
+                    &format!("devices/{id}"),
+                    &Value::Object(body),
+                )
+                .await?;
+            print_device(g, &d)
+        }
         Command::Devices(DevicesCommand::Reject { id }) => device_action(g, id, "reject").await,
         Command::Devices(DevicesCommand::Decommission { id }) => {
             device_action(g, id, "decommission").await
@@ -538,6 +563,8 @@ fn print_device(g: &GlobalArgs, d: &Value) -> Result<ExitCode> {
                 "device_type",
                 "state",
                 "online",
+                "owner",
+                "notes",
                 "key_fingerprint",
                 "last_seen_at",
                 "created_at",

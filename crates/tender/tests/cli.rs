@@ -800,6 +800,16 @@ fn sim_brings_a_fleet_online_with_inventory() {
         layers.contains("group kiosks") && layers.contains("fleet"),
         "{layers}"
     );
+    let shown = ok(&[
+        "devices", "set", &kiosk, "--owner", "ops team", "--notes", "rack 3",
+    ]);
+    assert!(
+        shown.contains("ops team") && shown.contains("rack 3"),
+        "{shown}"
+    );
+    let o = run(tender(dir.path()).args(["devices", "set", &kiosk]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nothing to change"), "{}", stderr(&o));
     let o = run(tender(dir.path()).args(["twin", "set", &kiosk, "oops"]));
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("KEY=VALUE"), "{}", stderr(&o));

@@ -79,6 +79,12 @@ pub struct DeviceDto {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub tags: Option<std::collections::BTreeMap<String, String>>,
+    /// Who is responsible for the device (operator metadata; single device only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Operator notes (single device only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -100,6 +106,8 @@ impl From<Device> for DeviceDto {
             online: false,
             inventory: None,
             tags: None,
+            owner: None,
+            notes: None,
             created_at: d.created_at.to_rfc3339(),
             updated_at: d.updated_at.to_rfc3339(),
             state_changed_at: d.state_changed_at.to_rfc3339(),
@@ -243,7 +251,17 @@ pub async fn get_device(
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDto>, Problem> {
     let id: DeviceId = parse_id(&id)?;
-    let tenant = auth.principal.tenant_id;
+    Ok(Json(
+        device_view(&state, auth.principal.tenant_id, id).await?,
+    ))
+}
+
+/// One device with its presence, inventory, tags and metadata.
+async fn device_view(
+    state: &AppState,
+    tenant: tender_core::TenantId,
+    id: DeviceId,
+) -> Result<DeviceDto, Problem> {
     let device = state
         .store
         .device(tenant, id)
@@ -257,12 +275,93 @@ pub async fn get_device(
         .await?
         .remove(&id)
         .unwrap_or_default();
-    Ok(Json(DeviceDto {
+    let metadata = state.store.device_metadata(tenant, id).await?;
+    Ok(DeviceDto {
         online: online.contains(&id),
         inventory: inventory.map(Into::into),
         tags: Some(tags),
+        owner: metadata.owner,
+        notes: metadata.notes,
         ..device.into()
-    }))
+    })
+}
+
+/// A change to a device's operator metadata: a field left out stays as it is, `null` clears it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    /// 1–128 characters, or null to clear.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub owner: Option<Option<String>>,
+    /// Up to 4096 bytes (newlines and tabs allowed), or null to clear.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub notes: Option<Option<String>>,
+}
+
+/// Tells a field set to `null` (`Some(None)`) from a field left out (`None`).
+fn present<'de, D>(d: D) -> Result<Option<Option<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[utoipa::path(
+    patch,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (UUID)")),
+    request_body = DevicePatch,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The device after the change", body = DeviceDto),
+        (status = 400, description = "Invalid id, owner or notes", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Lacks devices_manage", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn patch_device(
+    State(state): State<AppState>,
+    auth: Authorized<need::DevicesManage>,
+    Path(id): Path<String>,
+    Json(body): Json<DevicePatch>,
+) -> Result<Json<DeviceDto>, Problem> {
+    let id: DeviceId = parse_id(&id)?;
+    let tenant = auth.principal.tenant_id;
+    if state.store.device(tenant, id).await?.is_none() {
+        return Err(Problem::not_found(format!("no device {id}")));
+    }
+    let current = state.store.device_metadata(tenant, id).await?;
+    let owner = match body.owner {
+        Some(v) => v,
+        None => current.owner,
+    };
+    let notes = match body.notes {
+        Some(v) => v,
+        None => current.notes,
+    };
+    if let Some(o) = &owner {
+        tender_core::device::validate_owner(o)
+            .map_err(|e| Problem::bad_request("invalid-field", e))?;
+    }
+    if let Some(n) = &notes {
+        tender_core::device::validate_notes(n)
+            .map_err(|e| Problem::bad_request("invalid-field", e))?;
+    }
+    state
+        .store
+        .set_device_metadata(
+            tenant,
+            id,
+            owner.as_deref(),
+            notes.as_deref(),
+            state.clock.now(),
+        )
+        .await?;
+    Ok(Json(device_view(&state, tenant, id).await?))
 }
 
 /// Moves a device to `to` if the core allows it; 409 names both states when it does not.

@@ -64,6 +64,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
     paths(
         devices::list_devices,
         devices::get_device,
+        devices::patch_device,
         devices::preauthorize,
         devices::accept_device,
         devices::reject_device,
@@ -169,7 +170,10 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         )
         .route("/groups/{id}/members", post(groups::add_members))
         .route("/groups/{id}/members/remove", post(groups::remove_members))
-        .route("/devices/{id}", get(devices::get_device))
+        .route(
+            "/devices/{id}",
+            get(devices::get_device).patch(devices::patch_device),
+        )
         .route("/devices/{id}/accept", post(devices::accept_device))
         .route("/devices/{id}/reject", post(devices::reject_device))
         .route(
