@@ -20,6 +20,60 @@ macro_rules! impl_sql_store {
                 u64,
             )> {
                 let sqlite = matches!($crate::Store::backend(self), $crate::Backend::Sqlite);
+                // SQLite pages: walk one attribute equality's index in device order when the
+                // filter has one (see `filter::compile_driven`).
+                if sqlite && let Some(page) = page {
+                    let driven = $crate::filter::compile_driven(matching, 5, sqlite)
+                        .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
+                    if let Some(driven) = driven {
+                        let cursor = if page.after.is_some() {
+                            "a0.device_id > $3"
+                        } else {
+                            "$3 IS NULL"
+                        };
+                        let sql = format!(
+                            "SELECT {} FROM device_attributes a0 CROSS JOIN devices d \
+                             WHERE a0.tenant_id = $1 AND {} AND {cursor} \
+                             AND NOT EXISTS (SELECT 1 FROM device_attributes b \
+                             WHERE b.tenant_id = a0.tenant_id AND b.device_id = a0.device_id \
+                             AND b.scope = a0.scope AND b.name = a0.name AND b.seq < a0.seq \
+                             AND b.text_value = a0.text_value) \
+                             AND d.tenant_id = $1 AND d.id = a0.device_id \
+                             AND ($2 IS NULL OR d.state = $2) AND {} \
+                             ORDER BY a0.device_id LIMIT $4",
+                            $crate::sql::device_columns_qualified!(),
+                            driven.driver,
+                            driven.rest
+                        );
+                        let mut q = sqlx::query_as::<_, $crate::rows::DeviceRow>(
+                            sqlx::AssertSqlSafe(sql),
+                        )
+                        .bind(tenant.as_uuid())
+                        .bind(state.map(|s| s.as_str()))
+                        .bind(page.after.map(|a| *a.as_uuid()))
+                        .bind(i64::from(page.limit.get()) + 1);
+                        for p in driven.params.iter() {
+                            q = match p {
+                                $crate::filter::Param::Text(t) => q.bind(t.clone()),
+                                $crate::filter::Param::Number(n) => q.bind(*n),
+                                $crate::filter::Param::Int(i) => q.bind(*i),
+                                $crate::filter::Param::Uuid(u) => q.bind(*u),
+                            };
+                        }
+                        let rows = q
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err(|e| $crate::map_sqlx("search devices", e))?;
+                        let devices = rows
+                            .into_iter()
+                            .map(TryInto::try_into)
+                            .collect::<$crate::Result<Vec<tender_core::device::Device>>>()?;
+                        return Ok((
+                            tender_core::page::Page::from_overfetch(devices, page.limit, |d| d.id),
+                            0,
+                        ));
+                    }
+                }
                 let compiled = $crate::filter::compile(matching, 5, sqlite)
                     .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
                 let head = match page {

@@ -160,6 +160,9 @@ struct Builder {
     params: Vec<Param>,
     first: usize,
     sqlite: bool,
+    /// Attribute tests as correlated `EXISTS` lookups of the current device (cheap per row
+    /// when few rows are visited, see [`compile_driven`]) instead of uncorrelated `IN` sets.
+    correlated: bool,
 }
 
 impl Builder {
@@ -261,20 +264,34 @@ impl Builder {
             Cond::Attr { scope, name, test } => {
                 let s = self.bind(Param::Text(scope.as_str().to_owned()))?;
                 let n = self.bind(Param::Text(name.clone()))?;
-                self.sql.push_str(&format!(
-                    "d.id IN (SELECT a.device_id FROM device_attributes a \
-                     WHERE a.tenant_id = $1 AND a.scope = {s} AND a.name = {n} AND "
-                ));
+                if self.correlated {
+                    self.sql.push_str(&format!(
+                        "EXISTS (SELECT 1 FROM device_attributes a WHERE a.tenant_id = $1 \
+                         AND a.device_id = d.id AND a.scope = {s} AND a.name = {n} AND "
+                    ));
+                } else {
+                    self.sql.push_str(&format!(
+                        "d.id IN (SELECT a.device_id FROM device_attributes a \
+                         WHERE a.tenant_id = $1 AND a.scope = {s} AND a.name = {n} AND "
+                    ));
+                }
                 self.test("a.text_value", Some("a.num_value"), test)?;
                 self.sql.push(')');
             }
             Cond::AttrExists { scope, name } => {
                 let s = self.bind(Param::Text(scope.as_str().to_owned()))?;
                 let n = self.bind(Param::Text(name.clone()))?;
-                self.sql.push_str(&format!(
-                    "d.id IN (SELECT a.device_id FROM device_attributes a \
-                     WHERE a.tenant_id = $1 AND a.scope = {s} AND a.name = {n})"
-                ));
+                if self.correlated {
+                    self.sql.push_str(&format!(
+                        "EXISTS (SELECT 1 FROM device_attributes a WHERE a.tenant_id = $1 \
+                         AND a.device_id = d.id AND a.scope = {s} AND a.name = {n})"
+                    ));
+                } else {
+                    self.sql.push_str(&format!(
+                        "d.id IN (SELECT a.device_id FROM device_attributes a \
+                         WHERE a.tenant_id = $1 AND a.scope = {s} AND a.name = {n})"
+                    ));
+                }
             }
             Cond::Column { column, test } => {
                 let col = match column {
@@ -349,12 +366,83 @@ pub(crate) fn compile(filter: &Filter, first: usize, sqlite: bool) -> Result<Com
         params: Vec::new(),
         first,
         sqlite,
+        correlated: false,
     };
     b.filter(filter)?;
     Ok(Compiled {
         sql: b.sql,
         params: b.params,
     })
+}
+
+/// A page plan driven by one attribute equality: `driver` is SQL over the attribute row
+/// `a0` (its scope, name and text value), `rest` the remaining conditions over `devices d`
+/// with attribute tests as per-device lookups. Walking `a0`'s index (tenant, scope, name,
+/// text value, then device id: the table is clustered by its key) yields matching devices in
+/// id order, so a page stops after `limit` rows instead of collecting every match first.
+pub(crate) struct Driven {
+    pub driver: String,
+    pub rest: String,
+    pub params: Vec<Param>,
+}
+
+/// The driven plan for `filter` when it is, or is an `and` of, an attribute text equality;
+/// `None` otherwise.
+pub(crate) fn compile_driven(
+    filter: &Filter,
+    first: usize,
+    sqlite: bool,
+) -> Result<Option<Driven>, TooLarge> {
+    let is_driver = |f: &Filter| {
+        matches!(
+            f,
+            Filter::Cond(Cond::Attr {
+                test: Test::Text(Op::Eq, _),
+                ..
+            })
+        )
+    };
+    let (driver, rest): (&Filter, Vec<Filter>) = match filter {
+        f if is_driver(f) => (f, Vec::new()),
+        Filter::And(parts) => match parts.iter().position(is_driver) {
+            Some(i) => (
+                &parts[i],
+                parts
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| p.clone())
+                    .collect(),
+            ),
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let Filter::Cond(Cond::Attr {
+        scope,
+        name,
+        test: Test::Text(Op::Eq, value),
+    }) = driver
+    else {
+        return Ok(None);
+    };
+    let mut b = Builder {
+        sql: String::new(),
+        params: Vec::new(),
+        first,
+        sqlite,
+        correlated: true,
+    };
+    let s = b.bind(Param::Text(scope.as_str().to_owned()))?;
+    let n = b.bind(Param::Text(name.clone()))?;
+    let v = b.bind(Param::Text(value.clone()))?;
+    let driver = format!("a0.scope = {s} AND a0.name = {n} AND a0.text_value = {v}");
+    b.filter(&Filter::And(rest))?;
+    Ok(Some(Driven {
+        driver,
+        rest: b.sql,
+        params: b.params,
+    }))
 }
 
 #[cfg(test)]

@@ -44,6 +44,13 @@ macro_rules! device_columns {
     };
 }
 pub(crate) use device_columns;
+/// [`device_columns!`] qualified by the `d` alias, for statements that join another table.
+macro_rules! device_columns_qualified {
+    () => {
+        "d.tenant_id, d.id, d.name, d.device_type, d.state, d.key_fingerprint, d.last_seen_at, d.created_at, d.updated_at, d.state_changed_at"
+    };
+}
+pub(crate) use device_columns_qualified;
 pub(crate) const INSERT_DEVICE: &str = "INSERT INTO devices (tenant_id, id, name, device_type, state, key_fingerprint, created_at, updated_at, state_changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 pub(crate) const DEVICE_BY_KEY: &str = concat!(
     "SELECT ",
