@@ -74,6 +74,54 @@ macro_rules! impl_sql_store {
                         ));
                     }
                 }
+                // SQLite counts of a lone attribute test (or its negation): distinct devices
+                // over the attribute's index range, without touching the devices; a negation
+                // is the tenant's devices minus those. With more conditions the general plan's
+                // uncorrelated sets are cheaper than per-device lookups (measured).
+                if sqlite && page.is_none() && state.is_none() {
+                    let plan = $crate::filter::compile_attr_count(matching, 5, sqlite)
+                        .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
+                    if let Some(plan) = plan {
+                        let matching_count = format!(
+                            "SELECT COUNT(*) FROM (SELECT DISTINCT a0.device_id \
+                             FROM device_attributes a0 WHERE a0.tenant_id = $1 AND {} \
+                             AND $2 IS NULL AND $3 IS NULL AND $4 = 0)",
+                            plan.sql
+                        );
+                        let sql = if plan.negated {
+                            format!(
+                                "SELECT (SELECT COUNT(*) FROM devices WHERE tenant_id = $1) \
+                                 - ({matching_count})"
+                            )
+                        } else {
+                            matching_count
+                        };
+                        let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                            .bind(tenant.as_uuid())
+                            .bind(None::<String>)
+                            .bind(None::<uuid::Uuid>)
+                            .bind(0_i64);
+                        for p in plan.params.iter() {
+                            q = match p {
+                                $crate::filter::Param::Text(t) => q.bind(t.clone()),
+                                $crate::filter::Param::Number(n) => q.bind(*n),
+                                $crate::filter::Param::Int(i) => q.bind(*i),
+                                $crate::filter::Param::Uuid(u) => q.bind(*u),
+                            };
+                        }
+                        let n = q
+                            .fetch_one(&self.pool)
+                            .await
+                            .map_err(|e| $crate::map_sqlx("count devices", e))?;
+                        return Ok((
+                            tender_core::page::Page {
+                                items: Vec::new(),
+                                next: None,
+                            },
+                            u64::try_from(n).unwrap_or(0),
+                        ));
+                    }
+                }
                 let compiled = $crate::filter::compile(matching, 5, sqlite)
                     .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
                 let head = match page {

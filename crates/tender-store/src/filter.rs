@@ -375,6 +375,54 @@ pub(crate) fn compile(filter: &Filter, first: usize, sqlite: bool) -> Result<Com
     })
 }
 
+/// A count plan for a filter that is one attribute test (or its negation): `sql` is a
+/// condition over the attribute row `a0`.
+pub(crate) struct AttrCount {
+    pub sql: String,
+    pub params: Vec<Param>,
+    pub negated: bool,
+}
+
+/// The count plan for `filter` when it is a lone attribute test or `not` of one.
+pub(crate) fn compile_attr_count(
+    filter: &Filter,
+    first: usize,
+    sqlite: bool,
+) -> Result<Option<AttrCount>, TooLarge> {
+    let (cond, negated) = match filter {
+        Filter::Cond(c @ (Cond::Attr { .. } | Cond::AttrExists { .. })) => (c, false),
+        Filter::Not(inner) => match inner.as_ref() {
+            Filter::Cond(c @ (Cond::Attr { .. } | Cond::AttrExists { .. })) => (c, true),
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let mut b = Builder {
+        sql: String::new(),
+        params: Vec::new(),
+        first,
+        sqlite,
+        correlated: false,
+    };
+    let (scope, name, test) = match cond {
+        Cond::Attr { scope, name, test } => (scope, name, Some(test)),
+        Cond::AttrExists { scope, name } => (scope, name, None),
+        _ => return Ok(None),
+    };
+    let s = b.bind(Param::Text(scope.as_str().to_owned()))?;
+    let n = b.bind(Param::Text(name.clone()))?;
+    b.sql.push_str(&format!("a0.scope = {s} AND a0.name = {n}"));
+    if let Some(test) = test {
+        b.sql.push_str(" AND ");
+        b.test("a0.text_value", Some("a0.num_value"), test)?;
+    }
+    Ok(Some(AttrCount {
+        sql: b.sql,
+        params: b.params,
+        negated,
+    }))
+}
+
 /// A page plan driven by one attribute equality: `driver` is SQL over the attribute row
 /// `a0` (its scope, name and text value), `rest` the remaining conditions over `devices d`
 /// with attribute tests as per-device lookups. Walking `a0`'s index (tenant, scope, name,
