@@ -74,6 +74,56 @@ macro_rules! impl_sql_store {
                         ));
                     }
                 }
+                // SQLite pages without an equality to walk: try the next WINDOW devices in id
+                // order with per-device checks; when they hold a whole page (dense matches),
+                // that is the page. Otherwise (sparse matches) the general plan below.
+                if sqlite && let Some(page) = page {
+                    const WINDOW: i64 = 2000;
+                    let compiled = $crate::filter::compile_correlated(matching, 5, sqlite)
+                        .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
+                    let cursor = if page.after.is_some() {
+                        "id > $3"
+                    } else {
+                        "$3 IS NULL"
+                    };
+                    let sql = format!(
+                        "SELECT {} FROM (SELECT * FROM devices WHERE tenant_id = $1 AND {cursor} \
+                         ORDER BY id LIMIT {WINDOW}) d \
+                         WHERE ($2 IS NULL OR d.state = $2) AND {} ORDER BY d.id LIMIT $4",
+                        $crate::sql::device_columns_qualified!(),
+                        compiled.sql
+                    );
+                    let want = i64::from(page.limit.get()) + 1;
+                    let mut q = sqlx::query_as::<_, $crate::rows::DeviceRow>(
+                        sqlx::AssertSqlSafe(sql),
+                    )
+                    .bind(tenant.as_uuid())
+                    .bind(state.map(|s| s.as_str()))
+                    .bind(page.after.map(|a| *a.as_uuid()))
+                    .bind(want);
+                    for p in compiled.params.iter() {
+                        q = match p {
+                            $crate::filter::Param::Text(t) => q.bind(t.clone()),
+                            $crate::filter::Param::Number(n) => q.bind(*n),
+                            $crate::filter::Param::Int(i) => q.bind(*i),
+                            $crate::filter::Param::Uuid(u) => q.bind(*u),
+                        };
+                    }
+                    let rows = q
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("search devices", e))?;
+                    if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= want {
+                        let devices = rows
+                            .into_iter()
+                            .map(TryInto::try_into)
+                            .collect::<$crate::Result<Vec<tender_core::device::Device>>>()?;
+                        return Ok((
+                            tender_core::page::Page::from_overfetch(devices, page.limit, |d| d.id),
+                            0,
+                        ));
+                    }
+                }
                 // SQLite counts of a lone attribute test (or its negation): distinct devices
                 // over the attribute's index range, without touching the devices; a negation
                 // is the tenant's devices minus those. With more conditions the general plan's

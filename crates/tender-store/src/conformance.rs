@@ -2356,6 +2356,22 @@ pub async fn device_filters_match_the_same_on_every_backend(store: &dyn Store) {
             ]),
             vec![0, 2],
         ),
+        // No equality to walk: the plan that checks a window of devices in id order.
+        (
+            Filter::Not(Box::new(attr("os.id", Test::Text(Op::Eq, "ubuntu".into())))),
+            vec![0, 2, 3],
+        ),
+        (attr("cpu.count", Test::Number(Op::Ge, 2.0)), vec![2]),
+        (
+            Filter::Or(vec![
+                attr("os.id", Test::Text(Op::Eq, "ubuntu".into())),
+                Filter::Cond(Cond::Column {
+                    column: Column::Name,
+                    test: glob("gw*"),
+                }),
+            ]),
+            vec![1, 3],
+        ),
     ] {
         let mut got = Vec::new();
         let mut after = None;

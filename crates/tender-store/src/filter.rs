@@ -375,6 +375,27 @@ pub(crate) fn compile(filter: &Filter, first: usize, sqlite: bool) -> Result<Com
     })
 }
 
+/// Like [`compile`], with attribute tests as correlated per-device lookups: for plans that
+/// visit few devices.
+pub(crate) fn compile_correlated(
+    filter: &Filter,
+    first: usize,
+    sqlite: bool,
+) -> Result<Compiled, TooLarge> {
+    let mut b = Builder {
+        sql: String::new(),
+        params: Vec::new(),
+        first,
+        sqlite,
+        correlated: true,
+    };
+    b.filter(filter)?;
+    Ok(Compiled {
+        sql: b.sql,
+        params: b.params,
+    })
+}
+
 /// A count plan for a filter that is one attribute test (or its negation): `sql` is a
 /// condition over the attribute row `a0`.
 pub(crate) struct AttrCount {
