@@ -52,14 +52,7 @@ macro_rules! impl_sql_store {
                         .bind(state.map(|s| s.as_str()))
                         .bind(page.after.map(|a| *a.as_uuid()))
                         .bind(i64::from(page.limit.get()) + 1);
-                        for p in driven.params.iter() {
-                            q = match p {
-                                $crate::filter::Param::Text(t) => q.bind(t.clone()),
-                                $crate::filter::Param::Number(n) => q.bind(*n),
-                                $crate::filter::Param::Int(i) => q.bind(*i),
-                                $crate::filter::Param::Uuid(u) => q.bind(*u),
-                            };
-                        }
+                        q = $crate::filter::bind_params!(q, driven.params);
                         let rows = q
                             .fetch_all(&self.pool)
                             .await
@@ -101,14 +94,7 @@ macro_rules! impl_sql_store {
                     .bind(state.map(|s| s.as_str()))
                     .bind(page.after.map(|a| *a.as_uuid()))
                     .bind(want);
-                    for p in compiled.params.iter() {
-                        q = match p {
-                            $crate::filter::Param::Text(t) => q.bind(t.clone()),
-                            $crate::filter::Param::Number(n) => q.bind(*n),
-                            $crate::filter::Param::Int(i) => q.bind(*i),
-                            $crate::filter::Param::Uuid(u) => q.bind(*u),
-                        };
-                    }
+                    q = $crate::filter::bind_params!(q, compiled.params);
                     let rows = q
                         .fetch_all(&self.pool)
                         .await
@@ -151,14 +137,7 @@ macro_rules! impl_sql_store {
                             .bind(None::<String>)
                             .bind(None::<uuid::Uuid>)
                             .bind(0_i64);
-                        for p in plan.params.iter() {
-                            q = match p {
-                                $crate::filter::Param::Text(t) => q.bind(t.clone()),
-                                $crate::filter::Param::Number(n) => q.bind(*n),
-                                $crate::filter::Param::Int(i) => q.bind(*i),
-                                $crate::filter::Param::Uuid(u) => q.bind(*u),
-                            };
-                        }
+                        q = $crate::filter::bind_params!(q, plan.params);
                         let n = q
                             .fetch_one(&self.pool)
                             .await
@@ -197,14 +176,7 @@ macro_rules! impl_sql_store {
                             .bind(state.map(|s| s.as_str()))
                             .bind(page.and_then(|p| p.after).map(|a| *a.as_uuid()))
                             .bind(page.map_or(0, |p| i64::from(p.limit.get()) + 1));
-                        for p in compiled.params.iter() {
-                            q = match p {
-                                $crate::filter::Param::Text(t) => q.bind(t.clone()),
-                                $crate::filter::Param::Number(n) => q.bind(*n),
-                                $crate::filter::Param::Int(i) => q.bind(*i),
-                                $crate::filter::Param::Uuid(u) => q.bind(*u),
-                            };
-                        }
+                        q = $crate::filter::bind_params!(q, compiled.params);
                         q
                     }};
                 }

@@ -145,6 +145,23 @@ pub(crate) enum Param {
     Uuid(uuid::Uuid),
 }
 
+/// Binds a compiled filter's parameters, in order, to a query.
+macro_rules! bind_params {
+    ($q:expr, $params:expr) => {{
+        let mut q = $q;
+        for p in $params.iter() {
+            q = match p {
+                $crate::filter::Param::Text(t) => q.bind(t.clone()),
+                $crate::filter::Param::Number(n) => q.bind(*n),
+                $crate::filter::Param::Int(i) => q.bind(*i),
+                $crate::filter::Param::Uuid(u) => q.bind(*u),
+            };
+        }
+        q
+    }};
+}
+pub(crate) use bind_params;
+
 /// A compiled filter: SQL over `devices d` and its parameters, numbered from `first`.
 pub(crate) struct Compiled {
     pub sql: String,
