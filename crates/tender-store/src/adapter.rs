@@ -151,6 +151,35 @@ macro_rules! impl_sql_store {
                         ));
                     }
                 }
+                // SQLite counts of an `and` of attribute tests: the intersection of each
+                // test's devices over the attribute index.
+                if sqlite && page.is_none() && state.is_none() {
+                    let plan = $crate::filter::compile_attr_intersection(matching, 5, sqlite)
+                        .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
+                    if let Some(plan) = plan {
+                        let sql = format!(
+                            "SELECT COUNT(*) FROM ({}) WHERE $2 IS NULL AND $3 IS NULL AND $4 = 0",
+                            plan.sql
+                        );
+                        let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                            .bind(tenant.as_uuid())
+                            .bind(None::<String>)
+                            .bind(None::<uuid::Uuid>)
+                            .bind(0_i64);
+                        q = $crate::filter::bind_params!(q, plan.params);
+                        let n = q
+                            .fetch_one(&self.pool)
+                            .await
+                            .map_err(|e| $crate::map_sqlx("count devices", e))?;
+                        return Ok((
+                            tender_core::page::Page {
+                                items: Vec::new(),
+                                next: None,
+                            },
+                            u64::try_from(n).unwrap_or(0),
+                        ));
+                    }
+                }
                 let compiled = $crate::filter::compile(matching, 5, sqlite)
                     .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
                 let head = match page {

@@ -461,6 +461,59 @@ pub(crate) fn compile_attr_count(
     }))
 }
 
+/// A count plan for an `and` of positive attribute tests only: one `SELECT device_id` per
+/// test over the attribute index, intersected.
+pub(crate) fn compile_attr_intersection(
+    filter: &Filter,
+    first: usize,
+    sqlite: bool,
+) -> Result<Option<Compiled>, TooLarge> {
+    let Filter::And(parts) = filter else {
+        return Ok(None);
+    };
+    if parts.len() < 2
+        || !parts
+            .iter()
+            .all(|p| matches!(p, Filter::Cond(Cond::Attr { .. } | Cond::AttrExists { .. })))
+    {
+        return Ok(None);
+    }
+    let mut b = Builder {
+        sql: String::new(),
+        params: Vec::new(),
+        first,
+        sqlite,
+        correlated: false,
+    };
+    for (i, part) in parts.iter().enumerate() {
+        let Filter::Cond(c) = part else {
+            return Ok(None);
+        };
+        let (scope, name, test) = match c {
+            Cond::Attr { scope, name, test } => (scope, name, Some(test)),
+            Cond::AttrExists { scope, name } => (scope, name, None),
+            _ => return Ok(None),
+        };
+        if i > 0 {
+            b.sql.push_str(" INTERSECT ");
+        }
+        let s = b.bind(Param::Text(scope.as_str().to_owned()))?;
+        let n = b.bind(Param::Text(name.clone()))?;
+        b.sql.push_str(&format!(
+            "SELECT a0.device_id FROM device_attributes a0 WHERE a0.tenant_id = $1 \
+             AND a0.scope = {s} AND a0.name = {n}"
+        ));
+        if let Some(test) = test {
+            b.sql.push_str(" AND ");
+            b.test("a0.text_value", Some("a0.num_value"), test)?;
+        }
+    }
+    Ok(Some(Compiled {
+        sql: b.sql,
+        params: b.params,
+    }))
+}
+
 /// A page plan driven by one attribute equality: `driver` is SQL over the attribute row
 /// `a0` (its scope, name and text value), `rest` the remaining conditions over `devices d`
 /// with attribute tests as per-device lookups. Walking `a0`'s index (tenant, scope, name,
