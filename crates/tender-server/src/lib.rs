@@ -159,6 +159,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         gateway: gateway.clone(),
         twin_limits: config.twin.limits(),
         events: crate::events::EventHub::default(),
+        render_locks: crate::twin::RenderLocks::default(),
     };
     let (device_shutdown, device_signal) = watch::channel(false);
     let listener_cert_for_mqtt = listener_cert.clone();

@@ -24,6 +24,8 @@ pub struct AppState {
     pub twin_limits: tender_core::twin::TwinLimits,
     /// Wakes event streams when an event is recorded.
     pub events: crate::events::EventHub,
+    /// Serialises renderings of each device's configuration.
+    pub render_locks: crate::twin::RenderLocks,
 }
 
 /// The system clock, millisecond precision.

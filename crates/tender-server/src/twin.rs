@@ -123,12 +123,38 @@ pub async fn layers_for(
     Ok(layers)
 }
 
+/// One lock per device that is being rendered, so renderings of a device never interleave.
+#[derive(Clone, Default)]
+pub struct RenderLocks(
+    std::sync::Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<DeviceId, std::sync::Arc<tokio::sync::Mutex<()>>>,
+        >,
+    >,
+);
+
+impl RenderLocks {
+    fn get(&self, device: DeviceId) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut map = crate::mqtt::lock(&self.0);
+        // Forget locks nobody holds or waits for, so the map stays as small as the work.
+        map.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+        map.entry(device).or_default().clone()
+    }
+}
+
 /// Renders the device's effective configuration and records its version.
+///
+/// Renderings of one device are serialised: one that read the layers before a change
+/// commits finishes recording before the rendering that change triggers starts, so a stale
+/// document can never be recorded as the newest version (a resync racing a layer write did
+/// that once).
 pub async fn effective(
     state: &AppState,
     tenant: TenantId,
     device: DeviceId,
 ) -> Result<Effective, Problem> {
+    let lock = state.render_locks.get(device);
+    let _rendering = lock.lock().await;
     let twin = state.store.twin(tenant, device).await?;
     let stored = state.store.config_layers(tenant).await?;
     let layers = layers_for(state, tenant, device, &stored, &twin).await?;
