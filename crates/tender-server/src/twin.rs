@@ -123,19 +123,34 @@ pub async fn layers_for(
     Ok(layers)
 }
 
-/// One lock per device that is being rendered, so renderings of a device never interleave.
+/// One lock per device that is being rendered, so renderings of a device never interleave,
+/// and the version last sent to each device.
 #[derive(Clone, Default)]
-pub struct RenderLocks(
-    std::sync::Arc<
+pub struct RenderLocks {
+    locks: std::sync::Arc<
         std::sync::Mutex<
             std::collections::HashMap<DeviceId, std::sync::Arc<tokio::sync::Mutex<()>>>,
         >,
     >,
-);
+    sent: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<DeviceId, u64>>>,
+}
 
 impl RenderLocks {
+    /// Whether `version` is newer than the one last sent to `device` by this server.
+    fn is_newer(&self, device: DeviceId, version: u64) -> bool {
+        crate::mqtt::lock(&self.sent)
+            .get(&device)
+            .is_none_or(|v| version > *v)
+    }
+
+    fn sent(&self, device: DeviceId, version: u64) {
+        let mut sent = crate::mqtt::lock(&self.sent);
+        let v = sent.entry(device).or_insert(version);
+        *v = (*v).max(version);
+    }
+
     fn get(&self, device: DeviceId) -> std::sync::Arc<tokio::sync::Mutex<()>> {
-        let mut map = crate::mqtt::lock(&self.0);
+        let mut map = crate::mqtt::lock(&self.locks);
         // Forget locks nobody holds or waits for, so the map stays as small as the work.
         map.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
         map.entry(device).or_default().clone()
@@ -180,7 +195,9 @@ pub async fn push_desired(
     force: bool,
 ) -> Result<Option<Delivery>, Problem> {
     let eff = effective(state, tenant, device).await?;
-    if !force && !eff.changed {
+    // Newer than what this server last sent the device? (Reading a twin through the API
+    // records renderings too, so "changed by this rendering" is not the test.)
+    if !force && !state.render_locks.is_newer(device, eff.version) {
         return Ok(None);
     }
     let payload = serde_json::to_vec(&DesiredMessage {
@@ -195,6 +212,9 @@ pub async fn push_desired(
         QoS::AtLeastOnce,
         &state.metrics,
     );
+    if delivery != Delivery::NotSubscribed {
+        state.render_locks.sent(device, eff.version);
+    }
     tracing::debug!(%device, version = eff.version, ?delivery, "desired state sent");
     Ok(Some(delivery))
 }
