@@ -32,9 +32,12 @@ pub async fn start() -> Server {
         data_dir: dir.path().join("data"),
         ..Config::default()
     };
-    config.http.listen = "127.0.0.1:0".parse().unwrap();
-    config.devices.listen = "127.0.0.1:0".parse().unwrap();
-    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    // Tests restart the server on the same ports. A port the kernel hands out (port 0) can be
+    // taken meanwhile as the local port of some other test's outgoing connection, so these
+    // come from below the ephemeral range.
+    config.http.listen = free_port();
+    config.devices.listen = free_port();
+    config.mqtt.listen = free_port();
     config.database.max_connections = 4;
     let server = tender_server::start(config.clone())
         .await
@@ -47,6 +50,28 @@ pub async fn start() -> Server {
         http: reqwest::Client::new(),
         dir: std::sync::Arc::new(dir),
     }
+}
+
+/// A free loopback port below the kernel's ephemeral range (32768 and up by default), where
+/// outgoing connections never take their local ports.
+fn free_port() -> std::net::SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919).wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0),
+    );
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 12_000) as u16;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port between 20000 and 32000 on loopback");
 }
 
 impl Server {
