@@ -58,10 +58,23 @@ pub fn topic(device_id: &str, suffix: &str) -> String {
 }
 
 /// A record for the server from a handler: appended to the buffer under `suffix`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Uplink {
     pub suffix: String,
     pub payload: Vec<u8>,
+    /// Told whether the record is in the buffer once the main loop appended it (for a handler
+    /// that must not go on before its record is safe, e.g. before a reboot).
+    pub buffered: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
+impl Uplink {
+    pub fn new(suffix: impl Into<String>, payload: Vec<u8>) -> Self {
+        Uplink {
+            suffix: suffix.into(),
+            payload,
+            buffered: None,
+        }
+    }
 }
 
 /// What a message from the server is for.
@@ -468,7 +481,7 @@ pub async fn run_with<S: Source>(
             Ok(mut b) => b
                 .append(suffix, &payload)
                 .map(|o| (o, b.len(), b.dropped_total())),
-            Err(_) => return,
+            Err(_) => return false,
         };
         match result {
             Ok((outcome, pending, dropped)) => {
@@ -489,6 +502,7 @@ pub async fn run_with<S: Source>(
                     c.appended.fetch_add(1, Ordering::Relaxed);
                 }
                 wake.notify_one();
+                true
             }
             Err(e) => {
                 // Disk full, read-only file system...: the reading is lost, the agent goes on.
@@ -501,6 +515,7 @@ pub async fn run_with<S: Source>(
                     tracing::error!(error = %e, failures = append_failures, "cannot buffer a {suffix} record; it is lost");
                 }
                 writer.status.last_error = Some(format!("buffer: {e}"));
+                false
             }
         }
     };
@@ -570,13 +585,19 @@ pub async fn run_with<S: Source>(
                 None => messages_open = false,
             },
             Some(up) = uplink_rx.recv() => {
-                append(&up.suffix, up.payload, &mut writer);
+                let ok = append(&up.suffix, up.payload, &mut writer);
+                if let Some(tx) = up.buffered {
+                    let _ = tx.send(ok);
+                }
             }
             Ok(()) = restart.changed() => {
                 if *restart.borrow_and_update() {
                     // The command's report is queued before the request: buffer it first.
                     while let Ok(up) = uplink_rx.try_recv() {
-                        append(&up.suffix, up.payload, &mut writer);
+                        let ok = append(&up.suffix, up.payload, &mut writer);
+                        if let Some(tx) = up.buffered {
+                            let _ = tx.send(ok);
+                        }
                     }
                     break Err(AgentError::RestartRequested);
                 }

@@ -337,12 +337,17 @@ enum After {
 }
 
 impl Context {
-    async fn report(&self, r: &Report) {
+    /// Queues the report for the buffer; returns a receiver that says once it is buffered.
+    async fn report(&self, r: &Report) -> Option<tokio::sync::oneshot::Receiver<bool>> {
         let payload = serde_json::to_vec(r).unwrap_or_default();
-        let suffix = format!("commands/{}/result", self.id);
-        if self.uplinks.send(Uplink { suffix, payload }).await.is_err() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut up = Uplink::new(format!("commands/{}/result", self.id), payload);
+        up.buffered = Some(tx);
+        if self.uplinks.send(up).await.is_err() {
             tracing::warn!(command = %self.id, "the agent is stopping; a command report is not queued");
+            return None;
         }
+        Some(rx)
     }
 
     fn finish(&self, r: &Report) {
@@ -441,13 +446,21 @@ impl Context {
             },
         };
         self.finish(&report);
-        self.report(&report).await;
+        let buffered = self.report(&report).await;
         match after {
             After::Nothing => {}
             After::Reboot => {
-                // Give the main loop a moment to buffer the report (it is also recorded in
-                // the journal, so a redelivery after the reboot reports it again).
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // Reboot once the report is in the buffer (fsynced), bounded in case the main
+                // loop is stuck; it is in the journal too, so a redelivery after the reboot
+                // reports it again.
+                if let Some(rx) = buffered {
+                    match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                        Ok(Ok(true)) => {}
+                        _ => {
+                            tracing::warn!(command = %self.id, "the reboot report may not be buffered; rebooting anyway")
+                        }
+                    }
+                }
                 tracing::warn!(command = ?self.config.reboot, "rebooting on the server's command");
                 let r = run(&self.config.reboot, timeout).await;
                 if r.status != "succeeded" {

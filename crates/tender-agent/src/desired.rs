@@ -216,10 +216,7 @@ impl DesiredHandler {
         let payload = serde_json::to_vec(&Value::Object(report)).unwrap_or_default();
         if self
             .uplinks
-            .send(Uplink {
-                suffix: "state/reported".into(),
-                payload,
-            })
+            .send(Uplink::new("state/reported", payload))
             .await
             .is_err()
         {
