@@ -80,6 +80,11 @@ id_type!(
     CommandId,
     "command id"
 );
+id_type!(
+    /// An uploaded software artifact.
+    ArtifactId,
+    "artifact id"
+);
 
 /// A string that is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

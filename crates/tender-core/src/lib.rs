@@ -5,6 +5,7 @@
 //! in). The server, the store adapters and the agent all speak this vocabulary.
 #![forbid(unsafe_code)]
 
+pub mod artifact;
 pub mod auth;
 pub mod certificate;
 pub mod clock;
@@ -25,5 +26,5 @@ pub mod twin;
 pub mod user;
 
 pub use clock::{Clock, ManualClock, Timestamp};
-pub use ids::CommandId;
+pub use ids::{ArtifactId, CommandId};
 pub use ids::{ConnectionId, DeviceId, GroupId, TenantId, TokenId, UserId};

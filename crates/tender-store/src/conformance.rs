@@ -26,7 +26,9 @@ use tender_core::enrollment::EnrollmentToken;
 
 use crate::{DeviceFilter, DynStore, OpenOptions, Store, StoreError, TransitionError};
 
+mod artifacts;
 mod commands;
+pub use artifacts::*;
 pub use commands::*;
 
 /// A fresh store for one test, plus whatever keeps its database alive until the test ends.
@@ -93,6 +95,8 @@ macro_rules! conformance_suite {
             commands_round_trip_with_their_targets,
             command_targets_change_only_from_the_state_read,
             command_targets_expire_after_their_ttl,
+            artifacts_round_trip_unique_per_version,
+            trusted_keys_are_per_tenant,
         );
         #[tokio::test]
         async fn data_survives_reopen() {

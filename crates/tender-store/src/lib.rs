@@ -48,6 +48,7 @@ use tender_core::{ConnectionId, DeviceId, GroupId, TenantId, Timestamp, TokenId,
 mod adapter;
 mod adapter_events;
 mod adapter_twin;
+mod artifacts;
 mod commands;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -119,6 +120,7 @@ pub trait Store:
     + MetadataStore
     + EventStore
     + CommandStore
+    + ArtifactCatalog
     + Send
     + Sync
     + 'static
@@ -510,6 +512,44 @@ pub trait EventStore: Send + Sync + 'static {
         member: bool,
         at: Timestamp,
     ) -> Result<bool>;
+}
+
+/// The artifacts part of the port (`0016_artifacts.sql`): what the server read from each
+/// uploaded artifact (the file itself lives in the server's artifact store) and the public keys
+/// each tenant trusts to sign artifacts.
+#[async_trait]
+pub trait ArtifactCatalog: Send + Sync + 'static {
+    /// Conflict when the tenant already has an artifact with this name and version.
+    async fn insert_artifact(&self, artifact: &tender_core::artifact::Artifact) -> Result<()>;
+    async fn artifact(
+        &self,
+        tenant: TenantId,
+        id: tender_core::ArtifactId,
+    ) -> Result<Option<tender_core::artifact::Artifact>>;
+    async fn artifact_by_version(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<tender_core::artifact::Artifact>>;
+    /// Newest first, optionally only one name.
+    async fn list_artifacts(
+        &self,
+        tenant: TenantId,
+        name: Option<&str>,
+        page: &PageRequest<tender_core::ArtifactId>,
+    ) -> Result<Page<tender_core::artifact::Artifact, tender_core::ArtifactId>>;
+    /// NotFound when there is no such artifact in the tenant.
+    async fn delete_artifact(&self, tenant: TenantId, id: tender_core::ArtifactId) -> Result<()>;
+    /// Conflict when the tenant already trusts this key id.
+    async fn insert_trusted_key(&self, key: &tender_core::artifact::TrustedKey) -> Result<()>;
+    /// Oldest first.
+    async fn trusted_keys(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Vec<tender_core::artifact::TrustedKey>>;
+    /// NotFound when the tenant does not trust this key id.
+    async fn delete_trusted_key(&self, tenant: TenantId, key_id: &str) -> Result<()>;
 }
 
 /// The commands part of the port (`0011_commands.sql`): commands with the devices they were

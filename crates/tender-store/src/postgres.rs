@@ -46,3 +46,4 @@ impl_sql_store!(PgStore, Backend::Postgres);
 crate::adapter_twin::impl_twin_store!(PgStore);
 crate::adapter_events::impl_event_store!(PgStore);
 impl_command_store!(PgStore);
+crate::artifacts::impl_artifact_catalog!(PgStore);

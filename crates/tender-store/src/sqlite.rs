@@ -68,3 +68,4 @@ impl_sql_store!(SqliteStore, Backend::Sqlite);
 crate::adapter_twin::impl_twin_store!(SqliteStore);
 crate::adapter_events::impl_event_store!(SqliteStore);
 impl_command_store!(SqliteStore);
+crate::artifacts::impl_artifact_catalog!(SqliteStore);
