@@ -132,6 +132,18 @@ fn layout(msg: impl Into<String>) -> ArtifactError {
     ArtifactError::Layout(msg.into())
 }
 
+/// An error from walking the archive: a damaged or truncated archive is a layout problem; any
+/// other kind is the source's own (a file or network error).
+fn archive_err(e: io::Error) -> ArtifactError {
+    match e.kind() {
+        io::ErrorKind::Other | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+            layout(format!("the archive is damaged ({e})"))
+        }
+        io::ErrorKind::UnexpectedEof => layout("the archive ends early: it is truncated"),
+        _ => ArtifactError::Io(e),
+    }
+}
+
 fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, ArtifactError> {
     let kind = entry.header().entry_type();
     let path = entry
@@ -160,7 +172,7 @@ fn read_small<R: Read>(
         )));
     }
     let mut bytes = Vec::with_capacity(size as usize);
-    entry.read_to_end(&mut bytes)?;
+    entry.read_to_end(&mut bytes).map_err(archive_err)?;
     Ok(bytes)
 }
 
@@ -174,7 +186,8 @@ fn header_entries<'a, R: Read + 'a>(
 ) -> Result<RawHeader<'a, R>, ArtifactError> {
     let mut first = entries
         .next()
-        .ok_or_else(|| layout("the archive is empty"))??;
+        .ok_or_else(|| layout("the archive is empty"))?
+        .map_err(archive_err)?;
     let path = entry_path(&first)?;
     if path != MANIFEST_PATH {
         return Err(layout(format!(
@@ -183,7 +196,7 @@ fn header_entries<'a, R: Read + 'a>(
     }
     let manifest = read_small(&mut first, MANIFEST_PATH, MAX_MANIFEST_BYTES)?;
     drop(first);
-    let mut next = entries.next().transpose()?;
+    let mut next = entries.next().transpose().map_err(archive_err)?;
     let mut signatures = None;
     if let Some(entry) = next.as_mut()
         && entry_path(entry)? == SIGNATURES_PATH
@@ -193,7 +206,7 @@ fn header_entries<'a, R: Read + 'a>(
             SIGNATURES_PATH,
             crate::keys::MAX_SIGNATURES_BYTES,
         )?);
-        next = entries.next().transpose()?;
+        next = entries.next().transpose().map_err(archive_err)?;
     }
     Ok((manifest, signatures, next))
 }
@@ -217,7 +230,7 @@ pub(crate) fn read_header_parts<'a, R: Read + 'a>(
 /// inspecting and signing.
 pub fn read_header<R: Read>(src: R) -> Result<(Manifest, Vec<u8>, Signatures), ArtifactError> {
     let mut archive = tar::Archive::new(src);
-    let mut entries = archive.entries()?;
+    let mut entries = archive.entries().map_err(archive_err)?;
     let (manifest, bytes, signatures, _) = read_header_parts(&mut entries)?;
     Ok((manifest, bytes, signatures))
 }
@@ -230,6 +243,8 @@ struct Checked<'r> {
     count: u64,
     hasher: Sha256,
     problem: Option<ContentProblem>,
+    /// The archive itself failed to read (damaged, truncated, or a file or network error).
+    source_failed: Option<(io::ErrorKind, String)>,
 }
 
 impl Read for Checked<'_> {
@@ -257,7 +272,10 @@ impl Read for Checked<'_> {
                 self.problem = Some(problem);
                 return Err(e);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                self.source_failed = Some((e.kind(), e.to_string()));
+                return Err(e);
+            }
         };
         if n == 0 {
             if self.count < self.expected {
@@ -308,6 +326,7 @@ fn take_content<'r>(
         count: 0,
         hasher: Sha256::new(),
         problem: None,
+        source_failed: None,
     };
     let content = |problem| ArtifactError::Content {
         kind,
@@ -315,19 +334,22 @@ fn take_content<'r>(
         problem,
     };
     if let Err(source) = deliver(&mut checked) {
-        return Err(match checked.problem.take() {
-            Some(problem) => content(problem),
-            None => ArtifactError::Sink {
-                kind,
-                name: name.to_owned(),
-                source,
+        return Err(
+            match (checked.problem.take(), checked.source_failed.take()) {
+                (Some(problem), _) => content(problem),
+                (None, Some((kind, msg))) => archive_err(io::Error::new(kind, msg)),
+                (None, None) => ArtifactError::Sink {
+                    kind,
+                    name: name.to_owned(),
+                    source,
+                },
             },
-        });
+        );
     }
     if let Err(e) = io::copy(&mut checked, &mut io::sink()) {
         return Err(match checked.problem.take() {
             Some(problem) => content(problem),
-            None => ArtifactError::Io(e),
+            None => archive_err(e),
         });
     }
     let actual = hex(&checked.hasher.finalize());
@@ -349,7 +371,7 @@ pub fn read<R: Read>(
     sink: &mut dyn Sink,
 ) -> Result<Header, ArtifactError> {
     let mut archive = tar::Archive::new(src);
-    let mut entries = archive.entries()?;
+    let mut entries = archive.entries().map_err(archive_err)?;
     let (manifest_bytes, signatures, mut next) = header_entries(&mut entries)?;
     // Signatures first: nothing from an unsigned manifest is interpreted when signing is required.
     let signatures = match signatures {
@@ -421,7 +443,7 @@ pub fn read<R: Read>(
             )?;
         }
         drop(entry);
-        next = entries.next().transpose()?;
+        next = entries.next().transpose().map_err(archive_err)?;
     }
     if let Some(entry) = next {
         let path = entry_path(&entry)?;

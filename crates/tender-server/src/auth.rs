@@ -196,6 +196,9 @@ requirements! {
     UsersManage => UsersManage,
     TwinWrite => TwinWrite,
     CommandsSend => CommandsSend,
+    ArtifactsRead => ArtifactsRead,
+    ArtifactsUpload => ArtifactsUpload,
+    ArtifactsManage => ArtifactsManage,
 }
 
 /// An authenticated caller who holds the permission `R` names.

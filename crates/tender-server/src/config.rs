@@ -61,6 +61,7 @@ pub struct Config {
     pub twin: TwinConfig,
     pub events: EventsConfig,
     pub commands: crate::commands::CommandsConfig,
+    pub artifacts: crate::artifacts::ArtifactsConfig,
 }
 
 /// The event log.
@@ -116,6 +117,7 @@ impl Default for Config {
             twin: TwinConfig::default(),
             events: EventsConfig::default(),
             commands: crate::commands::CommandsConfig::default(),
+            artifacts: crate::artifacts::ArtifactsConfig::default(),
         }
     }
 }

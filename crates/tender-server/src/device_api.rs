@@ -209,6 +209,7 @@ pub fn router(state: AppState) -> Router {
             "/device/v1/state/reported",
             axum::routing::patch(reported_state),
         )
+        .route("/device/v1/artifacts/{id}", get(download_artifact))
         .fallback(|uri: axum::http::Uri| async move {
             Problem::not_found(format!("no such resource: {}", uri.path()))
         })
@@ -628,6 +629,23 @@ async fn desired_state(
         "state": eff.rendered.document,
     }))
     .into_response())
+}
+
+/// An artifact of the device's tenant, streamed with `Range` support so that a dropped
+/// download resumes where it stopped.
+async fn download_artifact(
+    State(state): State<AppState>,
+    auth: DeviceAuth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: axum::extract::Request,
+) -> Result<axum::response::Response, Problem> {
+    let id: tender_core::ArtifactId = crate::api::parse_id(&id)?;
+    let artifact = state
+        .store
+        .artifact(auth.tenant_id, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no artifact {id}")))?;
+    crate::api::artifacts::serve_artifact(&state, &artifact, req).await
 }
 
 async fn reported_state(

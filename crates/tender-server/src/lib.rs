@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod bootstrap;
 pub mod ca;
@@ -46,6 +47,11 @@ pub enum StartError {
     Ca(#[from] ca::CaError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("cannot open the artifact directory {dir}: {source}")]
+    Artifacts {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -92,6 +98,17 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let store = open_store(&config).await?;
     let boot = bootstrap::run(&*store, &token_key, &*clock).await?;
+    let artifact_dir = config
+        .artifacts
+        .dir
+        .clone()
+        .unwrap_or_else(|| data.root().join("artifacts"));
+    let artifact_store = artifacts::FsArtifactStore::open(&artifact_dir).map_err(|source| {
+        StartError::Artifacts {
+            dir: artifact_dir.clone(),
+            source,
+        }
+    })?;
 
     let ca_cert_path = ca.cert_path.clone();
     let ca = Arc::new(ca);
@@ -160,6 +177,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         twin_limits: config.twin.limits(),
         events: crate::events::EventHub::default(),
         render_locks: crate::twin::RenderLocks::default(),
+        artifacts: Arc::new(artifact_store),
+        artifacts_config: config.artifacts.clone(),
     };
     let (device_shutdown, device_signal) = watch::channel(false);
     let listener_cert_for_mqtt = listener_cert.clone();

@@ -26,6 +26,9 @@ pub struct AppState {
     pub events: crate::events::EventHub,
     /// Serialises renderings of each device's configuration.
     pub render_locks: crate::twin::RenderLocks,
+    /// Where artifact files live.
+    pub artifacts: Arc<dyn crate::artifacts::ArtifactStore>,
+    pub artifacts_config: crate::artifacts::ArtifactsConfig,
 }
 
 /// The system clock, millisecond precision.

@@ -409,6 +409,11 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/commands/{id}/devices",
         "/api/v1/commands/{id}/cancel",
         "/api/v1/devices/{id}/commands",
+        "/api/v1/artifacts",
+        "/api/v1/artifacts/{id}",
+        "/api/v1/artifacts/{id}/download",
+        "/api/v1/signing-keys",
+        "/api/v1/signing-keys/{key_id}",
     ]
     .into();
     assert_eq!(paths, expected);

@@ -116,6 +116,7 @@ on_both_backends!(
     revoking_certificates_locks_the_device_out_until_it_enrolls_again,
     renewal_over_the_authenticated_connection,
     bad_csrs_and_bodies_are_400s,
+    a_device_downloads_artifacts_of_its_tenant_with_ranges,
 );
 
 async fn a_token_admits_a_device_that_then_authenticates_by_certificate(b: Backend) {
@@ -693,5 +694,82 @@ async fn device_listener_outcomes_are_counted() {
         text.contains(r#"tender_device_connections_total{outcome="accepted"}"#),
         "{text}"
     );
+    s.stop().await;
+}
+
+async fn a_device_downloads_artifacts_of_its_tenant_with_ranges(b: Backend) {
+    let mut s = start_with(b, |c| c.artifacts.require_signature = false).await;
+    let content: Vec<u8> = (0..50_000u32).map(|i| (i % 13) as u8).collect();
+    let d =
+        tender_artifact::describe(&content[..], tender_artifact::Compression::None, None).unwrap();
+    let manifest = tender_artifact::Manifest {
+        format: tender_artifact::FORMAT.into(),
+        name: "app".into(),
+        version: "1".into(),
+        compatible: vec!["kiosk".into()],
+        depends: Default::default(),
+        provides: Default::default(),
+        payload_type: "file".into(),
+        payloads: vec![tender_artifact::Payload {
+            name: "p".into(),
+            size: d.size,
+            sha256: d.sha256,
+            compression: tender_artifact::Compression::None,
+            stored_size: None,
+            meta: Default::default(),
+        }],
+        scripts: vec![],
+        meta: Default::default(),
+        created_at: None,
+    };
+    let c2 = content.clone();
+    let file = tender_artifact::write(
+        Vec::new(),
+        &manifest,
+        &tender_artifact::Signatures::default(),
+        move |_| Ok(Box::new(std::io::Cursor::new(c2.clone())) as Box<dyn std::io::Read>),
+    )
+    .unwrap();
+    let resp = s
+        .http
+        .post(s.url("/api/v1/artifacts"))
+        .bearer_auth(&s.token)
+        .body(file.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let a: Value = resp.json().await.unwrap();
+    let id = a["id"].as_str().unwrap();
+
+    let token = new_token(&s, json!({"name": "factory"})).await;
+    let mut dev = Dev::new();
+    enroll_with_token(&s, &mut dev, &token).await;
+    let url = format!("{}/device/v1/artifacts/{id}", device_base(&s));
+    let resp = client(&s, Some(&dev)).get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &file[..]);
+    // Resuming after 10,000 bytes.
+    let resp = client(&s, Some(&dev))
+        .get(&url)
+        .header("range", "bytes=10000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &file[10_000..]);
+    // Without a certificate, or for an unknown artifact: refused.
+    let resp = client(&s, None).get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = client(&s, Some(&dev))
+        .get(format!(
+            "{}/device/v1/artifacts/{}",
+            device_base(&s),
+            uuid::Uuid::now_v7()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     s.stop().await;
 }

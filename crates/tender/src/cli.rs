@@ -82,6 +82,12 @@ pub enum Command {
     /// Commands to devices: send (to a device, a list, a group or a query), follow, cancel
     #[command(subcommand, name = "command")]
     Commands(crate::device_commands::CommandCommand),
+    /// Artifact signing keys: make them (offline), and the tenant's trusted keys (server)
+    #[command(subcommand)]
+    Keys(crate::artifact_cli::KeysCommand),
+    /// Software artifacts: create, sign, inspect and verify locally; upload and manage on the server
+    #[command(subcommand)]
+    Artifact(crate::artifact_cli::ArtifactCommand),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),

@@ -88,6 +88,112 @@ impl ApiClient {
             .map(|_| ())
     }
 
+    fn api_url(&self, path: &str) -> Result<Url> {
+        self.base
+            .join(&format!("api/v1/{path}"))
+            .map_err(|e| anyhow!("invalid path {path:?}: {e}"))
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        let why = if e.is_connect() {
+            "connection failed (is `tender server` running there?)".to_owned()
+        } else if e.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            e.to_string()
+        };
+        anyhow!("cannot reach the Tender server at {}: {why}", self.base)
+    }
+
+    /// POSTs a file to `api/v1/<path>` as a stream, calling `progress` with the bytes sent so
+    /// far, and returns the JSON answer.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: tokio::fs::File,
+        len: u64,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<T> {
+        use futures_util::StreamExt;
+        let url = self.api_url(path)?;
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect(move |chunk| {
+                if let Ok(c) = chunk {
+                    let n = sent.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed)
+                        + c.len() as u64;
+                    progress(n);
+                }
+            });
+        let resp = self
+            .http
+            .post(url.clone())
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .timeout(std::time::Duration::from_secs(24 * 3600))
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| anyhow!("reading the answer from {url}: {e}"))?;
+        if !status.is_success() {
+            return Err(problem_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow!("the server's answer to {url} is not what this CLI expects ({e})"))
+    }
+
+    /// GETs `api/v1/<path>` into `out`, resuming after the bytes `out` already holds.
+    /// Returns the bytes fetched this time.
+    pub async fn download(&self, path: &str, out: &std::path::Path) -> Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        let url = self.api_url(path)?;
+        let have = tokio::fs::metadata(out).await.map(|m| m.len()).unwrap_or(0);
+        let mut req = self
+            .http
+            .get(url.clone())
+            .bearer_auth(&self.token)
+            .timeout(std::time::Duration::from_secs(24 * 3600));
+        if have > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let mut resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if status == StatusCode::RANGE_NOT_SATISFIABLE && have > 0 {
+            // Already complete.
+            return Ok(0);
+        }
+        if !status.is_success() {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(problem_error(status, &bytes));
+        }
+        let append = status == StatusCode::PARTIAL_CONTENT;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(out)
+            .await
+            .map_err(|e| anyhow!("cannot write {}: {e}", out.display()))?;
+        let mut got = 0u64;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| anyhow!("the download broke off after {got} bytes ({e}); run the same command again to resume"))?
+        {
+            file.write_all(&chunk).await?;
+            got += chunk.len() as u64;
+        }
+        file.sync_all().await?;
+        Ok(got)
+    }
+
     async fn request<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,

@@ -23,6 +23,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Twin(cmd) => crate::twin_cli::twin(g, cmd).await,
         Command::Config(cmd) => crate::twin_cli::config(g, cmd).await,
         Command::Commands(cmd) => crate::device_commands::run(g, cmd).await,
+        Command::Keys(cmd) => match crate::artifact_cli::keys_local(g, cmd)? {
+            Some(code) => Ok(code),
+            None => crate::artifact_cli::keys_remote(g, cmd).await,
+        },
+        Command::Artifact(cmd) => match crate::artifact_cli::artifact_local(g, cmd)? {
+            Some(code) => Ok(code),
+            None => crate::artifact_cli::artifact_remote(g, cmd).await,
+        },
         Command::Whoami => whoami(g).await,
         Command::Devices(DevicesCommand::List(args)) => list_devices(g, args).await,
         Command::Devices(DevicesCommand::Show { id }) => show_device(g, id).await,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod artifact_cli;
 mod cli;
 mod client;
 mod commands;

@@ -980,3 +980,167 @@ fn a_group_command_reaches_online_devices_now_and_offline_ones_later() {
     child.wait().unwrap();
     server.stop();
 }
+
+/// Keys and artifacts from the command line: generate a key, create, sign, inspect and verify
+/// an artifact offline; trust the key on the server, upload, list, show, download (resuming),
+/// delete. A tampered copy is refused by `verify` and by the server.
+#[test]
+fn artifacts_are_made_signed_checked_and_uploaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let t = || tender(d);
+    let key = d.join("release.key");
+    let o = run(t().args(["keys", "generate", "--file"]).arg(&key));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let key_id = stdout(&o)
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("key id ")
+        .to_owned();
+    assert_eq!(key_id.len(), 16);
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let public = d.join("release.key.pub");
+    let o = run(t().args(["keys", "show"]).arg(&public));
+    assert_eq!(stdout(&o).trim(), key_id);
+    // Never overwritten.
+    let o = run(t().args(["keys", "generate", "--file"]).arg(&key));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("exists"), "{}", stderr(&o));
+
+    let payload = d.join("app.bin");
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 97) as u8).collect();
+    std::fs::write(&payload, &content).unwrap();
+    let script = d.join("check.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    let art = d.join("app-1.2.0.tender");
+    let o = run(t()
+        .current_dir(d)
+        .args([
+            "artifact",
+            "create",
+            "--name",
+            "app",
+            "--version",
+            "1.2.0",
+            "--device-type",
+            "gw",
+            "--device-type",
+            "rpi4",
+            "--type",
+            "file",
+            "--gzip",
+            "--depends",
+            "rootfs.version=5",
+        ])
+        .arg("--payload")
+        .arg(format!("{}=/opt/app/app.bin", payload.display()))
+        .arg("--script")
+        .arg(format!("after_install={}", script.display())));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("unsigned"), "{}", stdout(&o));
+    assert!(art.exists());
+
+    // Unsigned: verify needs --allow-unsigned; with the key it says what is missing.
+    let o = run(t()
+        .args(["artifact", "verify", "--key"])
+        .arg(&public)
+        .arg(&art));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not signed by a trusted key"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(t()
+        .args(["artifact", "verify", "--allow-unsigned"])
+        .arg(&art));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = run(t().args(["artifact", "sign", "--key"]).arg(&key).arg(&art));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(t()
+        .args(["artifact", "verify", "--key"])
+        .arg(&public)
+        .arg(&art));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("signed by {key_id}")),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(t().args(["artifact", "inspect"]).arg(&art));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for want in [
+        "name        app",
+        "version     1.2.0",
+        "compatible  gw, rpi4",
+        "depends     rootfs.version = 5",
+        "provides    app.version = 1.2.0",
+        "payload     app.bin -> /opt/app/app.bin (200000 bytes",
+        "script      check.sh",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+
+    // A tampered copy: the signature no longer matches.
+    let mut bytes = std::fs::read(&art).unwrap();
+    let at = bytes.windows(5).position(|w| w == b"1.2.0").unwrap();
+    bytes[at + 4] = b'9';
+    let tampered = d.join("tampered.tender");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let o = run(t()
+        .args(["artifact", "verify", "--key"])
+        .arg(&public)
+        .arg(&tampered));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("altered"), "{}", stderr(&o));
+
+    let data = d.join("data");
+    let server = start_server(d, &data, &[]);
+    let token = server.token.clone().unwrap();
+    let o = run(t().args(["login", "--server", &server.base, "--token", &token]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Before the key is trusted the server refuses, and says how to fix it.
+    let o = run(t().args(["artifact", "upload"]).arg(&art));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("tender keys trust"), "{}", stderr(&o));
+    let o = run(t().args(["keys", "trust"]).arg(&public));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(t().args(["keys", "list"]));
+    assert!(stdout(&o).contains(&key_id), "{}", stdout(&o));
+    let o = run(t().args(["artifact", "upload"]).arg(&tampered));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("422"), "{}", stderr(&o));
+    let o = run(t().args(["artifact", "upload", "-o", "json"]).arg(&art));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let up: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(up["signed_by"], serde_json::json!([key_id]));
+    let o = run(t().args(["artifact", "list"]));
+    assert!(stdout(&o).contains("1.2.0"), "{}", stdout(&o));
+    let o = run(t().args(["artifact", "show", "app@1.2.0"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("script      check.sh"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Download, resuming a partial file.
+    let original = std::fs::read(&art).unwrap();
+    let out = d.join("download.tender");
+    std::fs::write(&out, &original[..1000]).unwrap();
+    let o = run(t()
+        .args(["artifact", "download", "app@1.2.0", "--out"])
+        .arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), original);
+
+    let o = run(t().args(["artifact", "delete", "app@1.2.0"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(t().args(["artifact", "show", "app@1.2.0"]));
+    assert_eq!(o.status.code(), Some(1));
+    server.stop();
+}

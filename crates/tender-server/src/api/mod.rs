@@ -24,6 +24,7 @@ use crate::config::HttpConfig;
 use crate::problem::{Problem, problem_for_plain_errors};
 use crate::state::AppState;
 
+pub mod artifacts;
 pub mod commands;
 pub mod config;
 pub mod connections;
@@ -113,6 +114,14 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         commands::command_devices,
         commands::cancel_command,
         commands::device_commands,
+        artifacts::upload_artifact,
+        artifacts::list_artifacts,
+        artifacts::get_artifact,
+        artifacts::delete_artifact,
+        artifacts::download_artifact,
+        artifacts::list_signing_keys,
+        artifacts::add_signing_key,
+        artifacts::delete_signing_key,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -126,6 +135,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         (name = "events", description = "What happened to devices and groups, as a log and a live stream"),
         (name = "operators", description = "Who is calling"),
         (name = "commands", description = "Commands sent to devices, their per-device status and results"),
+        (name = "artifacts", description = "Signed software artifacts and the keys trusted to sign them"),
     ),
 )]
 pub struct ApiDoc;
@@ -237,7 +247,36 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .route("/commands/{id}/devices", get(commands::command_devices))
         .route("/commands/{id}/cancel", post(commands::cancel_command))
         .route("/devices/{id}/commands", get(commands::device_commands))
-        .route("/openapi.json", get(openapi_json));
+        .route(
+            "/signing-keys",
+            get(artifacts::list_signing_keys).post(artifacts::add_signing_key),
+        )
+        .route(
+            "/signing-keys/{key_id}",
+            delete(artifacts::delete_signing_key),
+        )
+        .route("/artifacts", get(artifacts::list_artifacts))
+        .route(
+            "/artifacts/{id}",
+            get(artifacts::get_artifact).delete(artifacts::delete_artifact),
+        )
+        .route("/openapi.json", get(openapi_json))
+        // Body limits and the request time-out cover every route added above; the artifact
+        // routes below stream large bodies and bound them themselves (size, idle time).
+        .layer(DefaultBodyLimit::max(http.body_limit_bytes))
+        .layer(RequestBodyLimitLayer::new(http.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(http.request_timeout_secs.max(1)),
+        ))
+        .route(
+            "/artifacts",
+            post(artifacts::upload_artifact).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/artifacts/{id}/download",
+            get(artifacts::download_artifact),
+        );
 
     Router::new()
         .nest("/api/v1", api)
@@ -245,18 +284,13 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        // Innermost first: body limits, panics, metrics, time-out, tracing, request ids, and
-        // last (outermost) the rewrite of any remaining plain error into problem JSON.
-        .layer(DefaultBodyLimit::max(http.body_limit_bytes))
-        .layer(RequestBodyLimitLayer::new(http.body_limit_bytes))
+        // Innermost first (after the API's own body limits and time-out): panics, metrics,
+        // tracing, request ids, and last (outermost) the rewrite of any remaining plain error
+        // into problem JSON.
         .layer(CatchPanicLayer::new())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
-        ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(http.request_timeout_secs.max(1)),
         ))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
