@@ -85,6 +85,11 @@ id_type!(
     ArtifactId,
     "artifact id"
 );
+id_type!(
+    /// A deployment of an artifact to devices.
+    DeploymentId,
+    "deployment id"
+);
 
 /// A string that is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

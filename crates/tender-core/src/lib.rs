@@ -11,6 +11,7 @@ pub mod certificate;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod deployment;
 pub mod device;
 pub mod enrollment;
 pub mod event;
@@ -26,5 +27,5 @@ pub mod twin;
 pub mod user;
 
 pub use clock::{Clock, ManualClock, Timestamp};
-pub use ids::{ArtifactId, CommandId};
+pub use ids::{ArtifactId, CommandId, DeploymentId};
 pub use ids::{ConnectionId, DeviceId, GroupId, TenantId, TokenId, UserId};
