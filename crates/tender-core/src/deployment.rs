@@ -380,6 +380,8 @@ pub struct Deployment {
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
     pub updated_at: Timestamp,
+    /// Grows with every stored change (compare-and-set).
+    pub revision: u64,
 }
 
 /// A device's part in a deployment.
@@ -975,6 +977,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             updated_at: T0,
+            revision: 0,
         }
     }
 

@@ -230,7 +230,14 @@ macro_rules! impl_artifact_catalog {
                     .bind(id.as_uuid())
                     .execute(&self.pool)
                     .await
-                    .map_err(|e| $crate::map_sqlx("artifact", e))?;
+                    .map_err(|e| match e {
+                        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                            $crate::StoreError::Conflict(format!(
+                                "artifact {id} is used by deployments"
+                            ))
+                        }
+                        e => $crate::map_sqlx("artifact", e),
+                    })?;
                 if done.rows_affected() == 0 {
                     return Err($crate::StoreError::NotFound(format!("artifact {id}")));
                 }

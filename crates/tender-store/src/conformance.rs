@@ -28,8 +28,10 @@ use crate::{DeviceFilter, DynStore, OpenOptions, Store, StoreError, TransitionEr
 
 mod artifacts;
 mod commands;
+mod deployments;
 pub use artifacts::*;
 pub use commands::*;
+pub use deployments::*;
 
 /// A fresh store for one test, plus whatever keeps its database alive until the test ends.
 pub struct Fixture {
@@ -97,6 +99,8 @@ macro_rules! conformance_suite {
             command_targets_expire_after_their_ttl,
             artifacts_round_trip_unique_per_version,
             trusted_keys_are_per_tenant,
+            deployments_round_trip_and_change_by_revision,
+            deployment_targets_notify_report_and_page,
         );
         #[tokio::test]
         async fn data_survives_reopen() {

@@ -52,6 +52,7 @@ mod artifacts;
 mod commands;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod deployments;
 pub mod filter;
 pub mod postgres;
 mod rows;
@@ -121,6 +122,7 @@ pub trait Store:
     + EventStore
     + CommandStore
     + ArtifactCatalog
+    + DeploymentStore
     + Send
     + Sync
     + 'static
@@ -550,6 +552,98 @@ pub trait ArtifactCatalog: Send + Sync + 'static {
     ) -> Result<Vec<tender_core::artifact::TrustedKey>>;
     /// NotFound when the tenant does not trust this key id.
     async fn delete_trusted_key(&self, tenant: TenantId, key_id: &str) -> Result<()>;
+}
+
+/// The deployments part of the port (`0017_deployments.sql`): deployments and each device's
+/// [`Target`](tender_core::deployment::Target) in them. Deployments change by compare-and-set on
+/// their revision, targets on the state, attempts and update time read (see `deployments.rs`).
+#[async_trait]
+pub trait DeploymentStore: Send + Sync + 'static {
+    /// Inserts the deployment and its targets in one transaction. NotFound when the artifact
+    /// or a device does not exist in the tenant (nothing is stored).
+    async fn create_deployment(
+        &self,
+        deployment: &tender_core::deployment::Deployment,
+        targets: &[tender_core::deployment::Target],
+    ) -> Result<()>;
+    /// Adds targets to an existing deployment (continuous deployments); devices already in it
+    /// are left alone. Returns how many were added.
+    async fn add_deployment_targets(
+        &self,
+        targets: &[tender_core::deployment::Target],
+    ) -> Result<u64>;
+    async fn deployment(
+        &self,
+        tenant: TenantId,
+        id: tender_core::DeploymentId,
+    ) -> Result<Option<tender_core::deployment::Deployment>>;
+    /// Newest first.
+    async fn list_deployments(
+        &self,
+        tenant: TenantId,
+        page: &PageRequest<tender_core::DeploymentId>,
+    ) -> Result<Page<tender_core::deployment::Deployment, tender_core::DeploymentId>>;
+    /// Scheduled and running deployments of every tenant (for the server's scheduler).
+    async fn active_deployments(&self) -> Result<Vec<tender_core::deployment::Deployment>>;
+    /// Stores `new` if the deployment is still at `expected.revision` (the revision then grows
+    /// by one); false when someone else changed it first.
+    async fn update_deployment(
+        &self,
+        expected: &tender_core::deployment::Deployment,
+        new: &tender_core::deployment::Deployment,
+    ) -> Result<bool>;
+    /// Counts per phase and state, one entry per phase.
+    async fn deployment_stats(
+        &self,
+        deployment: &tender_core::deployment::Deployment,
+    ) -> Result<Vec<tender_core::deployment::PhaseStats>>;
+    /// The targets by device id, optionally in one state.
+    async fn deployment_targets(
+        &self,
+        tenant: TenantId,
+        id: tender_core::DeploymentId,
+        state: Option<tender_core::deployment::TargetState>,
+        page: &PageRequest<DeviceId>,
+    ) -> Result<Page<tender_core::deployment::Target, DeviceId>>;
+    async fn deployment_target(
+        &self,
+        tenant: TenantId,
+        id: tender_core::DeploymentId,
+        device: DeviceId,
+    ) -> Result<Option<tender_core::deployment::Target>>;
+    /// Queued targets of phases up to the current one that may be notified at `now`, earlier
+    /// phases first, at most `limit`.
+    async fn due_deployment_targets(
+        &self,
+        deployment: &tender_core::deployment::Deployment,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<tender_core::deployment::Target>>;
+    /// (targets notified since `since`, targets notified and not done downloading).
+    async fn deployment_load(
+        &self,
+        deployment: &tender_core::deployment::Deployment,
+        since: Timestamp,
+    ) -> Result<(u32, u32)>;
+    /// The device's targets that it is working on (notified and not finished), any deployment.
+    async fn active_targets_for_device(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> Result<Vec<tender_core::deployment::Target>>;
+    /// The device's targets, newest deployment first.
+    async fn device_deployment_targets(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        page: &PageRequest<tender_core::DeploymentId>,
+    ) -> Result<Page<tender_core::deployment::Target, tender_core::DeploymentId>>;
+    /// Stores `new` if the target is still as `expected` (state, attempts, update time).
+    async fn update_deployment_target(
+        &self,
+        expected: &tender_core::deployment::Target,
+        new: &tender_core::deployment::Target,
+    ) -> Result<bool>;
 }
 
 /// The commands part of the port (`0011_commands.sql`): commands with the devices they were

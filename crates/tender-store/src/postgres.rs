@@ -47,3 +47,4 @@ crate::adapter_twin::impl_twin_store!(PgStore);
 crate::adapter_events::impl_event_store!(PgStore);
 impl_command_store!(PgStore);
 crate::artifacts::impl_artifact_catalog!(PgStore);
+crate::deployments::impl_deployment_store!(PgStore);

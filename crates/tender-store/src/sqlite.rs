@@ -69,3 +69,4 @@ crate::adapter_twin::impl_twin_store!(SqliteStore);
 crate::adapter_events::impl_event_store!(SqliteStore);
 impl_command_store!(SqliteStore);
 crate::artifacts::impl_artifact_catalog!(SqliteStore);
+crate::deployments::impl_deployment_store!(SqliteStore);
