@@ -644,3 +644,89 @@ fn rootfs_ab_survives_a_kill_at_every_state() {
         eprintln!("{point}: ended {state} on slot {booted}");
     }
 }
+
+/// An external module is called per state with the work directory; a failing verify rolls it
+/// back. A `script` payload runs once.
+#[test]
+fn external_modules_and_the_script_module() {
+    let d = Device::new("");
+    let modules = d.dir.path().join("modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    // Rewrite the configuration with a modules directory.
+    let config = std::fs::read_to_string(&d.config).unwrap().replace(
+        "verify_connection = false",
+        &format!(
+            "verify_connection = false\nmodules_dir = \"{}\"",
+            modules.display()
+        ),
+    );
+    std::fs::write(&d.config, config).unwrap();
+    let calls = d.dir.path().join("calls");
+    let module = modules.join("app-bundle");
+    std::fs::write(
+        &module,
+        format!(
+            "#!/bin/sh\necho \"$1 $TENDER_UPDATE_VERSION $(cat \"$2/files/bundle\")\" >> {calls}\n\
+             case $1 in\n  NeedsReboot) echo no ;;\n  SupportsRollback) echo yes ;;\n\
+             Verify) [ \"$TENDER_UPDATE_VERSION\" != bad ] ;;\nesac\n",
+            calls = calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&module, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bundle = |version: &'static str| {
+        let mut a = Art::new("bundle", version, "app-bundle");
+        a.payloads = vec![("bundle", b"B".to_vec(), json!({}))];
+        a.build(Some(&key()))
+    };
+    let out = d.install(&bundle("1"), None);
+    assert!(out.status.success(), "{}", text(&out));
+    let states = |expected: &[&str]| {
+        let got: Vec<String> = std::fs::read_to_string(&calls)
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(got, expected);
+        std::fs::remove_file(&calls).unwrap();
+    };
+    states(&[
+        "SupportsRollback",
+        "Download",
+        "Install",
+        "NeedsReboot",
+        "Verify",
+        "Commit",
+        "Cleanup",
+    ]);
+    let out = d.install(&bundle("bad"), None);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(d.state(), "rolled_back");
+    states(&[
+        "SupportsRollback",
+        "Download",
+        "Install",
+        "NeedsReboot",
+        "Verify",
+        "Rollback",
+        "NeedsReboot",
+        "Cleanup",
+    ]);
+
+    let marker = d.dir.path().join("script-ran");
+    let mut s = Art::new("fix-perms", "1", "script");
+    s.payloads = vec![(
+        "run.sh",
+        format!("#!/bin/sh\necho ran >> {}\n", marker.display()).into_bytes(),
+        json!({}),
+    )];
+    let out = d.install(&s.build(Some(&key())), None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+    let mut f = Art::new("fix-perms", "2", "script");
+    f.payloads = vec![("run.sh", b"#!/bin/sh\nexit 4\n".to_vec(), json!({}))];
+    let out = d.install(&f.build(Some(&key())), None);
+    assert!(text(&out).contains("exit status 4"), "{}", text(&out));
+    assert_eq!(d.state(), "failed");
+    assert_eq!(d.installed()["provides"]["fix-perms.version"], "1");
+}

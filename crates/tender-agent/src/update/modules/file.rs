@@ -355,4 +355,67 @@ mod tests {
         assert!(mode(&payload("x", json!({"mode": "rwx"}))).is_err());
         assert!(mode(&payload("x", json!({"mode": "17777"}))).is_err());
     }
+
+    /// A crash between two files of an install: rollback (twice: it may itself be cut) puts
+    /// back the replaced file, leaves the untouched one, removes the new one.
+    #[test]
+    fn rollback_undoes_a_partial_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("opt");
+        std::fs::create_dir_all(&target).unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(work.join("files")).unwrap();
+        let m = manifest(
+            json!({"dest_dir": target.to_str().unwrap()}),
+            vec![
+                payload("one", json!({})),
+                payload("two", json!({})),
+                payload("three", json!({})),
+            ],
+        );
+        for name in ["one", "two", "three"] {
+            std::fs::write(work.join("files").join(name), format!("new {name}")).unwrap();
+        }
+        std::fs::write(target.join("one"), "old one").unwrap();
+        std::fs::write(target.join("two"), "old two").unwrap();
+        let config = crate::update::UpdateConfig::defaults(dir.path(), None, &[]);
+        let ctx = Ctx {
+            config: &config,
+            work_dir: &work,
+            manifest: &m,
+        };
+        let j: Journal = serde_json::from_value(json!({
+            "artifact_id": "a", "name": "app", "version": "1", "payload_type": "file",
+            "state": "installing", "started_at": "t", "updated_at": "t"
+        }))
+        .unwrap();
+        let mut module = FileModule;
+        module.install(&ctx, &j).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(target.join("three")).unwrap(),
+            "new three"
+        );
+        // As if the crash came after "one" only: "two" back to its old self, no backup.
+        std::fs::rename(backup_of(&target.join("two")), target.join("two")).unwrap();
+        std::fs::write(target.join("two"), "old two").unwrap();
+        std::fs::remove_file(target.join("three")).unwrap();
+        std::fs::write(new_of(&target.join("three")), "half").unwrap();
+        for _ in 0..2 {
+            assert!(!module.rollback(&ctx, &j).unwrap());
+            let mut names: Vec<String> = std::fs::read_dir(&target)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["one", "two"]);
+            assert_eq!(
+                std::fs::read_to_string(target.join("one")).unwrap(),
+                "old one"
+            );
+            assert_eq!(
+                std::fs::read_to_string(target.join("two")).unwrap(),
+                "old two"
+            );
+        }
+    }
 }
