@@ -356,6 +356,48 @@ fn open_buffer(config: &AgentConfig) -> Result<Buffer, AgentError> {
     Ok(buffer)
 }
 
+/// Carries on an update the journal shows in progress (a reboot into it, a crash), on a thread
+/// of its own. With `update.verify_connection` its verify state counts a connection to the
+/// server (within `update.connect_timeout_secs`) as part of the device's health.
+fn resume_update(config: &AgentConfig, mut state: watch::Receiver<ConnState>) {
+    let update = config.update.clone();
+    match crate::update::status(&update.data_dir) {
+        Ok(Some(j)) if !j.state.is_terminal() => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the update journal; no update is carried on");
+            return;
+        }
+    }
+    tokio::spawn(async move {
+        let connected = !update.verify_connection
+            || tokio::time::timeout(
+                update.connect_timeout,
+                state.wait_for(|s| matches!(s, ConnState::Connected)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let wait = update.connect_timeout.as_secs();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let health = move || {
+                if connected {
+                    Ok(())
+                } else {
+                    Err(format!("no connection to the server within {wait} s"))
+                }
+            };
+            crate::update::resume(&update, &mut crate::update::LogOnly, &health)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(Some(o))) => tracing::info!(status = o.status(), "update carried on: {o:?}"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "carrying on the update failed"),
+            Err(e) => tracing::error!(error = %e, "the update task failed"),
+        }
+    });
+}
+
 /// Runs the agent on the real system until `shutdown` completes (then disconnects cleanly and
 /// returns `Ok`) or an unrecoverable error: enrollment refused, or the device revoked / not
 /// authorized.
@@ -526,6 +568,7 @@ pub async fn run_with<S: Source>(
     let mut desired = DesiredHandler::new(config, uplink_tx.clone());
     let mut commands = CommandRunner::new(config, uplink_tx);
     let mut restart = commands.restart_requested();
+    resume_update(config, state.clone());
 
     let outcome = loop {
         tokio::select! {

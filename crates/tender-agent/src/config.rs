@@ -52,6 +52,8 @@ pub struct RawConfig {
     pub reboot_command: Option<Vec<String>>,
     /// Custom commands: `[commands.<name>] exec = [...]`, `allow_args = false`.
     pub commands: Option<std::collections::BTreeMap<String, crate::commands::RawCustomCommand>>,
+    /// Over-the-air updates: `[update]`, `[update.rootfs]`.
+    pub update: Option<crate::update::RawUpdateConfig>,
 }
 
 /// The collectors that can be switched on and off (`collectors = [...]`).
@@ -97,6 +99,8 @@ pub struct AgentConfig {
     pub config_handlers: std::collections::BTreeMap<String, crate::desired::HandlerConfig>,
     /// The commands the agent carries out (built-ins and the allow-list of custom ones).
     pub commands: crate::commands::CommandsConfig,
+    /// Over-the-air updates (`[update]`).
+    pub update: crate::update::UpdateConfig,
 }
 
 /// Environment variables that override the file.
@@ -243,7 +247,15 @@ impl RawConfig {
         })?;
         let commands =
             crate::commands::CommandsConfig::from_raw(self.reboot_command, self.commands)?;
+        let device_type = self.device_type.filter(|t| !t.is_empty());
+        let update = crate::update::UpdateConfig::from_raw(
+            self.update,
+            &data_dir,
+            device_type.clone(),
+            &commands.reboot,
+        )?;
         Ok(AgentConfig {
+            update,
             config_handlers,
             commands,
             telemetry_batch,
@@ -275,7 +287,7 @@ impl RawConfig {
             data_dir,
             enrollment_token: self.enrollment_token.filter(|t| !t.is_empty()),
             device_name: self.device_name,
-            device_type: self.device_type.filter(|t| !t.is_empty()),
+            device_type,
             telemetry_interval_secs,
             max_backoff_secs,
             keepalive_secs,

@@ -11,6 +11,8 @@
 //! - [`buffer`]: the on-disk store-and-forward buffer for records waiting to be delivered.
 //! - [`desired`]: applies the desired state (configuration handlers) and reports it.
 //! - [`commands`]: runs commands from the server and reports their outcome.
+//! - [`update`]: over-the-air updates: signed artifacts, update modules, the journaled state
+//!   machine.
 //! - [`config`], [`status`], [`agent`]: the agent's configuration, status file and main loop.
 #![forbid(unsafe_code)]
 
@@ -26,3 +28,4 @@ pub mod inventory;
 pub mod mqtt;
 pub mod status;
 pub mod telemetry;
+pub mod update;

@@ -34,6 +34,28 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Install a signed artifact from a file (exit 0 once installed, already installed, or
+    /// rebooting to finish it; 1 when refused or failed).
+    Install {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The artifact file.
+        artifact: PathBuf,
+    },
+    /// Print the update in progress, or the last one.
+    UpdateStatus {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Carry on (verify and commit, or roll back) an update left in progress by a reboot or a
+    /// crash, without connecting to the server: what `run` does for updates when it starts.
+    UpdateResume {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +71,9 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Run { config } => run(&config),
         Command::Status { config } => status(&config),
+        Command::Install { config, artifact } => install(&config, &artifact),
+        Command::UpdateStatus { config } => update_status(&config),
+        Command::UpdateResume { config } => update_resume(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,6 +175,100 @@ fn status(path: &Path) -> anyhow::Result<()> {
             }
         }
         None => println!("state:               (the agent has not run with this data directory)"),
+    }
+    Ok(())
+}
+
+/// Prints progress as it comes: statuses on stdout, log lines on stderr.
+struct Printed;
+
+impl tender_agent::update::Progress for Printed {
+    fn status(&mut self, status: &str) {
+        println!("{status}");
+    }
+    fn log(&mut self, line: &str) {
+        eprintln!("tender-agent: {line}");
+    }
+}
+
+/// The outcome's last line and the exit status it means.
+fn finish(outcome: &tender_agent::update::Outcome) -> anyhow::Result<()> {
+    use tender_agent::update::Outcome;
+    match outcome {
+        Outcome::Succeeded => Ok(()),
+        Outcome::Rebooting => {
+            println!("the update goes on after the reboot");
+            Ok(())
+        }
+        Outcome::Skipped(why) => {
+            println!("{why}");
+            Ok(())
+        }
+        Outcome::Failed(why) => anyhow::bail!("the update failed: {why}"),
+        Outcome::RolledBack(why) => anyhow::bail!("the update was rolled back: {why}"),
+        Outcome::Incompatible(why) => anyhow::bail!("the artifact is not for this device: {why}"),
+    }
+}
+
+fn install(path: &Path, artifact: &Path) -> anyhow::Result<()> {
+    let config = AgentConfig::load(path)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let file =
+        std::fs::File::open(artifact).with_context(|| format!("opening {}", artifact.display()))?;
+    let id = artifact
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "artifact".into());
+    let outcome = tender_agent::update::install(
+        &config.update,
+        &id,
+        std::io::BufReader::new(file),
+        &mut Printed,
+        &tender_agent::update::no_health,
+    )?;
+    finish(&outcome)
+}
+
+fn update_resume(path: &Path) -> anyhow::Result<()> {
+    let config = AgentConfig::load(path)?;
+    match tender_agent::update::resume(
+        &config.update,
+        &mut Printed,
+        &tender_agent::update::no_health,
+    )? {
+        Some(outcome) => finish(&outcome),
+        None => {
+            println!("no update in progress");
+            Ok(())
+        }
+    }
+}
+
+fn update_status(path: &Path) -> anyhow::Result<()> {
+    let config = AgentConfig::load(path)?;
+    let Some(j) = tender_agent::update::status(&config.data_dir)? else {
+        println!("no update has run on this device");
+        return Ok(());
+    };
+    println!(
+        "artifact:   {} ({} {}, {})",
+        j.artifact_id, j.name, j.version, j.payload_type
+    );
+    println!("state:      {}", j.state);
+    println!("started at: {}", j.started_at);
+    println!("updated at: {}", j.updated_at);
+    if let Some(s) = &j.slots {
+        println!("slots:      {} -> {}", s.from, s.to);
+    }
+    if j.attempts > 0 {
+        println!("attempts:   {}", j.attempts);
+    }
+    if let Some(e) = &j.error {
+        println!("error:      {e}");
+    }
+    for line in &j.log {
+        println!("  {line}");
     }
     Ok(())
 }
