@@ -34,10 +34,14 @@ pub enum EventKind {
     GroupLeft,
     /// A command's state on a device changed (`data`: `command_id`, `state`).
     CommandStateChanged,
+    /// A deployment's own state changed (`data`: `deployment_id`, `state`, `phase`, `reason`).
+    DeploymentStateChanged,
+    /// A device's update in a deployment moved (`data`: `deployment_id`, `state`, `error`).
+    DeploymentDeviceChanged,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::DeviceCreated,
         EventKind::DeviceStateChanged,
         EventKind::DeviceConnected,
@@ -49,6 +53,8 @@ impl EventKind {
         EventKind::GroupJoined,
         EventKind::GroupLeft,
         EventKind::CommandStateChanged,
+        EventKind::DeploymentStateChanged,
+        EventKind::DeploymentDeviceChanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +70,8 @@ impl EventKind {
             EventKind::GroupJoined => "group.joined",
             EventKind::GroupLeft => "group.left",
             EventKind::CommandStateChanged => "command.state_changed",
+            EventKind::DeploymentStateChanged => "deployment.state_changed",
+            EventKind::DeploymentDeviceChanged => "deployment.device_changed",
         }
     }
 
@@ -102,6 +110,18 @@ impl NewEvent {
             at,
             kind,
             device_id: Some(device_id),
+            group_id: None,
+            data: Map::new(),
+        }
+    }
+
+    /// An event about the tenant as a whole (a deployment, ...).
+    pub fn tenant(tenant_id: TenantId, at: Timestamp, kind: EventKind) -> Self {
+        NewEvent {
+            tenant_id,
+            at,
+            kind,
+            device_id: None,
             group_id: None,
             data: Map::new(),
         }

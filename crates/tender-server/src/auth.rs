@@ -199,6 +199,8 @@ requirements! {
     ArtifactsRead => ArtifactsRead,
     ArtifactsUpload => ArtifactsUpload,
     ArtifactsManage => ArtifactsManage,
+    DeploymentsCreate => DeploymentsCreate,
+    DeploymentsControl => DeploymentsControl,
 }
 
 /// An authenticated caller who holds the permission `R` names.

@@ -62,6 +62,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub commands: crate::commands::CommandsConfig,
     pub artifacts: crate::artifacts::ArtifactsConfig,
+    pub deployments: crate::deployments::DeploymentsConfig,
 }
 
 /// The event log.
@@ -118,6 +119,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             commands: crate::commands::CommandsConfig::default(),
             artifacts: crate::artifacts::ArtifactsConfig::default(),
+            deployments: crate::deployments::DeploymentsConfig::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod ca;
 pub mod commands;
 pub mod config;
 pub mod datadir;
+pub mod deployments;
 pub mod device_api;
 pub mod enroll;
 pub mod events;
@@ -179,11 +180,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         render_locks: crate::twin::RenderLocks::default(),
         artifacts: Arc::new(artifact_store),
         artifacts_config: config.artifacts.clone(),
+        deployments: crate::deployments::Scheduler::default(),
     };
     let (device_shutdown, device_signal) = watch::channel(false);
     let listener_cert_for_mqtt = listener_cert.clone();
     let device_signal_for_mqtt = device_signal.clone();
     let device_signal_for_commands = device_signal.clone();
+    let device_signal_for_deployments = device_signal.clone();
     tokio::spawn(device_api::rotate_daily(
         listener_cert,
         state.ca.clone(),
@@ -223,6 +226,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config.events.retention_days,
     ));
     let events = state.events.clone();
+    tokio::spawn(deployments::scheduler(
+        state.clone(),
+        config.deployments.clone(),
+        device_signal_for_deployments,
+    ));
     tokio::spawn(commands::sweeper(
         state.clone(),
         Duration::from_millis(config.commands.sweep_interval_ms),

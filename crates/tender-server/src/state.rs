@@ -29,6 +29,8 @@ pub struct AppState {
     /// Where artifact files live.
     pub artifacts: Arc<dyn crate::artifacts::ArtifactStore>,
     pub artifacts_config: crate::artifacts::ArtifactsConfig,
+    /// Wakes the deployment scheduler.
+    pub deployments: crate::deployments::Scheduler,
 }
 
 /// The system clock, millisecond precision.

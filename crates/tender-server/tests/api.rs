@@ -414,6 +414,15 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/artifacts/{id}/download",
         "/api/v1/signing-keys",
         "/api/v1/signing-keys/{key_id}",
+        "/api/v1/deployments",
+        "/api/v1/deployments/preview",
+        "/api/v1/deployments/{id}",
+        "/api/v1/deployments/{id}/devices",
+        "/api/v1/deployments/{id}/pause",
+        "/api/v1/deployments/{id}/resume",
+        "/api/v1/deployments/{id}/cancel",
+        "/api/v1/deployments/{id}/approve",
+        "/api/v1/devices/{id}/deployments",
     ]
     .into();
     assert_eq!(paths, expected);

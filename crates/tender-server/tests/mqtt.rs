@@ -2416,3 +2416,457 @@ async fn sending_commands_checks_input_and_permission() {
     assert_eq!(st, StatusCode::OK);
     s.stop().await;
 }
+
+mod deployments {
+    use super::*;
+    on_both_backends!(a_phased_deployment_pauses_on_failure_and_resumes_with_a_fix,);
+}
+
+/// Enrolls a device of `device_type`.
+async fn enroll_typed(s: &TestServer, device_type: &str) -> Dev {
+    let (st, t) = admin(
+        s,
+        reqwest::Method::POST,
+        "/api/v1/enrollment-tokens",
+        Some(json!({"name": "typed", "device_type": device_type})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{t}");
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let ca = reqwest::Certificate::from_pem(ca_pem(s).as_bytes()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let addr = s.server.as_ref().unwrap().device_addr;
+    let resp = http
+        .post(format!(
+            "https://127.0.0.1:{}/device/v1/enroll",
+            addr.port()
+        ))
+        .json(&json!({"csr": csr(&key), "token": t["token"], "name": "d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let a: Value = resp.json().await.unwrap();
+    Dev {
+        id: a["device_id"].as_str().unwrap().to_owned(),
+        key,
+        cert: a["certificate"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// Uploads an unsigned artifact `name` `version` for device type `gw`; its id.
+async fn upload_artifact(s: &TestServer, name: &str, version: &str) -> String {
+    let content = format!("{name} {version}").into_bytes();
+    let d =
+        tender_artifact::describe(&content[..], tender_artifact::Compression::None, None).unwrap();
+    let manifest = tender_artifact::Manifest {
+        format: tender_artifact::FORMAT.into(),
+        name: name.into(),
+        version: version.into(),
+        compatible: vec!["gw".into()],
+        depends: Default::default(),
+        provides: Default::default(),
+        payload_type: "file".into(),
+        payloads: vec![tender_artifact::Payload {
+            name: "p".into(),
+            size: d.size,
+            sha256: d.sha256,
+            compression: tender_artifact::Compression::None,
+            stored_size: None,
+            meta: Default::default(),
+        }],
+        scripts: vec![],
+        meta: Default::default(),
+        created_at: None,
+    };
+    let file = tender_artifact::write(
+        Vec::new(),
+        &manifest,
+        &tender_artifact::Signatures::default(),
+        move |_| Ok(Box::new(std::io::Cursor::new(content.clone())) as Box<dyn std::io::Read>),
+    )
+    .unwrap();
+    let resp = s
+        .http
+        .post(s.url("/api/v1/artifacts"))
+        .bearer_auth(&s.token)
+        .body(file)
+        .send()
+        .await
+        .unwrap();
+    let st = resp.status();
+    let a: Value = resp.json().await.unwrap();
+    assert_eq!(st, StatusCode::CREATED, "{a}");
+    a["id"].as_str().unwrap().to_owned()
+}
+
+async fn deployment_targets(s: &TestServer, id: &str) -> Vec<Value> {
+    let (st, page) = admin(
+        s,
+        reqwest::Method::GET,
+        &format!("/api/v1/deployments/{id}/devices"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    page["items"].as_array().unwrap().clone()
+}
+
+async fn deployment(s: &TestServer, id: &str) -> Value {
+    let (st, d) = admin(
+        s,
+        reqwest::Method::GET,
+        &format!("/api/v1/deployments/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{d}");
+    d
+}
+
+async fn wait_deployment(s: &TestServer, id: &str, state: &str) -> Value {
+    poll_until(&format!("the deployment {state}"), async || {
+        let d = deployment(s, id).await;
+        (d["state"] == state).then_some(d)
+    })
+    .await
+}
+
+/// The next `updates/...` message a device gets (acknowledged).
+async fn next_update(c: &mut Client) -> Value {
+    loop {
+        let (topic, payload) = next_publish(c).await;
+        if topic.contains("/updates/") {
+            return payload;
+        }
+    }
+}
+
+async fn report(c: &mut Client, dev: &Dev, deployment: &str, body: Value, id: u16) {
+    c.publish_v5(
+        &format!("tender/v1/{}/updates/{deployment}/status", dev.id),
+        &body.to_string(),
+        QoS::AtLeastOnce,
+        id,
+    )
+    .await;
+    assert_eq!(c.puback_v5().await.reason_code, PublishAckReason::Success);
+}
+
+/// Three devices of type `gw` and one of another type. A 2-phase deployment: phase 1 is one
+/// device; when it succeeds phase 2 starts; a failure there pauses the deployment with the
+/// reason; a resume with a fixed artifact retries the failed device and the deployment
+/// completes. On the way: preview, incompatible devices, a notification sent again after a
+/// reconnect, stale reports, bad reports, cancel of a deployment to an offline device.
+async fn a_phased_deployment_pauses_on_failure_and_resumes_with_a_fix(b: Backend) {
+    let mut s = start_with(b, |c| {
+        c.deployments.tick_ms = 50;
+        c.artifacts.require_signature = false;
+    })
+    .await;
+    let bad = upload_artifact(&s, "app", "1.0").await;
+    let devs = vec![
+        enroll_typed(&s, "gw").await,
+        enroll_typed(&s, "gw").await,
+        enroll_typed(&s, "gw").await,
+    ];
+    let other = enroll_typed(&s, "kiosk").await;
+    let mut clients = Vec::new();
+    for d in &devs {
+        let mut c = Client::open(&s, Some(d), true).await;
+        c.connect_v5(&d.id, true, 0).await;
+        c.subscribe_v5(&[&format!("tender/v1/{}/updates/+", d.id)])
+            .await;
+        clients.push(c);
+    }
+    let mut ids: Vec<&str> = devs.iter().map(|d| d.id.as_str()).collect();
+    ids.push(&other.id);
+    let body = json!({
+        "artifact": "app@1.0",
+        "target": {"devices": ids},
+        "phases": [{"size": 1}, {"size": "100%", "failure_threshold": 1}],
+        "max_attempts": 1,
+    });
+
+    // Preview: nothing stored; the kiosk is incompatible.
+    let (st, p) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/deployments/preview",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{p}");
+    assert_eq!(p["devices"], 4);
+    let incompatible: u64 = p["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["incompatible"].as_u64().unwrap())
+        .sum();
+    let to_install: u64 = p["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["to_install"].as_u64().unwrap())
+        .sum();
+    assert_eq!((incompatible, to_install), (1, 3), "{p}");
+    assert!(
+        p["incompatible_examples"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("kiosk"),
+        "{p}"
+    );
+    let (_, list) = s.admin_get("/api/v1/deployments").await;
+    assert_eq!(list["items"], json!([]));
+
+    // Invalid bodies are 400s naming the problem; an unknown artifact 404.
+    for (bad_body, code) in [
+        (
+            json!({"artifact": "app@1.0", "target": {"devices": ids}, "phases": [{"size": "150%"}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"artifact": "app@1.0", "target": {"devices": ids}, "phases": [{"size": 1, "on_failure": "panic"}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"artifact": "app@1.0", "target": {"devices": ids}, "continuous": true}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"artifact": "app@9", "target": {"devices": ids}}),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (st, p) = admin(
+            &s,
+            reqwest::Method::POST,
+            "/api/v1/deployments",
+            Some(bad_body),
+        )
+        .await;
+        assert_eq!(st, code, "{p}");
+    }
+
+    let (st, d) = admin(&s, reqwest::Method::POST, "/api/v1/deployments", Some(body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{d}");
+    let id = d["id"].as_str().unwrap().to_owned();
+    assert_eq!(d["total"], 4);
+
+    // Phase 1: one device is notified.
+    let first = poll_until("phase 1 notified", async || {
+        let t = deployment_targets(&s, &id).await;
+        t.iter()
+            .find(|x| x["state"] == "notified")
+            .map(|x| x["device_id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let fi = devs.iter().position(|d| d.id == first).unwrap();
+    let msg = next_update(&mut clients[fi]).await;
+    assert_eq!(msg["deployment_id"], id.as_str());
+    assert_eq!(msg["artifact_id"], bad.as_str());
+    assert_eq!(msg["url"], format!("/device/v1/artifacts/{bad}"));
+    assert_eq!(msg["attempt"], 1);
+    let t = deployment_targets(&s, &id).await;
+    assert_eq!(
+        t.iter().filter(|x| x["state"] == "notified").count(),
+        1,
+        "only phase 1: {t:?}"
+    );
+    let kiosk = t
+        .iter()
+        .find(|x| x["device_id"] == other.id.as_str())
+        .unwrap();
+    assert_eq!(kiosk["state"], "incompatible");
+
+    let dev = &devs[fi];
+    report(
+        &mut clients[fi],
+        dev,
+        &id,
+        json!({"state": "downloading", "progress": 50}),
+        1,
+    )
+    .await;
+    report(
+        &mut clients[fi],
+        dev,
+        &id,
+        json!({"state": "installing", "log": ["writing"]}),
+        2,
+    )
+    .await;
+    // A stale step is acknowledged and ignored; a bad one refused.
+    report(
+        &mut clients[fi],
+        dev,
+        &id,
+        json!({"state": "downloading"}),
+        3,
+    )
+    .await;
+    c_publish_refused(&mut clients[fi], dev, &id, r#"{"state": "exploded"}"#).await;
+    report(&mut clients[fi], dev, &id, json!({"state": "succeeded"}), 5).await;
+
+    // Phase 2: the other two are notified; one reconnects and gets its notification again.
+    let others: Vec<usize> = (0..3).filter(|i| *i != fi).collect();
+    for i in &others {
+        let m = next_update(&mut clients[*i]).await;
+        assert_eq!(m["deployment_id"], id.as_str());
+    }
+    let again = others[0];
+    let mut c = Client::open(&s, Some(&devs[again]), true).await;
+    c.connect_v5(&devs[again].id, true, 0).await;
+    c.subscribe_v5(&[&format!("tender/v1/{}/updates/+", devs[again].id)])
+        .await;
+    clients[again] = c;
+    let m = next_update(&mut clients[again]).await;
+    assert_eq!(
+        m["deployment_id"],
+        id.as_str(),
+        "sent again after the reconnect"
+    );
+
+    // One fails: the failure threshold (1) pauses the deployment, with the reason.
+    let (ok, failing) = (others[1], others[0]);
+    report(
+        &mut clients[failing],
+        &devs[failing],
+        &id,
+        json!({"state": "failed", "error": "checksum of slot b", "log": ["verify failed"]}),
+        6,
+    )
+    .await;
+    let paused = wait_deployment(&s, &id, "paused").await;
+    assert!(
+        paused["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("phase 2"),
+        "{paused}"
+    );
+    assert_eq!(paused["current_phase"], 2);
+    report(
+        &mut clients[ok],
+        &devs[ok],
+        &id,
+        json!({"state": "succeeded"}),
+        7,
+    )
+    .await;
+    let t = deployment_targets(&s, &id).await;
+    let f = t
+        .iter()
+        .find(|x| x["device_id"] == devs[failing].id.as_str())
+        .unwrap();
+    assert_eq!(f["state"], "failed");
+    assert_eq!(f["error"], "checksum of slot b");
+    assert_eq!(f["log"], json!(["verify failed"]));
+
+    // Resume with a fixed artifact: the failed device gets it, and the deployment completes.
+    let fixed = upload_artifact(&s, "app", "1.1").await;
+    let (st, r) = admin(
+        &s,
+        reqwest::Method::POST,
+        &format!("/api/v1/deployments/{id}/resume"),
+        Some(json!({"artifact": "app@1.1"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["artifact"], "app 1.1");
+    let m = next_update(&mut clients[failing]).await;
+    assert_eq!(m["artifact_id"], fixed.as_str());
+    assert_eq!(m["version"], "1.1");
+    report(
+        &mut clients[failing],
+        &devs[failing],
+        &id,
+        json!({"state": "succeeded"}),
+        8,
+    )
+    .await;
+    let done = wait_deployment(&s, &id, "completed").await;
+    assert_eq!(done["succeeded"], 3);
+    assert!(done["finished_at"].is_string());
+    let (st, _) = admin(
+        &s,
+        reqwest::Method::POST,
+        &format!("/api/v1/deployments/{id}/resume"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+
+    // The events tell the story.
+    let (_, ev) = s
+        .admin_get("/api/v1/events?kind=deployment.*&limit=1000")
+        .await;
+    let states: Vec<&str> = ev["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "deployment.state_changed")
+        .map(|e| e["data"]["state"].as_str().unwrap())
+        .collect();
+    assert!(
+        states.contains(&"paused") && states.contains(&"completed"),
+        "{states:?}"
+    );
+
+    // A deployment to a device that stays offline waits; cancel ends it.
+    let away = enroll_typed(&s, "gw").await;
+    let (st, d2) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/deployments",
+        Some(json!({"artifact": fixed, "target": {"device": away.id}})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{d2}");
+    let id2 = d2["id"].as_str().unwrap();
+    wait_deployment(&s, id2, "running").await;
+    assert_eq!(deployment_targets(&s, id2).await[0]["state"], "queued");
+    let (st, c2) = admin(
+        &s,
+        reqwest::Method::POST,
+        &format!("/api/v1/deployments/{id2}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{c2}");
+    assert_eq!(c2["state"], "canceled");
+    assert_eq!(deployment_targets(&s, id2).await[0]["state"], "canceled");
+    // The artifact in use cannot be deleted.
+    let (st, _) = admin(
+        &s,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/artifacts/{fixed}"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let (_, mine) = s
+        .admin_get(&format!("/api/v1/devices/{}/deployments", devs[fi].id))
+        .await;
+    assert_eq!(mine["items"][0]["state"], "succeeded");
+    s.stop().await;
+}
+
+async fn c_publish_refused(c: &mut Client, dev: &Dev, deployment: &str, payload: &str) {
+    c.publish_v5(
+        &format!("tender/v1/{}/updates/{deployment}/status", dev.id),
+        payload,
+        QoS::AtLeastOnce,
+        4,
+    )
+    .await;
+    assert_eq!(
+        c.puback_v5().await.reason_code,
+        PublishAckReason::PayloadFormatInvalid
+    );
+}

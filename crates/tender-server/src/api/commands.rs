@@ -216,11 +216,12 @@ fn invalid(code: &str, e: impl std::fmt::Display) -> Problem {
     Problem::bad_request(code, e.to_string())
 }
 
-/// The devices a target names, and how to describe it.
-async fn resolve(
+/// The devices a target names (accepted ones, at most `max`), and how to describe it.
+pub(crate) async fn resolve(
     state: &AppState,
     tenant: tender_core::TenantId,
     spec: TargetSpec,
+    max: usize,
 ) -> Result<(Vec<DeviceId>, String), Problem> {
     let given = [
         spec.device.is_some(),
@@ -238,10 +239,10 @@ async fn resolve(
         ));
     }
     let explicit = |ids: Vec<String>| -> Result<Vec<DeviceId>, Problem> {
-        if ids.len() > MAX_TARGETS {
+        if ids.len() > max {
             return Err(invalid(
                 "too-many-targets",
-                format!("at most {MAX_TARGETS} devices per command"),
+                format!("at most {max} devices at once"),
             ));
         }
         ids.iter().map(|s| parse_id::<DeviceId>(s)).collect()
@@ -279,7 +280,7 @@ async fn resolve(
                         StatusCode::CONFLICT,
                         "device-not-accepted",
                         format!(
-                            "device {id} is {}: only accepted devices take commands",
+                            "device {id} is {}: only accepted devices can be targets",
                             d.state
                         ),
                     ));
@@ -301,10 +302,10 @@ async fn resolve(
             loop {
                 let p = state.store.list_devices(tenant, &filter, &page).await?;
                 out.extend(p.items.iter().map(|d| d.id));
-                if out.len() > MAX_TARGETS {
+                if out.len() > max {
                     return Err(invalid(
                         "too-many-targets",
-                        format!("the target matches more than {MAX_TARGETS} devices"),
+                        format!("the target matches more than {max} devices"),
                     ));
                 }
                 match p.next {
@@ -350,7 +351,7 @@ pub async fn send_command(
     tender_core::command::validate_args(&args).map_err(|e| invalid("invalid-command", e))?;
     let limits = Limits::new(body.ttl_secs, body.timeout_secs, body.max_attempts)
         .map_err(|e| invalid("invalid-field", e))?;
-    let (devices, target) = resolve(&state, tenant, body.target).await?;
+    let (devices, target) = resolve(&state, tenant, body.target, MAX_TARGETS).await?;
     let now = state.clock.now();
     let ttl_ms = i64::try_from(limits.ttl_secs * 1000).unwrap_or(i64::MAX);
     let command = Command {

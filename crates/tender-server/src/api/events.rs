@@ -47,7 +47,8 @@ pub struct EventDto {
     pub at: String,
     /// `device.created`, `device.state_changed`, `device.connected`, `device.disconnected`,
     /// `inventory.changed`, `twin.desired_changed`, `twin.reported_changed`,
-    /// `config.changed`, `group.joined`, `group.left`, `command.state_changed`.
+    /// `config.changed`, `group.joined`, `group.left`, `command.state_changed`,
+    /// `deployment.state_changed`, `deployment.device_changed`.
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,

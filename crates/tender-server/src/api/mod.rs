@@ -29,6 +29,7 @@ pub mod commands;
 pub mod config;
 pub mod connections;
 pub mod cursor;
+pub mod deployments;
 pub mod devices;
 pub mod enrollment;
 pub mod events;
@@ -122,6 +123,16 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         artifacts::list_signing_keys,
         artifacts::add_signing_key,
         artifacts::delete_signing_key,
+        deployments::preview_deployment,
+        deployments::create_deployment,
+        deployments::list_deployments,
+        deployments::get_deployment,
+        deployments::deployment_devices,
+        deployments::pause_deployment,
+        deployments::resume_deployment,
+        deployments::cancel_deployment,
+        deployments::approve_phase,
+        deployments::device_deployments,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -136,6 +147,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         (name = "operators", description = "Who is calling"),
         (name = "commands", description = "Commands sent to devices, their per-device status and results"),
         (name = "artifacts", description = "Signed software artifacts and the keys trusted to sign them"),
+        (name = "deployments", description = "Phased rollouts of artifacts to devices"),
     ),
 )]
 pub struct ApiDoc;
@@ -259,6 +271,39 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .route(
             "/artifacts/{id}",
             get(artifacts::get_artifact).delete(artifacts::delete_artifact),
+        )
+        .route(
+            "/deployments",
+            get(deployments::list_deployments).post(deployments::create_deployment),
+        )
+        .route(
+            "/deployments/preview",
+            post(deployments::preview_deployment),
+        )
+        .route("/deployments/{id}", get(deployments::get_deployment))
+        .route(
+            "/deployments/{id}/devices",
+            get(deployments::deployment_devices),
+        )
+        .route(
+            "/deployments/{id}/pause",
+            post(deployments::pause_deployment),
+        )
+        .route(
+            "/deployments/{id}/resume",
+            post(deployments::resume_deployment),
+        )
+        .route(
+            "/deployments/{id}/cancel",
+            post(deployments::cancel_deployment),
+        )
+        .route(
+            "/deployments/{id}/approve",
+            post(deployments::approve_phase),
+        )
+        .route(
+            "/devices/{id}/deployments",
+            get(deployments::device_deployments),
         )
         .route("/openapi.json", get(openapi_json))
         // Body limits and the request time-out cover every route added above; the artifact

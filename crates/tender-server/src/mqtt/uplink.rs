@@ -142,6 +142,16 @@ impl UplinkHandler for ServerUplinks {
                 )
                 .await
             }
+            Uplink::UpdateStatus { deployment_id } => {
+                crate::deployments::on_status(
+                    &self.state,
+                    from.tenant_id,
+                    from.device_id,
+                    deployment_id,
+                    payload,
+                )
+                .await
+            }
             other => Err(Refusal::NotSupported(format!(
                 "{} messages are not processed by this server version yet",
                 other.kind()
@@ -156,5 +166,6 @@ impl UplinkHandler for ServerUplinks {
             tracing::warn!(device = %from.device_id, error = %e.detail, "cannot send the desired state on resync");
         }
         crate::commands::resync(&self.state, from.tenant_id, from.device_id, at).await;
+        crate::deployments::resync(&self.state, from.tenant_id, from.device_id).await;
     }
 }
