@@ -88,6 +88,9 @@ pub enum Command {
     /// Software artifacts: create, sign, inspect and verify locally; upload and manage on the server
     #[command(subcommand)]
     Artifact(crate::artifact_cli::ArtifactCommand),
+    /// Deployments: roll an artifact out to devices in phases, and follow them
+    #[command(subcommand)]
+    Deploy(crate::deploy_cli::DeployCommand),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),

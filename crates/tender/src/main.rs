@@ -9,6 +9,7 @@ mod artifact_cli;
 mod cli;
 mod client;
 mod commands;
+mod deploy_cli;
 mod device_commands;
 mod output;
 mod profile;
