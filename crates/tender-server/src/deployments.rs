@@ -342,27 +342,29 @@ async fn notify_due(state: &AppState, d: &Deployment) -> Result<u32, StoreError>
     let Some(artifact) = state.store.artifact(d.tenant_id, d.artifact_id).await? else {
         return Ok(0);
     };
-    let mut sent = 0;
-    for t in due {
-        if sent >= budget {
-            break;
-        }
-        if !state.gateway.is_connected(t.device_id) {
-            continue;
-        }
-        let Some(n) = t.notify(now) else { continue };
-        if !state.store.update_deployment_target(&t, &n).await? {
-            continue;
-        }
+    let connected: Vec<DeviceId> = due
+        .iter()
+        .filter(|t| state.gateway.is_connected(t.device_id))
+        .map(|t| t.device_id)
+        .take(budget as usize)
+        .collect();
+    if connected.is_empty() {
+        return Ok(0);
+    }
+    // Recorded first (one transaction), then sent.
+    let notified = state
+        .store
+        .notify_deployment_targets(d, &connected, now)
+        .await?;
+    for t in &notified {
         send_json(
             state,
             t.device_id,
             d.id,
-            &notification(d, &artifact, n.attempts),
+            &notification(d, &artifact, t.attempts),
         );
-        emit_target(state, &n).await;
-        sent += 1;
     }
+    let sent = notified.len() as u32;
     Ok(sent)
 }
 

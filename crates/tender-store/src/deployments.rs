@@ -107,6 +107,21 @@ pub(crate) const UPDATE_TARGET: &str = "UPDATE deployment_targets SET state = $7
      attempts = $8, retry_at = $9, notified_at = $10, finished_at = $11, updated_at = $12, \
      progress = $13, error = $14, log = $15 WHERE tenant_id = $1 AND deployment_id = $2 \
      AND device_id = $3 AND state = $4 AND attempts = $5 AND updated_at = $6";
+/// How many device ids [`NOTIFY_TARGETS`] takes at once.
+pub(crate) const NOTIFY_CHUNK: usize = 64;
+/// `Target::notify` for due queued targets of one deployment, in bulk: $1 tenant,
+/// $2 deployment, $3 now, $4 max attempts, $5 highest phase, $6..$69 device ids (a short chunk
+/// padded by repetition). Returns the targets as notified.
+pub(crate) const NOTIFY_TARGETS: &str = concat!(
+    "UPDATE deployment_targets SET state = 'notified', attempts = attempts + 1, \
+     notified_at = $3, retry_at = NULL, progress = NULL, updated_at = $3 \
+     WHERE tenant_id = $1 AND deployment_id = $2 AND state = 'queued' AND attempts < $4 \
+     AND phase <= $5 AND (retry_at IS NULL OR retry_at <= $3) AND device_id IN (",
+    "$6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, $55, $56, $57, $58, $59, $60, $61, $62, $63, $64, $65, $66, $67, $68, $69",
+    ") RETURNING ",
+    dtarget_columns!()
+);
+
 fn ts(ms: i64) -> Timestamp {
     Timestamp::from_unix_millis(ms)
 }
@@ -563,6 +578,35 @@ macro_rules! impl_deployment_store {
                     page.limit,
                     |t| t.deployment_id,
                 ))
+            }
+
+            async fn notify_deployment_targets(
+                &self,
+                d: &tender_core::deployment::Deployment,
+                devices: &[tender_core::DeviceId],
+                now: tender_core::Timestamp,
+            ) -> $crate::Result<Vec<tender_core::deployment::Target>> {
+                let map = |e| $crate::map_sqlx("deployment targets notified", e);
+                let mut out = Vec::with_capacity(devices.len());
+                let mut tx = self.pool.begin().await.map_err(map)?;
+                for chunk in devices.chunks($crate::deployments::NOTIFY_CHUNK) {
+                    let mut q = sqlx::query_as::<_, $crate::deployments::TargetRow>(
+                        $crate::deployments::NOTIFY_TARGETS,
+                    )
+                    .bind(d.tenant_id.as_uuid())
+                    .bind(d.id.as_uuid())
+                    .bind(now.unix_millis())
+                    .bind(i64::from(d.options.max_attempts))
+                    .bind(i64::from(d.current_phase));
+                    for dev in chunk.iter().cycle().take($crate::deployments::NOTIFY_CHUNK) {
+                        q = q.bind(dev.as_uuid());
+                    }
+                    for row in q.fetch_all(&mut *tx).await.map_err(map)? {
+                        out.push(row.try_into()?);
+                    }
+                }
+                tx.commit().await.map_err(map)?;
+                Ok(out)
             }
 
             async fn update_deployment_target(

@@ -638,6 +638,15 @@ pub trait DeploymentStore: Send + Sync + 'static {
         device: DeviceId,
         page: &PageRequest<tender_core::DeploymentId>,
     ) -> Result<Page<tender_core::deployment::Target, tender_core::DeploymentId>>;
+    /// `Target::notify` for those of `devices` that are due (queued, in a phase up to the
+    /// current one, attempts left, back-off over), in one transaction; returns them as
+    /// notified. Devices not due are left alone.
+    async fn notify_deployment_targets(
+        &self,
+        deployment: &tender_core::deployment::Deployment,
+        devices: &[DeviceId],
+        now: Timestamp,
+    ) -> Result<Vec<tender_core::deployment::Target>>;
     /// Stores `new` if the target is still as `expected` (state, attempts, update time).
     async fn update_deployment_target(
         &self,

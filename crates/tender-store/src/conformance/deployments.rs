@@ -219,6 +219,30 @@ pub async fn deployment_targets_notify_report_and_page(store: &dyn Store) {
         .unwrap();
     assert_eq!(due.len(), 2);
 
+    // Bulk notification: only due targets move, each one attempt more.
+    let due_now = store.due_deployment_targets(&d, at(3), 10).await.unwrap();
+    assert_eq!(due_now.len(), 1);
+    let mut ask: Vec<DeviceId> = devs.clone();
+    ask.push(DeviceId::from_uuid(Uuid::now_v7()));
+    let moved = store
+        .notify_deployment_targets(&d, &ask, at(3))
+        .await
+        .unwrap();
+    assert_eq!(moved.len(), 1, "phase 2 and the failed one wait");
+    assert_eq!(moved[0].device_id, due_now[0].device_id);
+    assert_eq!(
+        (moved[0].state, moved[0].attempts),
+        (TargetState::Notified, 1)
+    );
+    assert_eq!(moved[0].notified_at, Some(at(3)));
+    assert!(
+        store
+            .notify_deployment_targets(&d, &ask, at(3))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
     // Paging and filtering by state.
     let page = store
         .deployment_targets(t.id, d.id, None, &PageRequest::first(limit(3)))
@@ -248,7 +272,7 @@ pub async fn deployment_targets_notify_report_and_page(store: &dyn Store) {
         )
         .await
         .unwrap();
-    assert_eq!(queued.items.len(), 5);
+    assert_eq!(queued.items.len(), 4);
 
     // Adding targets later (continuous) skips devices already in.
     let more = devices(store, t.id, 1).await;
