@@ -815,22 +815,29 @@ pub async fn resume_deployment(
     };
     let retry = body.retry_failed.unwrap_or(false) || artifact.is_some();
     let now = state.clock.now();
+    if retry {
+        // While it is still paused (the scheduler leaves it alone): failed devices get fresh
+        // attempts first, so the failures the resume accepts are the ones left after that.
+        let d = existing(&state, tenant, &id).await?;
+        if d.state != DeploymentState::Paused {
+            return Err(not_allowed(
+                tender_core::deployment::DeploymentError::NotAllowed {
+                    from: d.state,
+                    action: "resumed",
+                },
+            ));
+        }
+        retry_failed(&state, &d).await?;
+    }
     let d = act(&state, tenant, &id, |d, stats| {
         let failures: Vec<u32> = stats.iter().map(|s| s.failed).collect();
         let mut new = d.resume(&failures, now).map_err(not_allowed)?;
         if let Some(a) = &artifact {
             new.artifact_id = a.id;
         }
-        if retry {
-            // Failed devices get fresh attempts below; count failures from zero again.
-            new.accepted_failures = vec![0; d.phases.len()];
-        }
         Ok(new)
     })
     .await?;
-    if retry {
-        retry_failed(&state, &d).await?;
-    }
     Ok(Json(full_dto(&state, d).await?))
 }
 
