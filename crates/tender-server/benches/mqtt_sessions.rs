@@ -28,7 +28,13 @@
 //!    `tender/v1/{device}/telemetry` in a closed loop (one message in flight each) for
 //!    PUBLISH_SECS; PUBLISH→PUBACK latency, messages/s and the PUBACK reason codes are reported
 //!    (a refusal such as 0x83 still measures the round trip, and is shown as such).
-//! 5. Unless `--no-mosquitto`: the same N idle MQTT 5 sessions to Mosquitto over plain TCP (no
+//! 5. Unless `--no-deploy`: every session that did not publish subscribes to its
+//!    `updates/+`, and a deployment to all N devices (an artifact record made at setup; the
+//!    devices are not asked to download) is created through the API. Reported: the time the
+//!    API took to create it (N targets classified and stored), and the time from that request
+//!    until the last subscribed device received its notification, as devices notified per
+//!    second (each notification recorded in the store before it is sent).
+//! 6. Unless `--no-mosquitto`: the same N idle MQTT 5 sessions to Mosquitto over plain TCP (no
 //!    TLS), for its RSS per connection: a private broker started for the run when the binary is
 //!    installed, else the one on 127.0.0.1:1883 (whose heap may already hold freed memory from
 //!    earlier connections, so its growth understates).
@@ -302,6 +308,7 @@ struct Setup {
     identities: Arc<Vec<Identity>>,
     keys: Duration,
     db: Duration,
+    artifact: tender_core::ArtifactId,
 }
 
 fn client_tls(
@@ -369,7 +376,7 @@ async fn create_devices(server: &tender_server::RunningServer, n: usize) -> Setu
                         id,
                         tenant_id,
                         format!("bench-{i}"),
-                        None,
+                        Some("bench".to_owned()),
                         DeviceState::Accepted,
                         now,
                     )
@@ -423,10 +430,29 @@ async fn create_devices(server: &tender_server::RunningServer, n: usize) -> Setu
     for w in writers {
         w.await.unwrap();
     }
+    let artifact = tender_core::artifact::Artifact {
+        id: tender_core::ArtifactId::from_uuid(uuid::Uuid::now_v7()),
+        tenant_id: tenant.id,
+        name: "bench-app".into(),
+        version: "1.0".into(),
+        payload_type: "file".into(),
+        compatible: vec!["bench".into()],
+        depends: Default::default(),
+        provides: Default::default(),
+        size: 1_000_000,
+        sha256: "00".repeat(32),
+        payload_bytes: 1_000_000,
+        signed_by: vec![],
+        manifest: "{}".into(),
+        created_at: now,
+        created_by: None,
+    };
+    server.store.insert_artifact(&artifact).await.unwrap();
     Setup {
         identities: Arc::new(identities),
         keys,
         db: t0.elapsed(),
+        artifact: artifact.id,
     }
 }
 
@@ -900,6 +926,7 @@ async fn run_tender(n: usize, opts: Options) -> Row {
     config.mqtt.burst = 1_000_000;
     config.log.level = "warn".into();
     let server = tender_server::start(config.clone()).await.unwrap();
+    let token = server.bootstrap_token.clone().unwrap_or_default();
     let setup = create_devices(&server, n).await;
     let mut bin = if opts.in_process { None } else { tender_bin() };
     let server = match &bin {
@@ -1091,6 +1118,22 @@ async fn run_tender(n: usize, opts: Options) -> Row {
         "  server RSS after the publish phase {:.1} MiB",
         mib(after_publish.rss)
     );
+    if mqtt && opts.deploy {
+        let subscribers: Vec<(String, Client<Tls>)> = std::mem::take(&mut clients)
+            .into_iter()
+            .map(|(i, c)| (setup.identities[i].device_id.clone(), c))
+            .collect();
+        let (_rate, back) = deploy_notify(
+            server.http_addr(),
+            &token,
+            setup.artifact,
+            n,
+            subscribers,
+            pid,
+        )
+        .await;
+        clients = back.into_iter().enumerate().collect();
+    }
     let metrics = server.mqtt_metrics().await;
     println!(
         "  server metrics: {}",
@@ -1292,8 +1335,127 @@ async fn run_mosquitto(n: usize, opts: Options) -> Option<Row> {
     Some(row)
 }
 
+/// Subscribes `clients` to their `updates/+`, creates a deployment to every device through
+/// the API, and waits (bounded) for every subscriber's notification. Returns devices notified
+/// per second and the clients.
+async fn deploy_notify(
+    http: SocketAddr,
+    token: &str,
+    artifact: tender_core::ArtifactId,
+    n: usize,
+    clients: Vec<(String, Client<Tls>)>,
+    pid: u32,
+) -> (f64, Vec<Client<Tls>>) {
+    let subscribed = Arc::new(tokio::sync::Barrier::new(clients.len() + 1));
+    let mut tasks = Vec::new();
+    for (device, mut c) in clients {
+        let subscribed = subscribed.clone();
+        tasks.push(tokio::spawn(async move {
+            let filter = ByteString::from(format!("tender/v1/{device}/updates/+"));
+            let sub = c
+                .send(MqttPacket::V5(v5::Packet::Subscribe(v5::Subscribe {
+                    packet_id: NonZeroU16::new(1).unwrap(),
+                    id: None,
+                    user_properties: Vec::new(),
+                    topic_filters: vec![(
+                        filter,
+                        v5::SubscriptionOptions {
+                            qos: QoS::AtLeastOnce,
+                            ..Default::default()
+                        },
+                    )],
+                })))
+                .await;
+            let suback = match sub {
+                Ok(()) => tokio::time::timeout(PUBACK_TIMEOUT, c.recv()).await,
+                Err(e) => Ok(Err(e)),
+            };
+            let ok = matches!(suback, Ok(Ok(MqttPacket::V5(v5::Packet::SubscribeAck(_)))));
+            subscribed.wait().await;
+            if !ok {
+                return (Err("SUBSCRIBE failed".to_owned()), c);
+            }
+            let got = tokio::time::timeout(Duration::from_secs(300), async {
+                loop {
+                    match c.recv().await {
+                        Ok(MqttPacket::V5(v5::Packet::Publish(p))) => {
+                            let at = Instant::now();
+                            if let Some(id) = p.packet_id {
+                                let _ = c
+                                    .send(MqttPacket::V5(v5::Packet::PublishAck(v5::PublishAck {
+                                        packet_id: id,
+                                        reason_code: v5::PublishAckReason::Success,
+                                        properties: Default::default(),
+                                        reason_string: None,
+                                    })))
+                                    .await;
+                            }
+                            return Ok(at);
+                        }
+                        Ok(_) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| Err("no notification within 300 s".into()));
+            (got, c)
+        }));
+    }
+    subscribed.wait().await;
+    let http_client = reqwest::Client::new();
+    let (s0, t0) = (cpu_secs(pid), Instant::now());
+    let resp = http_client
+        .post(format!("http://{http}/api/v1/deployments"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({
+            "artifact": artifact.to_string(),
+            "target": {"query": "name ~ \"bench-*\""},
+        }))
+        .send()
+        .await;
+    let created = t0.elapsed();
+    match resp {
+        Ok(r) if r.status().is_success() => {}
+        Ok(r) => {
+            let st = r.status();
+            println!(
+                "  deployment: the API answered {st}: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Err(e) => println!("  deployment: the API request failed: {e}"),
+    }
+    let mut last = t0;
+    let mut received = 0usize;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut back = Vec::new();
+    for t in tasks {
+        let (got, c) = t.await.unwrap();
+        match got {
+            Ok(at) => {
+                received += 1;
+                last = last.max(at);
+            }
+            Err(e) => *errors.entry(e).or_default() += 1,
+        }
+        back.push(c);
+    }
+    let total = last.duration_since(t0);
+    let server_cpu = cpu_secs(pid) - s0;
+    let rate = received as f64 / total.as_secs_f64();
+    println!(
+        "  deployment to all {n} devices: created (targets classified and stored) in {:.2} s; {received} subscribed devices notified {:.2} s after the request: {rate:.0} devices/s (server CPU {server_cpu:.1} s)",
+        created.as_secs_f64(),
+        total.as_secs_f64(),
+    );
+    print_errors("notify", &errors);
+    (rate, back)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Options {
+    deploy: bool,
     concurrency: usize,
     in_process: bool,
     mosquitto: bool,
@@ -1306,6 +1468,7 @@ async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut sizes = Vec::new();
     let mut opts = Options {
+        deploy: true,
         concurrency: CONCURRENCY,
         in_process: false,
         mosquitto: true,
@@ -1315,6 +1478,7 @@ async fn main() {
         match arg.as_str() {
             "--in-process" => opts.in_process = true,
             "--no-mosquitto" => opts.mosquitto = false,
+            "--no-deploy" => opts.deploy = false,
             "--handshake-only" => opts.handshake_only = true,
             "--bench" => {}
             other => {
