@@ -203,6 +203,9 @@ pub struct Options {
     /// Devices that come to match the target later join the last phase.
     #[serde(default)]
     pub continuous: bool,
+    /// Devices are notified only while one of these is open (none: any time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<crate::window::Window>,
 }
 
 impl Default for Options {
@@ -215,7 +218,29 @@ impl Default for Options {
             force: false,
             download_only: false,
             continuous: false,
+            windows: Vec::new(),
         }
+    }
+}
+
+impl Options {
+    /// Whether devices may be notified at `now` (inside a maintenance window, if any are set;
+    /// windows that no longer check out are treated as closed).
+    pub fn window_open(&self, now: Timestamp) -> bool {
+        if self.windows.is_empty() {
+            return true;
+        }
+        let checked: Vec<_> = self.windows.iter().filter_map(|w| w.check().ok()).collect();
+        crate::window::any_open(&checked, now) && !checked.is_empty()
+    }
+
+    /// When the next maintenance window opens after `now`.
+    pub fn next_window(&self, now: Timestamp) -> Option<Timestamp> {
+        self.windows
+            .iter()
+            .filter_map(|w| w.check().ok())
+            .filter_map(|w| w.next_open(now))
+            .min()
     }
 }
 
@@ -247,6 +272,12 @@ pub fn validate(phases: &[Phase], options: &Options) -> Result<(), DeploymentErr
     }
     if options.retry_backoff_secs > 7 * 24 * 3600 {
         return Err(invalid("retry_backoff_secs is at most a week"));
+    }
+    if options.windows.len() > 16 {
+        return Err(invalid("at most 16 maintenance windows"));
+    }
+    for w in &options.windows {
+        w.check().map_err(|e| invalid(e.to_string()))?;
     }
     Ok(())
 }
@@ -810,6 +841,17 @@ pub fn evaluate(d: &Deployment, stats: &[PhaseStats], now: Timestamp) -> Decisio
         out.current_phase = next;
     }
 
+    // Outside every maintenance window nobody is notified; say until when.
+    if !d.options.window_open(now) {
+        out.status_reason = Some(match d.options.next_window(now) {
+            Some(t) => format!(
+                "outside its maintenance windows; the next opens at {}",
+                t.to_rfc3339()
+            ),
+            None => "outside its maintenance windows".into(),
+        });
+    }
+
     // Done when every phase started and every device finished.
     if out.current_phase == last && !d.options.continuous && stats.iter().all(PhaseStats::is_done) {
         out.state = DeploymentState::Completed;
@@ -819,12 +861,16 @@ pub fn evaluate(d: &Deployment, stats: &[PhaseStats], now: Timestamp) -> Decisio
 }
 
 /// How many more devices may be notified now, given how many were notified in the last minute
-/// and how many are still downloading. `None`: no limit.
+/// and how many are still downloading (0 outside the maintenance windows). `None`: no limit.
 pub fn notify_budget(
     options: &Options,
     notified_last_minute: u32,
     downloading: u32,
+    now: Timestamp,
 ) -> Option<u32> {
+    if !options.window_open(now) {
+        return Some(0);
+    }
     let by_rate = options
         .rate_per_minute
         .map(|r| r.saturating_sub(notified_last_minute));
@@ -1298,12 +1344,40 @@ mod tests {
     #[test]
     fn budgets_take_the_tighter_limit() {
         let mut o = Options::default();
-        assert_eq!(notify_budget(&o, 100, 100), None);
+        assert_eq!(notify_budget(&o, 100, 100, at(0)), None);
         o.rate_per_minute = Some(60);
-        assert_eq!(notify_budget(&o, 50, 0), Some(10));
+        assert_eq!(notify_budget(&o, 50, 0, at(0)), Some(10));
         o.max_concurrent_downloads = Some(5);
-        assert_eq!(notify_budget(&o, 50, 3), Some(2));
-        assert_eq!(notify_budget(&o, 70, 0), Some(0));
+        assert_eq!(notify_budget(&o, 50, 3, at(0)), Some(2));
+        assert_eq!(notify_budget(&o, 70, 0, at(0)), Some(0));
+    }
+
+    #[test]
+    fn maintenance_windows_gate_notifications() {
+        // T0 is 2027-01-15T08:00:00Z. A window 02:00-04:00 UTC every day.
+        let mut o = Options::default();
+        o.windows.push(crate::window::Window {
+            cron: "0 2 * * *".into(),
+            duration_secs: 7200,
+            time_zone: "UTC".into(),
+        });
+        assert!(validate(&[Phase::new(Amount::Percent(100))], &o).is_ok());
+        assert_eq!(notify_budget(&o, 0, 0, at(0)), Some(0));
+        let in_window = at(18 * 3600 + 30 * 60); // 02:30 the next day
+        assert_eq!(notify_budget(&o, 0, 0, in_window), None);
+        let mut d = deployment(vec![Phase::new(Amount::Percent(100))]);
+        d.state = DeploymentState::Running;
+        d.options = o.clone();
+        let dec = evaluate(&d, &[stats(0, 0, 0, 5)], at(0));
+        assert!(
+            dec.status_reason
+                .as_deref()
+                .unwrap()
+                .contains("next opens at 2027-01-16T02:00"),
+            "{dec:?}"
+        );
+        o.windows[0].time_zone = "Nowhere/Land".into();
+        assert!(validate(&[Phase::new(Amount::Percent(100))], &o).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod telemetry;
 pub mod tenant;
 pub mod twin;
 pub mod user;
+pub mod window;
 
 pub use clock::{Clock, ManualClock, Timestamp};
 pub use ids::{ArtifactId, CommandId, DeploymentId};

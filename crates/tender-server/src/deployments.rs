@@ -326,7 +326,7 @@ async fn notify_due(state: &AppState, d: &Deployment) -> Result<u32, StoreError>
         .store
         .deployment_load(d, now.plus_millis(-60_000))
         .await?;
-    let budget = notify_budget(&d.options, recent, downloading)
+    let budget = notify_budget(&d.options, recent, downloading, now)
         .unwrap_or(u32::MAX)
         .min(MAX_NOTIFY_PER_PASS);
     if budget == 0 {

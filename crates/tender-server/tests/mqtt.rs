@@ -2863,6 +2863,44 @@ async fn a_phased_deployment_pauses_on_failure_and_resumes_with_a_fix(b: Backend
         .admin_get(&format!("/api/v1/devices/{}/deployments", devs[fi].id))
         .await;
     assert_eq!(mine["items"][0]["state"], "succeeded");
+
+    // Outside its maintenance window nobody is notified, and the deployment says until when.
+    let windowed = json!({
+        "artifact": fixed, "target": {"device": devs[0].id}, "force": true,
+        "maintenance_windows": [{"cron": "0 0 1 1 *", "duration_secs": 60, "time_zone": "Pacific/Auckland"}],
+    });
+    let (st, d3) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/deployments",
+        Some(windowed),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{d3}");
+    let id3 = d3["id"].as_str().unwrap().to_owned();
+    let waiting = poll_until("the window reason", async || {
+        let d = deployment(&s, &id3).await;
+        d["status_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("maintenance windows"))
+            .then_some(d)
+    })
+    .await;
+    assert_eq!(
+        waiting["maintenance_windows"][0]["time_zone"],
+        "Pacific/Auckland"
+    );
+    assert_eq!(deployment_targets(&s, &id3).await[0]["state"], "queued");
+    let (st, p) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/deployments",
+        Some(json!({"artifact": fixed, "target": {"device": devs[0].id},
+            "maintenance_windows": [{"cron": "0 2 * *", "duration_secs": 60}]})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("five fields"), "{p}");
     s.stop().await;
 }
 

@@ -109,9 +109,31 @@ pub struct CreateArgs {
     /// Start at this time (RFC 3339) instead of now
     #[arg(long, value_name = "TIME")]
     start_at: Option<String>,
+    /// A maintenance window: devices are notified only while one is open.
+    /// 'CRON,DURATION[,TIME_ZONE]', e.g. '0 2 * * 1-5,3h,Europe/Berlin'; repeat for several
+    #[arg(long = "window", value_name = "CRON,DURATION[,TZ]")]
+    windows: Vec<String>,
     /// A name [default: the artifact's name and version]
     #[arg(long)]
     name: Option<String>,
+}
+
+/// Parses `0 2 * * 1-5,3h,Europe/Berlin`.
+fn window(spec: &str) -> Result<Value> {
+    let mut parts = spec.split(',').map(str::trim);
+    let (Some(cron), Some(duration)) = (parts.next(), parts.next()) else {
+        bail!(
+            "--window {spec:?}: give CRON,DURATION[,TIME_ZONE], e.g. '0 2 * * *,3h,Europe/Berlin'"
+        );
+    };
+    let secs = parse_duration_secs(duration).map_err(|e| anyhow!("--window {spec:?}: {e}"))?;
+    let tz = parts.next();
+    if parts.next().is_some() {
+        bail!(
+            "--window {spec:?}: too many parts; a cron list like '0,30' cannot be used here, write one window per time"
+        );
+    }
+    Ok(json!({"cron": cron, "duration_secs": secs, "time_zone": tz}))
 }
 
 /// Parses `10%,success=90%,fail=5,on-failure=abort,approval,at=...`.
@@ -152,8 +174,14 @@ fn body(a: &CreateArgs) -> Result<Value> {
     } else {
         Value::Array(a.phases.iter().map(|p| phase(p)).collect::<Result<_>>()?)
     };
+    let windows = if a.windows.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(a.windows.iter().map(|w| window(w)).collect::<Result<_>>()?)
+    };
     Ok(json!({
         "artifact": a.artifact, "target": target, "phases": phases, "name": a.name,
+        "maintenance_windows": windows,
         "rate_per_minute": a.rate, "max_concurrent_downloads": a.max_downloads,
         "max_attempts": a.attempts, "retry_backoff_secs": a.retry_backoff,
         "force": a.force, "download_only": a.download_only, "continuous": a.continuous,

@@ -84,6 +84,20 @@ pub struct CreateDeployment {
     pub continuous: Option<bool>,
     /// Start at this time (RFC 3339) rather than now.
     pub start_at: Option<String>,
+    /// Devices are notified only while one of these is open (at most 16).
+    pub maintenance_windows: Option<Vec<WindowSpec>>,
+}
+
+/// A maintenance window: opens when `cron` matches in `time_zone`, for `duration_secs`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    /// Five-field cron: minute hour day-of-month month day-of-week, e.g. `0 2 * * 1-5`.
+    pub cron: String,
+    /// 60 to 604800.
+    pub duration_secs: u64,
+    /// IANA time zone (default UTC).
+    pub time_zone: Option<String>,
 }
 
 fn invalid(code: &str, e: impl std::fmt::Display) -> Problem {
@@ -217,6 +231,16 @@ async fn plan(
         force: body.force.unwrap_or(false),
         download_only: body.download_only.unwrap_or(false),
         continuous: body.continuous.unwrap_or(false),
+        windows: body
+            .maintenance_windows
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| tender_core::window::Window {
+                cron: w.cron,
+                duration_secs: w.duration_secs,
+                time_zone: w.time_zone.unwrap_or_else(|| "UTC".into()),
+            })
+            .collect(),
     };
     validate(&phases, &options).map_err(|e| invalid("invalid-deployment", e))?;
     let continuous_query = if options.continuous {
@@ -374,6 +398,7 @@ pub struct DeploymentDto {
     pub force: bool,
     pub download_only: bool,
     pub continuous: bool,
+    pub maintenance_windows: Vec<WindowSpec>,
     pub created_by: Option<String>,
     pub created_at: String,
     pub start_at: Option<String>,
@@ -452,6 +477,16 @@ fn dto(d: Deployment, a: Option<&Artifact>, stats: &[PhaseStats]) -> DeploymentD
         force: d.options.force,
         download_only: d.options.download_only,
         continuous: d.options.continuous,
+        maintenance_windows: d
+            .options
+            .windows
+            .iter()
+            .map(|w| WindowSpec {
+                cron: w.cron.clone(),
+                duration_secs: w.duration_secs,
+                time_zone: Some(w.time_zone.clone()),
+            })
+            .collect(),
         created_by: d.created_by,
         created_at: d.created_at.to_rfc3339(),
         start_at: d.start_at.map(|t| t.to_rfc3339()),
