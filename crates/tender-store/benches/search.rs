@@ -135,6 +135,12 @@ async fn generate(url: &str, tenant: TenantId, n: usize) {
             .execute(&mut c)
             .await
             .unwrap();
+        // Write the generated pages out now, not during the timed queries (the checkpoint
+        // that 2 GB of WAL triggers otherwise overlaps them). It needs a superuser or
+        // pg_checkpoint: without, the queries may share the machine with it.
+        if let Err(e) = sqlx::query("CHECKPOINT").execute(&mut c).await {
+            eprintln!("CHECKPOINT refused ({e}): timings may overlap a checkpoint");
+        }
     }
     eprintln!(
         "generated {n} devices in {:.1} s",
