@@ -20,9 +20,15 @@ macro_rules! impl_sql_store {
                 u64,
             )> {
                 let sqlite = matches!($crate::Store::backend(self), $crate::Backend::Sqlite);
-                // SQLite pages: walk one attribute equality's index in device order when the
-                // filter has one (see `filter::compile_driven`).
-                if sqlite && let Some(page) = page {
+                // PostgreSQL plans these statements afresh at every execution (an unnamed
+                // statement gets a plan for its values): a cached generic plan cannot tell a
+                // unique serial from a value a quarter of the fleet shares, nor see that `$3`
+                // is NULL, and was measured to pick scans of the whole range. SQLite keeps its
+                // prepared statements (its planner does not look at bound values).
+                let persistent = sqlite;
+                // Pages: walk one attribute equality's index in device order when the filter
+                // has one (see `filter::compile_driven`).
+                if let Some(page) = page {
                     let driven = $crate::filter::compile_driven(matching, 5, sqlite)
                         .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
                     if let Some(driven) = driven {
@@ -51,7 +57,8 @@ macro_rules! impl_sql_store {
                         .bind(tenant.as_uuid())
                         .bind(state.map(|s| s.as_str()))
                         .bind(page.after.map(|a| *a.as_uuid()))
-                        .bind(i64::from(page.limit.get()) + 1);
+                        .bind(i64::from(page.limit.get()) + 1)
+                        .persistent(persistent);
                         q = $crate::filter::bind_params!(q, driven.params);
                         let rows = q
                             .fetch_all(&self.pool)
@@ -67,10 +74,10 @@ macro_rules! impl_sql_store {
                         ));
                     }
                 }
-                // SQLite pages without an equality to walk: try the next WINDOW devices in id
-                // order with per-device checks; when they hold a whole page (dense matches),
-                // that is the page. Otherwise (sparse matches) the general plan below.
-                if sqlite && let Some(page) = page {
+                // Pages without an equality to walk: try the next WINDOW devices in id order
+                // with per-device checks; when they hold a whole page (dense matches), that is
+                // the page. Otherwise (sparse matches) the general plan below.
+                if let Some(page) = page {
                     const WINDOW: i64 = 2000;
                     let compiled = $crate::filter::compile_correlated(matching, 5, sqlite)
                         .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
@@ -93,7 +100,8 @@ macro_rules! impl_sql_store {
                     .bind(tenant.as_uuid())
                     .bind(state.map(|s| s.as_str()))
                     .bind(page.after.map(|a| *a.as_uuid()))
-                    .bind(want);
+                    .bind(want)
+                    .persistent(persistent);
                     q = $crate::filter::bind_params!(q, compiled.params);
                     let rows = q
                         .fetch_all(&self.pool)
@@ -110,20 +118,42 @@ macro_rules! impl_sql_store {
                         ));
                     }
                 }
-                // SQLite counts of a lone attribute test (or its negation): distinct devices
-                // over the attribute's index range, without touching the devices; a negation
-                // is the tenant's devices minus those. With more conditions the general plan's
-                // uncorrelated sets are cheaper than per-device lookups (measured).
-                if sqlite && page.is_none() && state.is_none() {
+                // Counts of a lone attribute test (or its negation): distinct devices over the
+                // attribute's index range, without touching the devices; a negation is the
+                // tenant's devices minus those. With more conditions the general plan's
+                // uncorrelated sets are cheaper than per-device lookups (measured on SQLite).
+                if page.is_none() && state.is_none() {
                     let plan = $crate::filter::compile_attr_count(matching, 5, sqlite)
                         .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
                     if let Some(plan) = plan {
-                        let matching_count = format!(
-                            "SELECT COUNT(*) FROM (SELECT DISTINCT a0.device_id \
-                             FROM device_attributes a0 WHERE a0.tenant_id = $1 AND {} \
-                             AND $2 IS NULL AND $3 IS NULL AND $4 = 0)",
-                            plan.sql
-                        );
+                        // SQLite: distinct device ids over the index range. PostgreSQL: the
+                        // matching rows that are their device's first match (in list order),
+                        // counted in two index-only scans: a single value (`seq` 0) is always
+                        // its device's first, so only list elements after the first look for an
+                        // earlier match. A `DISTINCT` there hashes every match and, past a few
+                        // hundred thousand, spills to disk under the default `work_mem`
+                        // (490 ms for 333k matches against 160 ms, measured at 1M devices).
+                        let matching_count = if sqlite {
+                            format!(
+                                "SELECT COUNT(*) FROM (SELECT DISTINCT a0.device_id \
+                                 FROM device_attributes a0 WHERE a0.tenant_id = $1 AND {} \
+                                 AND $2 IS NULL AND $3 IS NULL AND $4 = 0) m",
+                                plan.sql
+                            )
+                        } else {
+                            format!(
+                                "SELECT (SELECT COUNT(*) FROM device_attributes a0 \
+                                 WHERE a0.tenant_id = $1 AND {a0} AND a0.seq = 0 \
+                                 AND $2 IS NULL AND $3 IS NULL AND $4 = 0) \
+                                 + (SELECT COUNT(*) FROM device_attributes a0 \
+                                 WHERE a0.tenant_id = $1 AND {a0} AND a0.seq > 0 \
+                                 AND NOT EXISTS (SELECT 1 FROM device_attributes b \
+                                 WHERE b.tenant_id = a0.tenant_id AND b.device_id = a0.device_id \
+                                 AND b.seq < a0.seq AND {b}))",
+                                a0 = plan.sql,
+                                b = plan.earlier
+                            )
+                        };
                         let sql = if plan.negated {
                             format!(
                                 "SELECT (SELECT COUNT(*) FROM devices WHERE tenant_id = $1) \
@@ -136,7 +166,8 @@ macro_rules! impl_sql_store {
                             .bind(tenant.as_uuid())
                             .bind(None::<String>)
                             .bind(None::<uuid::Uuid>)
-                            .bind(0_i64);
+                            .bind(0_i64)
+                            .persistent(persistent);
                         q = $crate::filter::bind_params!(q, plan.params);
                         let n = q
                             .fetch_one(&self.pool)
@@ -151,21 +182,22 @@ macro_rules! impl_sql_store {
                         ));
                     }
                 }
-                // SQLite counts of an `and` of attribute tests: the intersection of each
-                // test's devices over the attribute index.
-                if sqlite && page.is_none() && state.is_none() {
+                // Counts of an `and` of attribute tests: the intersection of each test's
+                // devices over the attribute index.
+                if page.is_none() && state.is_none() {
                     let plan = $crate::filter::compile_attr_intersection(matching, 5, sqlite)
                         .map_err(|e| $crate::StoreError::Internal(e.to_string()))?;
                     if let Some(plan) = plan {
                         let sql = format!(
-                            "SELECT COUNT(*) FROM ({}) WHERE $2 IS NULL AND $3 IS NULL AND $4 = 0",
+                            "SELECT COUNT(*) FROM ({}) m WHERE $2 IS NULL AND $3 IS NULL AND $4 = 0",
                             plan.sql
                         );
                         let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
                             .bind(tenant.as_uuid())
                             .bind(None::<String>)
                             .bind(None::<uuid::Uuid>)
-                            .bind(0_i64);
+                            .bind(0_i64)
+                            .persistent(persistent);
                         q = $crate::filter::bind_params!(q, plan.params);
                         let n = q
                             .fetch_one(&self.pool)
@@ -204,7 +236,8 @@ macro_rules! impl_sql_store {
                             .bind(tenant.as_uuid())
                             .bind(state.map(|s| s.as_str()))
                             .bind(page.and_then(|p| p.after).map(|a| *a.as_uuid()))
-                            .bind(page.map_or(0, |p| i64::from(p.limit.get()) + 1));
+                            .bind(page.map_or(0, |p| i64::from(p.limit.get()) + 1))
+                            .persistent(persistent);
                         q = $crate::filter::bind_params!(q, compiled.params);
                         q
                     }};

@@ -2425,7 +2425,7 @@ pub async fn device_filters_match_the_same_on_every_backend(store: &dyn Store) {
             t.id,
             &DeviceFilter {
                 state: Some(DeviceState::Pending),
-                matching: Some(ip),
+                matching: Some(ip.clone()),
             },
             &PageRequest {
                 after: None,
@@ -2435,6 +2435,85 @@ pub async fn device_filters_match_the_same_on_every_backend(store: &dyn Store) {
         .await
         .unwrap();
     assert!(none.items.is_empty());
+    // Counts over list values whose first match is not the first element, with several
+    // matching elements: each device counts once, in a lone test, its negation and an `and`
+    // (the count plans that read the attribute index alone).
+    store
+        .put_inventory(
+            t.id,
+            ids[2],
+            &inv(
+                r#"{"os.id":"debian","ips":["x","10.9.9.9","10.9.9.9"],"ports":["22","80","443","8080"]}"#,
+            ),
+            T0.plus_millis(3),
+        )
+        .await
+        .unwrap();
+    let ports = |test: Test| attr("ports", test);
+    for (matching, want) in [
+        (ip.clone(), vec![0, 1, 2]),
+        (Filter::Not(Box::new(ip.clone())), vec![3]),
+        (ports(Test::Number(Op::Ge, 80.0)), vec![2]),
+        (ports(Test::Number(Op::Gt, 8080.0)), vec![]),
+        (
+            Filter::Not(Box::new(ports(Test::Number(Op::Ge, 80.0)))),
+            vec![0, 1, 3],
+        ),
+        (ports(Test::Text(Op::Ne, "22".into())), vec![2]),
+        (
+            ports(Test::TextIn(vec!["443".into(), "8080".into()])),
+            vec![2],
+        ),
+        (
+            Filter::Cond(Cond::AttrExists {
+                scope: Scope::Inventory,
+                name: "ips".into(),
+            }),
+            vec![0, 1, 2],
+        ),
+        (
+            Filter::And(vec![ip.clone(), ports(Test::Number(Op::Ge, 80.0))]),
+            vec![2],
+        ),
+        (
+            Filter::And(vec![
+                ip.clone(),
+                attr("os.id", Test::Text(Op::Eq, "debian".into())),
+            ]),
+            vec![0, 2],
+        ),
+    ] {
+        let page = store
+            .list_devices(
+                t.id,
+                &DeviceFilter {
+                    state: Some(DeviceState::Accepted),
+                    matching: Some(matching.clone()),
+                },
+                &PageRequest {
+                    after: None,
+                    limit: limit(10),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            names(page.items.iter().map(|d| d.id).collect()),
+            want,
+            "{matching:?}"
+        );
+        let n = store
+            .count_devices(
+                t.id,
+                &DeviceFilter {
+                    state: None,
+                    matching: Some(matching.clone()),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(n as usize, want.len(), "{matching:?}");
+    }
 }
 
 fn doc(v: serde_json::Value) -> tender_core::twin::Document {

@@ -414,9 +414,11 @@ pub(crate) fn compile_correlated(
 }
 
 /// A count plan for a filter that is one attribute test (or its negation): `sql` is a
-/// condition over the attribute row `a0`.
+/// condition over the attribute row `a0`, `earlier` the same condition (the same parameters)
+/// over the row `b`.
 pub(crate) struct AttrCount {
     pub sql: String,
+    pub earlier: String,
     pub params: Vec<Param>,
     pub negated: bool,
 }
@@ -435,28 +437,40 @@ pub(crate) fn compile_attr_count(
         },
         _ => return Ok(None),
     };
-    let mut b = Builder {
-        sql: String::new(),
-        params: Vec::new(),
-        first,
-        sqlite,
-        correlated: false,
-    };
     let (scope, name, test) = match cond {
         Cond::Attr { scope, name, test } => (scope, name, Some(test)),
         Cond::AttrExists { scope, name } => (scope, name, None),
         _ => return Ok(None),
     };
-    let s = b.bind(Param::Text(scope.as_str().to_owned()))?;
-    let n = b.bind(Param::Text(name.clone()))?;
-    b.sql.push_str(&format!("a0.scope = {s} AND a0.name = {n}"));
-    if let Some(test) = test {
-        b.sql.push_str(" AND ");
-        b.test("a0.text_value", Some("a0.num_value"), test)?;
-    }
+    // The same values bound in the same order number the same: both conditions share them.
+    let over = |alias: &str| -> Result<Builder, TooLarge> {
+        let mut b = Builder {
+            sql: String::new(),
+            params: Vec::new(),
+            first,
+            sqlite,
+            correlated: false,
+        };
+        let s = b.bind(Param::Text(scope.as_str().to_owned()))?;
+        let n = b.bind(Param::Text(name.clone()))?;
+        b.sql
+            .push_str(&format!("{alias}.scope = {s} AND {alias}.name = {n}"));
+        if let Some(test) = test {
+            b.sql.push_str(" AND ");
+            b.test(
+                &format!("{alias}.text_value"),
+                Some(&format!("{alias}.num_value")),
+                test,
+            )?;
+        }
+        Ok(b)
+    };
+    let a0 = over("a0")?;
+    let earlier = over("b")?;
     Ok(Some(AttrCount {
-        sql: b.sql,
-        params: b.params,
+        sql: a0.sql,
+        earlier: earlier.sql,
+        params: a0.params,
         negated,
     }))
 }
