@@ -194,11 +194,12 @@ pub fn fit(a: &Artifact, facts: &DeviceFacts, force: bool) -> Fit {
 pub async fn device_facts(
     state: &AppState,
     tenant: TenantId,
-    devices: &[DeviceId],
+    devices: &[tender_core::device::Device],
 ) -> Result<HashMap<DeviceId, DeviceFacts>, StoreError> {
-    let inventories = state.store.device_inventories(tenant, devices).await?;
+    let ids: Vec<DeviceId> = devices.iter().map(|d| d.id).collect();
+    let inventories = state.store.device_inventories(tenant, &ids).await?;
     let mut out = HashMap::with_capacity(devices.len());
-    for id in devices {
+    for id in &ids {
         let mut facts = DeviceFacts::default();
         if let Some(inv) = inventories.get(id) {
             for (name, value) in &inv.attributes.0 {
@@ -218,12 +219,11 @@ pub async fn device_facts(
         out.insert(*id, facts);
     }
     // The registry's device type (from enrollment) wins over what the device reports.
-    for id in devices {
-        if let Some(d) = state.store.device(tenant, *id).await?
-            && let Some(t) = d.device_type
-            && let Some(f) = out.get_mut(id)
+    for d in devices {
+        if let Some(t) = &d.device_type
+            && let Some(f) = out.get_mut(&d.id)
         {
-            f.device_type = Some(t);
+            f.device_type = Some(t.clone());
         }
     }
     Ok(out)
@@ -390,14 +390,14 @@ async fn extend_continuous(state: &AppState, d: &Deployment) -> Result<u64, Stor
             .store
             .list_devices(d.tenant_id, &filter, &page)
             .await?;
-        for dev in &p.items {
+        for dev in p.items {
             if state
                 .store
                 .deployment_target(d.tenant_id, d.id, dev.id)
                 .await?
                 .is_none()
             {
-                fresh.push(dev.id);
+                fresh.push(dev);
             }
         }
         match p.next {
@@ -412,7 +412,7 @@ async fn extend_continuous(state: &AppState, d: &Deployment) -> Result<u64, Stor
         return Ok(0);
     };
     let last = (d.phases.len() as u32).saturating_sub(1);
-    let assigned: Vec<(DeviceId, u32)> = fresh.iter().map(|x| (*x, last)).collect();
+    let assigned: Vec<(DeviceId, u32)> = fresh.iter().map(|x| (x.id, last)).collect();
     let facts = device_facts(state, d.tenant_id, &fresh).await?;
     let targets = initial_targets(d, &artifact, &assigned, &facts, state.clock.now());
     let added = state.store.add_deployment_targets(&targets).await?;

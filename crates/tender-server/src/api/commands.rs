@@ -223,6 +223,17 @@ pub(crate) async fn resolve(
     spec: TargetSpec,
     max: usize,
 ) -> Result<(Vec<DeviceId>, String), Problem> {
+    let (devices, what) = resolve_devices(state, tenant, spec, max).await?;
+    Ok((devices.iter().map(|d| d.id).collect(), what))
+}
+
+/// [`resolve`], with the device records.
+pub(crate) async fn resolve_devices(
+    state: &AppState,
+    tenant: tender_core::TenantId,
+    spec: TargetSpec,
+    max: usize,
+) -> Result<(Vec<tender_core::device::Device>, String), Problem> {
     let given = [
         spec.device.is_some(),
         spec.devices.is_some(),
@@ -269,6 +280,7 @@ pub(crate) async fn resolve(
     };
     let devices = match (ids, query) {
         (Some(ids), _) => {
+            let mut found = Vec::with_capacity(ids.len());
             for id in &ids {
                 let d = state
                     .store
@@ -285,8 +297,14 @@ pub(crate) async fn resolve(
                         ),
                     ));
                 }
+                if !found
+                    .iter()
+                    .any(|x: &tender_core::device::Device| x.id == d.id)
+                {
+                    found.push(d);
+                }
             }
-            ids
+            found
         }
         (None, Some(text)) => {
             let query = crate::api::search::parse_query(&text)?;
@@ -301,7 +319,7 @@ pub(crate) async fn resolve(
             let mut page = PageRequest::first(PageLimit::new(1000).unwrap_or_default());
             loop {
                 let p = state.store.list_devices(tenant, &filter, &page).await?;
-                out.extend(p.items.iter().map(|d| d.id));
+                out.extend(p.items);
                 if out.len() > max {
                     return Err(invalid(
                         "too-many-targets",

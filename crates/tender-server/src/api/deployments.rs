@@ -269,8 +269,10 @@ async fn plan(
         }
         None => format!("{} {}", artifact.name, artifact.version),
     };
-    let (devices, target) =
-        crate::api::commands::resolve(state, tenant, body.target, MAX_DEPLOYMENT_TARGETS).await?;
+    let (records, target) =
+        crate::api::commands::resolve_devices(state, tenant, body.target, MAX_DEPLOYMENT_TARGETS)
+            .await?;
+    let devices: Vec<DeviceId> = records.iter().map(|d| d.id).collect();
     let now = state.clock.now();
     let deployment = Deployment {
         id: DeploymentId::from_uuid(Uuid::now_v7()),
@@ -295,7 +297,7 @@ async fn plan(
         revision: 0,
     };
     let assigned = assign_phases(deployment.id, &deployment.phases, &devices);
-    let facts = device_facts(state, tenant, &devices).await?;
+    let facts = device_facts(state, tenant, &records).await?;
     let targets = initial_targets(&deployment, &artifact, &assigned, &facts, now);
     Ok(Plan {
         deployment,
