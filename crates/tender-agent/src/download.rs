@@ -152,11 +152,11 @@ impl State {
         let Some(cb) = self.on_progress.as_mut() else {
             return;
         };
-        let percent = if size == 0 {
-            100
-        } else {
-            u8::try_from(self.offset.saturating_mul(100) / size).unwrap_or(100)
-        };
+        let percent = self
+            .offset
+            .saturating_mul(100)
+            .checked_div(size)
+            .map_or(100, |p| u8::try_from(p).unwrap_or(100));
         let tenth = percent / 10;
         if tenth > self.last_tenth {
             self.last_tenth = tenth;

@@ -357,7 +357,7 @@ pub async fn run(g: &GlobalArgs, args: &SimArgs) -> Result<ExitCode> {
                 let name = device_name(&args.prefix, i);
                 let flaky = flaky_rng.random_bool(args.offline_fraction);
                 let device = Device {
-                    full_download: i % args.download_every.max(1) == 0,
+                    full_download: i.is_multiple_of(args.download_every.max(1)),
                     index: i,
                     config: device_config(args, &ca, &name, token.clone(), i)?,
                     seed: args.seed,
