@@ -235,30 +235,39 @@ pub enum Decision {
     Ignore,
 }
 
-/// The rule for a notification of `attempt`: `running` is the state of the attempt running
-/// now for this deployment (if one is), `entry` what the journal has, `updating` whether the
-/// update journal shows this deployment's update still in progress (a reboot away from its
-/// end).
+/// The rule for a notification of `attempt` of `artifact_id`: `running` is the state of the
+/// attempt running now for this deployment (if one is), `entry` what the journal has,
+/// `updating` whether the update journal shows this deployment's update still in progress (a
+/// reboot away from its end). Another artifact than the journaled one (a deployment resumed
+/// with a fixed artifact starts its attempts again) is a new try.
 pub fn decide(
     running: Option<(u32, String)>,
     entry: Option<&Entry>,
     updating: bool,
+    artifact_id: &str,
     attempt: u32,
 ) -> Decision {
     if let Some((_, state)) = running {
         return Decision::Report(StatusReport::new(&state));
     }
-    match entry {
-        Some(e) if e.attempt >= attempt && e.finished && e.state == "canceled" => Decision::Ignore,
-        Some(e) if e.attempt >= attempt && e.finished => Decision::Report(StatusReport {
+    let Some(e) = entry else {
+        return Decision::Start;
+    };
+    if e.finished && e.state == "canceled" {
+        return Decision::Ignore;
+    }
+    if e.attempt < attempt || e.artifact_id != artifact_id {
+        return Decision::Start;
+    }
+    if e.finished {
+        Decision::Report(StatusReport {
             error: e.error.clone(),
             ..StatusReport::new(&e.state)
-        }),
-        Some(e) if e.attempt >= attempt && updating => {
-            Decision::Report(StatusReport::new(&e.state))
-        }
-        Some(e) if e.attempt >= attempt => Decision::Interrupted,
-        _ => Decision::Start,
+        })
+    } else if updating {
+        Decision::Report(StatusReport::new(&e.state))
+    } else {
+        Decision::Interrupted
     }
 }
 
@@ -433,7 +442,13 @@ impl Deployments {
                 a.state.lock().map(|s| s.clone()).unwrap_or_default(),
             )
         });
-        match decide(running, journal.get(deployment_id), updating, n.attempt) {
+        match decide(
+            running,
+            journal.get(deployment_id),
+            updating,
+            &n.artifact_id,
+            n.attempt,
+        ) {
             Decision::Start => {
                 tracing::info!(deployment = deployment_id, attempt = n.attempt, name = %n.name, version = %n.version, "deployment: starting");
                 let a = Active {
@@ -1163,13 +1178,14 @@ mod tests {
     #[test]
     fn each_deployment_attempt_is_handled_once() {
         // New.
-        assert_eq!(decide(None, None, false, 1), Decision::Start);
+        assert_eq!(decide(None, None, false, "a", 1), Decision::Start);
         // Running now: its current state again, whatever the attempt says.
         assert_eq!(
             decide(
                 Some((1, "downloading".into())),
                 Some(&entry(1, "downloading", false)),
                 false,
+                "a",
                 1
             ),
             Decision::Report(StatusReport::new("downloading"))
@@ -1177,30 +1193,32 @@ mod tests {
         // Finished: the same final status, with its reason.
         let failed = entry(1, "failed", true);
         assert_eq!(
-            decide(None, Some(&failed), false, 1),
+            decide(None, Some(&failed), false, "a", 1),
             Decision::Report(StatusReport {
                 error: Some("boom".into()),
                 ..StatusReport::new("failed")
             })
         );
         // A higher attempt after a failure is a new try; a lower one is old news.
-        assert_eq!(decide(None, Some(&failed), false, 2), Decision::Start);
+        assert_eq!(decide(None, Some(&failed), false, "a", 2), Decision::Start);
         assert!(matches!(
-            decide(None, Some(&entry(3, "succeeded", true)), false, 2),
+            decide(None, Some(&entry(3, "succeeded", true)), false, "a", 2),
             Decision::Report(_)
         ));
         // Cut short by a stop of the agent: failed, unless the update journal carries it on.
         assert_eq!(
-            decide(None, Some(&entry(1, "downloading", false)), false, 1),
+            decide(None, Some(&entry(1, "downloading", false)), false, "a", 1),
             Decision::Interrupted
         );
         assert_eq!(
-            decide(None, Some(&entry(1, "rebooting", false)), true, 1),
+            decide(None, Some(&entry(1, "rebooting", false)), true, "a", 1),
             Decision::Report(StatusReport::new("rebooting"))
         );
-        // Canceled: never started again for that attempt.
+        // A fixed artifact for the same deployment starts over at attempt 1: a new try.
+        assert_eq!(decide(None, Some(&failed), false, "b", 1), Decision::Start);
+        // Canceled: never started again.
         assert_eq!(
-            decide(None, Some(&entry(1, "canceled", true)), false, 1),
+            decide(None, Some(&entry(1, "canceled", true)), false, "a", 1),
             Decision::Ignore
         );
     }
