@@ -25,6 +25,7 @@ use crate::buffer::{Buffer, BufferError, Limits, Record, SyncPolicy};
 use crate::commands::CommandRunner;
 use crate::config::AgentConfig;
 use crate::custom::{self, CustomOptions};
+use crate::deploy::{self, Deployments};
 use crate::desired::DesiredHandler;
 use crate::identity::{self, EnrollOptions, Identity, IdentityError};
 use crate::inventory::{self, Attributes, ChangeTracker, InventoryOptions, Location};
@@ -84,6 +85,8 @@ pub enum Downlink<'a> {
     Desired,
     /// `commands/{id}`: a command.
     Command(&'a str),
+    /// `updates/{id}`: a deployment (or its cancel).
+    Update(&'a str),
 }
 
 /// Classifies a downlink topic of this device; `None` for anything else.
@@ -95,8 +98,12 @@ pub fn downlink<'a>(device_id: &str, topic: &'a str) -> Option<Downlink<'a>> {
     if rest == "state/desired" {
         return Some(Downlink::Desired);
     }
+    let valid = |id: &str| !id.is_empty() && !id.contains('/');
+    if let Some(id) = rest.strip_prefix("updates/") {
+        return valid(id).then_some(Downlink::Update(id));
+    }
     let id = rest.strip_prefix("commands/")?;
-    (!id.is_empty() && !id.contains('/')).then_some(Downlink::Command(id))
+    valid(id).then_some(Downlink::Command(id))
 }
 
 /// The topic telemetry goes to.
@@ -195,6 +202,10 @@ pub struct RunOptions {
     pub telemetry_interval: Option<Duration>,
     /// Live counts shared with other agents of the process (the simulator's progress line).
     pub counters: Option<Arc<Counters>>,
+    /// How deployments are carried out (the simulator's devices install nothing).
+    pub deployments: crate::deploy::Mode,
+    /// Retries and bounds of artifact downloads.
+    pub download: Option<crate::download::DownloadOptions>,
 }
 
 /// Live counts over the agents of one process.
@@ -354,48 +365,6 @@ fn open_buffer(config: &AgentConfig) -> Result<Buffer, AgentError> {
         );
     }
     Ok(buffer)
-}
-
-/// Carries on an update the journal shows in progress (a reboot into it, a crash), on a thread
-/// of its own. With `update.verify_connection` its verify state counts a connection to the
-/// server (within `update.connect_timeout_secs`) as part of the device's health.
-fn resume_update(config: &AgentConfig, mut state: watch::Receiver<ConnState>) {
-    let update = config.update.clone();
-    match crate::update::status(&update.data_dir) {
-        Ok(Some(j)) if !j.state.is_terminal() => {}
-        Ok(_) => return,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the update journal; no update is carried on");
-            return;
-        }
-    }
-    tokio::spawn(async move {
-        let connected = !update.verify_connection
-            || tokio::time::timeout(
-                update.connect_timeout,
-                state.wait_for(|s| matches!(s, ConnState::Connected)),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
-        let wait = update.connect_timeout.as_secs();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let health = move || {
-                if connected {
-                    Ok(())
-                } else {
-                    Err(format!("no connection to the server within {wait} s"))
-                }
-            };
-            crate::update::resume(&update, &mut crate::update::LogOnly, &health)
-        })
-        .await;
-        match outcome {
-            Ok(Ok(Some(o))) => tracing::info!(status = o.status(), "update carried on: {o:?}"),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "carrying on the update failed"),
-            Err(e) => tracing::error!(error = %e, "the update task failed"),
-        }
-    });
 }
 
 /// Runs the agent on the real system until `shutdown` completes (then disconnects cleanly and
@@ -566,9 +535,21 @@ pub async fn run_with<S: Source>(
     // buffer like everything else, so it survives a lost connection or a restart.
     let (uplink_tx, mut uplink_rx) = tokio::sync::mpsc::channel::<Uplink>(64);
     let mut desired = DesiredHandler::new(config, uplink_tx.clone());
-    let mut commands = CommandRunner::new(config, uplink_tx);
+    let mut commands = CommandRunner::new(config, uplink_tx.clone());
     let mut restart = commands.restart_requested();
-    resume_update(config, state.clone());
+    let inventory_refresh = Arc::new(Notify::new());
+    let deployments = Deployments::new(
+        config,
+        deploy::Setup {
+            uplinks: uplink_tx,
+            ca_pem: enroll.ca_pem.clone(),
+            identity: id_rx.clone(),
+            inventory: inventory_refresh.clone(),
+            mode: options.deployments.clone(),
+            download: options.download.unwrap_or_default(),
+        },
+    );
+    deployments.resume(state.clone());
 
     let outcome = loop {
         tokio::select! {
@@ -623,6 +604,7 @@ pub async fn run_with<S: Source>(
                 Some(m) => match downlink(&device_id, &m.topic) {
                     Some(Downlink::Desired) => desired.on_desired(&m.payload).await,
                     Some(Downlink::Command(id)) => commands.on_command(id, &m.payload),
+                    Some(Downlink::Update(id)) => deployments.on_message(id, &m.payload),
                     None => tracing::info!(topic = %m.topic, bytes = m.payload.len(), "message from the server on a topic this agent does not handle"),
                 },
                 None => messages_open = false,
@@ -645,8 +627,17 @@ pub async fn run_with<S: Source>(
                     break Err(AgentError::RestartRequested);
                 }
             }
+            _ = inventory_refresh.notified() => {
+                // Something was installed: collect the inventory now.
+                inventory_tick.reset_immediately();
+            }
             _ = inventory_tick.tick() => {
-                let attrs = source.inventory().await;
+                let mut attrs = source.inventory().await;
+                // What is installed, for the server's deployments (`provides.*`, `device_type`).
+                attrs.extend(deploy::installed_attributes(&config.update));
+                if let Some(t) = &config.device_type {
+                    attrs.entry("device_type".into()).or_insert_with(|| inventory::Value::Str(t.clone()));
+                }
                 if inventory_sent.is_new(&attrs) {
                     tracing::info!(attributes = attrs.len(), "inventory changed; sending it");
                     append("inventory", inventory::to_json(&attrs), &mut writer);

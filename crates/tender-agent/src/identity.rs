@@ -233,6 +233,26 @@ pub fn install_crypto_provider() {
 
 /// An HTTPS client that trusts only `ca_pem` and, given an identity, presents its certificate.
 pub fn http_client(ca_pem: &str, identity: Option<&Identity>) -> Result<reqwest::Client> {
+    client_builder(ca_pem, identity, Some(Duration::from_secs(60)))?
+        .build()
+        .map_err(Into::into)
+}
+
+/// The HTTPS client for artifact downloads: like [`http_client`], but with no bound on a
+/// whole request (a large artifact takes as long as it takes); a connection that delivers
+/// nothing for 60 s fails instead, and the download resumes with `Range`.
+pub fn download_client(ca_pem: &str, identity: &Identity) -> Result<reqwest::Client> {
+    client_builder(ca_pem, Some(identity), None)?
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(Into::into)
+}
+
+fn client_builder(
+    ca_pem: &str,
+    identity: Option<&Identity>,
+    timeout: Option<Duration>,
+) -> Result<reqwest::ClientBuilder> {
     install_crypto_provider();
     let certs = reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes())
         .map_err(|e| IdentityError::Ca(e.to_string()))?;
@@ -241,13 +261,15 @@ pub fn http_client(ca_pem: &str, identity: Option<&Identity>) -> Result<reqwest:
     }
     let mut b = reqwest::Client::builder()
         .tls_certs_only(certs)
-        .connect_timeout(Duration::from_secs(15))
-        .timeout(Duration::from_secs(60));
+        .connect_timeout(Duration::from_secs(15));
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
     if let Some(id) = identity {
         let pem = format!("{}\n{}", id.key.serialize_pem(), id.cert_pem);
         b = b.identity(reqwest::Identity::from_pem(pem.as_bytes())?);
     }
-    Ok(b.build()?)
+    Ok(b)
 }
 
 fn endpoint(base: &str, path: &str) -> String {

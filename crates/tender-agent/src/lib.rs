@@ -11,6 +11,8 @@
 //! - [`buffer`]: the on-disk store-and-forward buffer for records waiting to be delivered.
 //! - [`desired`]: applies the desired state (configuration handlers) and reports it.
 //! - [`commands`]: runs commands from the server and reports their outcome.
+//! - [`deploy`]: deployments from the server: download, install through [`update`], report.
+//! - [`download`]: resumable artifact downloads streamed into a blocking reader.
 //! - [`update`]: over-the-air updates: signed artifacts, update modules, the journaled state
 //!   machine.
 //! - [`config`], [`status`], [`agent`]: the agent's configuration, status file and main loop.
@@ -22,7 +24,9 @@ pub mod buffer;
 pub mod commands;
 pub mod config;
 pub mod custom;
+pub mod deploy;
 pub mod desired;
+pub mod download;
 pub mod identity;
 pub mod inventory;
 pub mod mqtt;

@@ -198,6 +198,10 @@ pub struct SimArgs {
     /// Stop after this many seconds [default: run until Ctrl-C]
     #[arg(long)]
     pub duration_secs: Option<u64>,
+    /// In deployments, one device in N downloads the whole artifact and checks it; the others
+    /// fetch only its manifest (with a Range request). 1: every device downloads it all.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub download_every: usize,
 }
 
 #[derive(Subcommand, Debug)]

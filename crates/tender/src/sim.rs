@@ -7,6 +7,14 @@
 //! same devices without enrolling again. With `--offline-fraction`, that share of the fleet is
 //! flaky: each such device runs for a few minutes, goes away (its agent stops and disconnects)
 //! and comes back later with its stored identity.
+//!
+//! Devices take part in deployments without installing anything
+//! ([`tender_agent::deploy::Simulation`]): one in `--download-every` downloads the whole
+//! artifact over HTTPS and checks it, the others fetch its manifest with a `Range` request;
+//! then each reports `downloaded` → `installing` → `rebooting` → `verifying` → `succeeded` and
+//! records the version (inventory `provides.<name>.version`), or `failed` when the artifact's
+//! manifest `meta.sim_fail_fraction` (e.g. `0.1`) covers the device (a hash of its id and the
+//! version: the same devices fail the same version every time).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,6 +28,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tender_agent::agent::{Counters, RunOptions, Source};
 use tender_agent::config::RawConfig;
+use tender_agent::deploy::{Mode, Simulation};
 use tender_agent::inventory::{Attributes, Value as Attr};
 use tender_agent::telemetry::Payload;
 use tokio::sync::watch;
@@ -348,6 +357,7 @@ pub async fn run(g: &GlobalArgs, args: &SimArgs) -> Result<ExitCode> {
                 let name = device_name(&args.prefix, i);
                 let flaky = flaky_rng.random_bool(args.offline_fraction);
                 let device = Device {
+                    full_download: i.is_multiple_of(args.download_every.max(1)),
                     index: i,
                     config: device_config(args, &ca, &name, token.clone(), i)?,
                     seed: args.seed,
@@ -439,6 +449,8 @@ fn device_config(
 
 struct Device {
     index: usize,
+    /// Downloads whole artifacts in deployments (else only their manifests).
+    full_download: bool,
     name: String,
     seed: u64,
     config: tender_agent::config::AgentConfig,
@@ -457,6 +469,9 @@ impl Device {
                 no_status_file: true,
                 telemetry_interval: Some(self.interval),
                 counters: Some(self.counters.clone()),
+                deployments: Mode::Simulate(Simulation {
+                    full_download: self.full_download,
+                }),
                 ..RunOptions::default()
             };
             // A flaky device stays up for 1 to 5 minutes, then goes away for 10 s to 2 min.

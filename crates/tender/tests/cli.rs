@@ -1144,3 +1144,159 @@ fn artifacts_are_made_signed_checked_and_uploaded() {
     assert_eq!(o.status.code(), Some(1));
     server.stop();
 }
+
+/// A signed `file` artifact `app` for every simulated device type, with manifest `meta`.
+fn sim_artifact(path: &Path, version: &str, meta: serde_json::Value) {
+    use tender_artifact::{Compression, FORMAT, Manifest, Payload, Signatures, SigningKey};
+    let content = format!("app {version}\n").into_bytes();
+    let d = tender_artifact::describe(&content[..], Compression::None, None).unwrap();
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        name: "app".into(),
+        version: version.into(),
+        compatible: ["kiosk", "gateway", "sensor-hub", "industrial-pc"]
+            .map(String::from)
+            .to_vec(),
+        depends: Default::default(),
+        provides: Default::default(),
+        payload_type: "file".into(),
+        payloads: vec![Payload {
+            name: "app.bin".into(),
+            size: d.size,
+            sha256: d.sha256,
+            compression: Compression::None,
+            stored_size: None,
+            meta: serde_json::json!({"path": "/opt/app/app.bin"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        }],
+        scripts: vec![],
+        meta: meta.as_object().cloned().unwrap_or_default(),
+        created_at: None,
+    };
+    let mut sigs = Signatures::default();
+    sigs.add(&SigningKey::from_seed(&[3; 32]), &manifest.to_bytes());
+    let bytes = tender_artifact::write(Vec::new(), &manifest, &sigs, move |_| {
+        Ok(Box::new(std::io::Cursor::new(content.clone())) as Box<dyn std::io::Read>)
+    })
+    .unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `tender sim` devices in deployments: a "bad" artifact (`sim_fail_fraction` 0.1) fails on
+/// exactly the devices whose share is under 0.1, the others report success and the version in
+/// their inventory; the fixed version succeeds everywhere.
+#[test]
+fn simulated_devices_take_part_in_deployments() {
+    let total = (fleet_size() / 4).max(20);
+    let bound = Duration::from_secs(60 + total as u64 / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(dir.path(), &data, &[]);
+    let token = server.token.clone().unwrap();
+    let o = run(tender(dir.path()).args(["login", "--server", &server.base, "--token", &token]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let public = dir.path().join("release.pub");
+    std::fs::write(
+        &public,
+        tender_artifact::SigningKey::from_seed(&[3; 32])
+            .public_key()
+            .to_pem()
+            .unwrap(),
+    )
+    .unwrap();
+    let o = run(tender(dir.path()).arg("keys").arg("trust").arg(&public));
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (version, meta) in [
+        ("1.0", serde_json::json!({"sim_fail_fraction": 0.1})),
+        ("1.1", serde_json::json!({})),
+    ] {
+        let file = dir.path().join(format!("app-{version}.tender"));
+        sim_artifact(&file, version, meta);
+        let o = run(tender(dir.path()).arg("artifact").arg("upload").arg(&file));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let mut child = tender(dir.path())
+        .args([
+            "sim",
+            "--devices",
+            &total.to_string(),
+            "--interval-ms",
+            "60000",
+        ])
+        .args([
+            "--ramp",
+            "200",
+            "--report-secs",
+            "5",
+            "--download-every",
+            "5",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("sim"))
+        .arg("--ca")
+        .arg(data.join("ca/ca.crt"))
+        .args(["--server-url", &format!("https://{}", server.device_addr)])
+        .args(["--mqtt-url", &server.mqtt_addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let devices = |query: &str| -> Vec<String> {
+        let o =
+            run(tender(dir.path()).args(["devices", "list", "--all", "-o", "json", "-q", query]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let ids = poll_until_within("every simulated device online", bound, || {
+        let ids = devices("online = true and inventory.simulated = true");
+        (ids.len() == total).then_some(ids)
+    });
+    let deploy_and_wait = |artifact: &str| -> serde_json::Value {
+        let o = run(tender(dir.path()).args([
+            "deploy",
+            "create",
+            "--artifact",
+            artifact,
+            "-q",
+            "inventory.simulated = true",
+            "--attempts",
+            "1",
+        ]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let id = stdout(&o).trim().to_owned();
+        poll_until_within(&format!("deployment of {artifact} done"), bound, || {
+            let o = run(tender(dir.path()).args(["deploy", "show", &id, "-o", "json"]));
+            assert!(o.status.success(), "{}", stderr(&o));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let d = v["deployment"].clone();
+            (d["state"] == "completed" || d["queued"] == 0 && d["in_progress"] == 0).then_some(d)
+        })
+    };
+    let failing = ids
+        .iter()
+        .filter(|id| tender_agent::deploy::sim_share(id, "1.0") < 0.1)
+        .count();
+    let d = deploy_and_wait("app@1.0");
+    assert_eq!(d["failed"], failing, "{d}");
+    assert_eq!(d["succeeded"], total - failing, "{d}");
+    // The successes report the version in their inventory.
+    poll_until_within("provides.app.version 1.0 reported", bound, || {
+        (devices("inventory.provides.app.version = \"1.0\"").len() == total - failing).then_some(())
+    });
+    let d = deploy_and_wait("app@1.1");
+    assert_eq!(d["failed"], 0, "{d}");
+    assert_eq!(d["succeeded"], total, "{d}");
+    poll_until_within("provides.app.version 1.1 reported", bound, || {
+        (devices("inventory.provides.app.version = \"1.1\"").len() == total).then_some(())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

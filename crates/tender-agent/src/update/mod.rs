@@ -97,6 +97,9 @@ pub struct UpdateConfig {
     pub trusted_keys: Vec<PathBuf>,
     pub require_signature: bool,
     pub allow_downgrade: bool,
+    /// Install the version that is installed already instead of skipping it (a deployment's
+    /// `force`; not a configuration key).
+    pub reinstall_same_version: bool,
     pub modules_dir: PathBuf,
     /// Run in the verify state (after the reboot, if any); failing rolls back.
     pub health_check: Vec<String>,
@@ -124,6 +127,7 @@ impl UpdateConfig {
             trusted_keys: vec![],
             require_signature: true,
             allow_downgrade: false,
+            reinstall_same_version: false,
             modules_dir: DEFAULT_MODULES_DIR.into(),
             health_check: vec![],
             health_check_timeout: Duration::from_secs(120),
@@ -351,7 +355,7 @@ pub(crate) fn script_env(ctx: &Ctx<'_>, j: &Journal, state: &str) -> Vec<(String
     env
 }
 
-fn load_keys(config: &UpdateConfig) -> Result<Vec<PublicKey>, UpdateError> {
+pub(crate) fn load_keys(config: &UpdateConfig) -> Result<Vec<PublicKey>, UpdateError> {
     config
         .trusted_keys
         .iter()
@@ -401,7 +405,7 @@ impl InstallSink<'_> {
             .map_err(|e| Refusal::Incompatible(e.to_string()))?;
         if let Some(have) = self.installed.artifacts.get(&m.name) {
             match tender_artifact::compare_versions(&m.version, &have.version) {
-                std::cmp::Ordering::Equal => {
+                std::cmp::Ordering::Equal if !self.config.reinstall_same_version => {
                     return Err(Refusal::Skipped(format!(
                         "{} {} is installed already",
                         m.name, m.version
@@ -504,9 +508,18 @@ fn reset_work_dir(dir: &Path) -> Result<(), UpdateError> {
     std::fs::create_dir_all(dir).map_err(UpdateError::WorkDir)
 }
 
+/// Most bytes read from the source after the artifact's last entry (the tar end blocks and
+/// padding), so that a source that checks the whole file at its end (a download's digest) is
+/// read to its end before anything is installed.
+const MAX_TRAILING_BYTES: u64 = 1 << 20;
+
 /// Installs the artifact read from `src`. `artifact_id` names it in the journal and reports
 /// (a deployment id, a file name). `health` is added to the verify state. Returns how it
 /// ended, or [`Outcome::Rebooting`] once the reboot was asked for.
+///
+/// `src` is read to its end (at most [`MAX_TRAILING_BYTES`] past the artifact) before the
+/// install starts: an error there (a download whose file digest does not match, a canceled
+/// download) fails the update with nothing installed.
 pub fn install(
     config: &UpdateConfig,
     artifact_id: &str,
@@ -540,7 +553,15 @@ pub fn install(
         keys: &keys,
         require_signature: config.require_signature,
     };
-    let read = tender_artifact::read(src, trust, &mut sink);
+    let mut src = src;
+    let read = tender_artifact::read(&mut src, trust, &mut sink).and_then(|header| {
+        std::io::copy(
+            &mut (&mut src).take(MAX_TRAILING_BYTES),
+            &mut std::io::sink(),
+        )
+        .map(|_| header)
+        .map_err(tender_artifact::ArtifactError::from)
+    });
     let refusal = sink.refusal.take();
     let Some((journal, module, manifest)) = sink.started.take() else {
         // Refused before the update started: nothing changed.

@@ -108,6 +108,35 @@ impl Server {
         (st, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Uploads an artifact file (`POST /api/v1/artifacts`); returns the server's answer.
+    pub async fn upload_artifact(&self, bytes: Vec<u8>) -> Value {
+        let resp = self
+            .http
+            .post(format!("http://{}/api/v1/artifacts", self.server.http_addr))
+            .bearer_auth(&self.admin_token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let st = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(st, 201, "{v}");
+        v
+    }
+
+    /// The default tenant's id.
+    pub async fn tenant_id(&self) -> String {
+        self.server
+            .store
+            .tenant_by_slug(&TenantSlug::default_tenant())
+            .await
+            .unwrap()
+            .unwrap()
+            .id
+            .to_string()
+    }
+
     pub async fn enrollment_token(&self) -> String {
         let (st, t) = self
             .admin(

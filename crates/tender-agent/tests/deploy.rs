@@ -1,0 +1,185 @@
+//! Deployments end to end: the real server in-process (artifacts, deployments, the scheduler,
+//! MQTT), the real agent loop with the `file` module, the operator API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+
+use common::{poll_until, start, wait_connected, wait_enrolled};
+use serde_json::{Value, json};
+use tender_artifact::{Compression, FORMAT, Manifest, Payload, Signatures, SigningKey, describe};
+
+fn key() -> SigningKey {
+    SigningKey::from_seed(&[9; 32])
+}
+
+/// A signed `file` artifact for the test rig installing `content` at `path`.
+fn artifact(version: &str, path: &std::path::Path, content: &[u8]) -> Vec<u8> {
+    let d = describe(content, Compression::None, None).unwrap();
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        name: "app".into(),
+        version: version.into(),
+        compatible: vec!["test-rig".into()],
+        depends: BTreeMap::new(),
+        provides: BTreeMap::new(),
+        payload_type: "file".into(),
+        payloads: vec![Payload {
+            name: "app.bin".into(),
+            size: d.size,
+            sha256: d.sha256,
+            compression: Compression::None,
+            stored_size: None,
+            meta: json!({"path": path.display().to_string()})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        }],
+        scripts: vec![],
+        meta: Default::default(),
+        created_at: None,
+    };
+    let mut sigs = Signatures::default();
+    sigs.add(&key(), &manifest.to_bytes());
+    let content = content.to_vec();
+    tender_artifact::write(Vec::new(), &manifest, &sigs, move |_| {
+        Ok(Box::new(io::Cursor::new(content.clone())) as Box<dyn io::Read>)
+    })
+    .unwrap()
+}
+
+/// Waits until the deployment's one device is in a finished state; returns its target.
+async fn finished(s: &common::Server, deployment: &str) -> Value {
+    poll_until("the device's deployment to finish", async || {
+        let (st, page) = s
+            .admin(
+                reqwest::Method::GET,
+                &format!("/api/v1/deployments/{deployment}/devices"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{page}");
+        let t = page["items"][0].clone();
+        matches!(
+            t["state"].as_str(),
+            Some("succeeded" | "failed" | "rolled_back" | "skipped" | "incompatible" | "canceled")
+        )
+        .then_some(t)
+    })
+    .await
+}
+
+async fn deploy(s: &common::Server, artifact: &str, device: &str) -> String {
+    let (st, d) = s
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/deployments",
+            Some(json!({"artifact": artifact, "target": {"device": device}, "max_attempts": 1})),
+        )
+        .await;
+    assert_eq!(st, 201, "{d}");
+    d["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_deployment_is_installed_by_the_agent_and_a_tampered_artifact_is_refused() {
+    let s = start().await;
+    let (st, k) = s
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/signing-keys",
+            Some(
+                json!({"name": "release", "public_key_pem": key().public_key().to_pem().unwrap()}),
+            ),
+        )
+        .await;
+    assert_eq!(st, 201, "{k}");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    let target = dir.path().join("opt").join("app.bin");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let pem = dir.path().join("release.pem");
+    std::fs::write(&pem, key().public_key().to_pem().unwrap()).unwrap();
+    let mut config = s.config(&data, Some(s.enrollment_token().await));
+    config.update.trusted_keys = vec![pem];
+    config.update.reboot_command = vec!["false".into()];
+    let options = tender_agent::agent::RunOptions {
+        backoff_base: Some(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    let (stop, task) = common::spawn_agent(
+        config,
+        options,
+        tender_agent::agent::SystemSource::new(&s.config(&data, None), None),
+    );
+    let device = wait_enrolled(&data).await.device_id().to_owned();
+    wait_connected(&data).await;
+
+    // Version 1.2.0: downloaded, installed, reported, and in the inventory.
+    let good: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let a1 = s.upload_artifact(artifact("1.2.0", &target, &good)).await;
+    let d1 = deploy(&s, a1["id"].as_str().unwrap(), &device).await;
+    let t = finished(&s, &d1).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert!(
+        std::fs::read(&target).unwrap() == good,
+        "the file is installed"
+    );
+    let attrs = poll_until("provides.app.version in the inventory", async || {
+        let (st, inv) = s
+            .admin(
+                reqwest::Method::GET,
+                &format!("/api/v1/devices/{device}/inventory"),
+                None,
+            )
+            .await;
+        (st == 200 && inv["attributes"]["provides.app.version"] == "1.2.0")
+            .then_some(inv["attributes"].clone())
+    })
+    .await;
+    assert_eq!(attrs["device_type"], "test-rig");
+    let journal: Value =
+        serde_json::from_slice(&std::fs::read(data.join("deployments.json")).unwrap()).unwrap();
+    assert_eq!(journal[0]["deployment_id"], d1.as_str(), "{journal}");
+    assert_eq!(journal[0]["state"], "succeeded", "{journal}");
+
+    // Version 1.3.0, altered on the server after it was checked: the agent refuses it and
+    // nothing changes on the device.
+    let mut bad_content = good.clone();
+    bad_content[100] ^= 0xff;
+    let a2 = s
+        .upload_artifact(artifact("1.3.0", &target, &bad_content))
+        .await;
+    let a2_id = a2["id"].as_str().unwrap();
+    let stored = s
+        .config
+        .data_dir
+        .join("artifacts")
+        .join(s.tenant_id().await)
+        .join(format!("{a2_id}.tender"));
+    let mut file = std::fs::read(&stored).unwrap();
+    let at = file
+        .windows(bad_content.len())
+        .position(|w| w == bad_content.as_slice())
+        .expect("the payload is stored as is");
+    file[at + 5000] ^= 0x01;
+    std::fs::write(&stored, &file).unwrap();
+    let d2 = deploy(&s, a2_id, &device).await;
+    let t = finished(&s, &d2).await;
+    assert_eq!(t["state"], "failed", "{t}");
+    let said = format!("{} {}", t["error"], t["log"]);
+    assert!(said.contains("SHA-256"), "the reason names the hash: {t}");
+    assert!(
+        std::fs::read(&target).unwrap() == good,
+        "the installed file is unchanged"
+    );
+    let installed: Value =
+        serde_json::from_slice(&std::fs::read(data.join("installed.json")).unwrap()).unwrap();
+    assert_eq!(installed["artifacts"]["app"]["version"], "1.2.0");
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
