@@ -525,8 +525,13 @@ pub struct Target {
     pub device_id: DeviceId,
     pub phase: u32,
     pub state: TargetState,
-    /// Times notified.
+    /// Times notified since the device last got fresh attempts (counts against
+    /// `max_attempts`).
     pub attempts: u32,
+    /// Times notified over the deployment's whole life: the attempt number the device sees.
+    /// Never goes down, so a retry after [`Target::retry`] is a new attempt to the device even
+    /// with the same artifact.
+    pub notifications: u32,
     /// Not notified again before this (after a failure).
     pub retry_at: Option<Timestamp>,
     pub notified_at: Option<Timestamp>,
@@ -584,6 +589,7 @@ impl Target {
             phase,
             state: TargetState::Queued,
             attempts: 0,
+            notifications: 0,
             retry_at: None,
             notified_at: None,
             finished_at: None,
@@ -609,6 +615,7 @@ impl Target {
         let mut t = self.clone();
         t.state = TargetState::Notified;
         t.attempts += 1;
+        t.notifications = t.notifications.saturating_add(1);
         t.notified_at = Some(now);
         t.retry_at = None;
         t.progress = None;
@@ -1172,9 +1179,14 @@ mod tests {
             queued.apply(&report(TargetState::Installing), &o, at(3)),
             None
         );
-        // A resume with retries gives fresh attempts.
+        // A resume with retries gives fresh attempts, and the device sees a new attempt
+        // number (it handles each deployment attempt once).
+        let before = t.notifications;
+        assert_eq!(before, 3);
         let t = t.retry(at(2000)).unwrap();
         assert!(t.is_due(&o, at(2000)));
+        let t = t.notify(at(2001)).unwrap();
+        assert_eq!((t.attempts, t.notifications), (1, before + 1));
     }
 
     #[test]

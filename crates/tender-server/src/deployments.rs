@@ -361,7 +361,7 @@ async fn notify_due(state: &AppState, d: &Deployment) -> Result<u32, StoreError>
             state,
             t.device_id,
             d.id,
-            &notification(d, &artifact, t.attempts),
+            &notification(d, &artifact, t.notifications),
         );
     }
     let sent = notified.len() as u32;
@@ -600,7 +600,7 @@ pub async fn resync(state: &AppState, tenant: TenantId, device: DeviceId) {
         let Ok(Some(a)) = state.store.artifact(tenant, d.artifact_id).await else {
             continue;
         };
-        send_json(state, device, d.id, &notification(&d, &a, t.attempts));
+        send_json(state, device, d.id, &notification(&d, &a, t.notifications));
     }
     state.deployments.wake();
 }

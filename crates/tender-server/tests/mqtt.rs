@@ -2780,6 +2780,9 @@ async fn a_phased_deployment_pauses_on_failure_and_resumes_with_a_fix(b: Backend
     let m = next_update(&mut clients[failing]).await;
     assert_eq!(m["artifact_id"], fixed.as_str());
     assert_eq!(m["version"], "1.1");
+    // A new attempt number: a device handles each (deployment, attempt) once, so a retry
+    // must never reuse the number of the attempt that failed.
+    assert_eq!(m["attempt"], 2);
     report(
         &mut clients[failing],
         &devs[failing],

@@ -101,6 +101,7 @@ macro_rules! conformance_suite {
             trusted_keys_are_per_tenant,
             deployments_round_trip_and_change_by_revision,
             deployment_targets_notify_report_and_page,
+            deployment_targets_in_bulk_and_retried,
         );
         #[tokio::test]
         async fn data_survives_reopen() {

@@ -21,7 +21,7 @@ macro_rules! deployment_columns {
 macro_rules! dtarget_columns {
     () => {
         "tenant_id, deployment_id, device_id, phase, state, attempts, retry_at, notified_at, \
-         finished_at, updated_at, progress, error, log"
+         finished_at, updated_at, progress, error, log, notifications"
     };
 }
 
@@ -31,12 +31,39 @@ pub(crate) const INSERT_DEPLOYMENT: &str = concat!(
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
      $19, $20)"
 );
-pub(crate) const INSERT_TARGET: &str = concat!(
-    "INSERT INTO deployment_targets (",
-    dtarget_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-     ON CONFLICT (tenant_id, deployment_id, device_id) DO NOTHING"
-);
+/// Values bound per target by [`bind_target`].
+const TARGET_VALUES: usize = 14;
+/// How many targets one multi-row insert takes (14 values each: far below both backends'
+/// limits on bound values).
+pub(crate) const INSERT_CHUNK: usize = 500;
+
+/// A multi-row insert of `rows` targets (1 to [`INSERT_CHUNK`]); a target already there is
+/// left as it is.
+pub(crate) fn insert_targets_sql(rows: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(64 + rows * TARGET_VALUES * 6);
+    sql.push_str(concat!(
+        "INSERT INTO deployment_targets (",
+        dtarget_columns!(),
+        ") VALUES "
+    ));
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..TARGET_VALUES {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(sql, "${}", r * TARGET_VALUES + c + 1);
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (tenant_id, deployment_id, device_id) DO NOTHING");
+    sql
+}
 pub(crate) const DEPLOYMENT: &str = concat!(
     "SELECT ",
     deployment_columns!(),
@@ -89,7 +116,7 @@ pub(crate) const DOWNLOADING: &str = "SELECT COUNT(*) FROM deployment_targets \
 /// A device's unfinished targets in deployments that run: $1 tenant, $2 device.
 pub(crate) const ACTIVE_FOR_DEVICE: &str = "SELECT t.tenant_id, t.deployment_id, t.device_id, \
      t.phase, t.state, t.attempts, t.retry_at, t.notified_at, t.finished_at, t.updated_at, \
-     t.progress, t.error, t.log FROM deployment_targets t JOIN deployments d \
+     t.progress, t.error, t.log, t.notifications FROM deployment_targets t JOIN deployments d \
      ON d.tenant_id = t.tenant_id AND d.id = t.deployment_id \
      WHERE t.tenant_id = $1 AND t.device_id = $2 \
      AND t.state IN ('notified', 'downloading', 'downloaded', 'installing', 'rebooting', \
@@ -105,7 +132,7 @@ pub(crate) const DEVICE_TARGETS: &str = concat!(
 /// $5 expected attempts, $6 expected updated_at, then the new values.
 pub(crate) const UPDATE_TARGET: &str = "UPDATE deployment_targets SET state = $7, \
      attempts = $8, retry_at = $9, notified_at = $10, finished_at = $11, updated_at = $12, \
-     progress = $13, error = $14, log = $15 WHERE tenant_id = $1 AND deployment_id = $2 \
+     progress = $13, error = $14, log = $15, notifications = $16 WHERE tenant_id = $1 AND deployment_id = $2 \
      AND device_id = $3 AND state = $4 AND attempts = $5 AND updated_at = $6";
 /// How many device ids [`NOTIFY_TARGETS`] takes at once.
 pub(crate) const NOTIFY_CHUNK: usize = 64;
@@ -114,7 +141,7 @@ pub(crate) const NOTIFY_CHUNK: usize = 64;
 /// padded by repetition). Returns the targets as notified.
 pub(crate) const NOTIFY_TARGETS: &str = concat!(
     "UPDATE deployment_targets SET state = 'notified', attempts = attempts + 1, \
-     notified_at = $3, retry_at = NULL, progress = NULL, updated_at = $3 \
+     notifications = notifications + 1, notified_at = $3, retry_at = NULL, progress = NULL, updated_at = $3 \
      WHERE tenant_id = $1 AND deployment_id = $2 AND state = 'queued' AND attempts < $4 \
      AND phase <= $5 AND (retry_at IS NULL OR retry_at <= $3) AND device_id IN (",
     "$6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, $55, $56, $57, $58, $59, $60, $61, $62, $63, $64, $65, $66, $67, $68, $69",
@@ -201,6 +228,7 @@ pub(crate) struct TargetRow {
     progress: Option<i64>,
     error: Option<String>,
     log: String,
+    notifications: i64,
 }
 
 impl TryFrom<TargetRow> for Target {
@@ -219,6 +247,7 @@ impl TryFrom<TargetRow> for Target {
             phase: u32::try_from(r.phase).map_err(|_| corrupt("phase"))?,
             state: TargetState::parse(&r.state).ok_or_else(|| corrupt("state"))?,
             attempts: u32::try_from(r.attempts).map_err(|_| corrupt("attempts"))?,
+            notifications: u32::try_from(r.notifications).map_err(|_| corrupt("notifications"))?,
             retry_at: r.retry_at.map(ts),
             notified_at: r.notified_at.map(ts),
             finished_at: r.finished_at.map(ts),
@@ -263,6 +292,7 @@ macro_rules! bind_target {
             .bind($t.progress.map(i64::from))
             .bind($t.error.as_deref())
             .bind($crate::deployments::json(&$t.log))
+            .bind(i64::from($t.notifications))
     };
 }
 pub(crate) use bind_target;
@@ -303,16 +333,16 @@ macro_rules! impl_deployment_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(map)?;
-                for t in targets {
-                    $crate::deployments::bind_target!(
-                        sqlx::query($crate::deployments::INSERT_TARGET),
-                        t
-                    )
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| {
-                        $crate::map_sqlx(&format!("deployment target {}", t.device_id), e)
-                    })?;
+                for chunk in targets.chunks($crate::deployments::INSERT_CHUNK) {
+                    let sql = $crate::deployments::insert_targets_sql(chunk.len());
+                    // Only placeholders are generated: no value is in the text.
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+                    for t in chunk {
+                        q = $crate::deployments::bind_target!(q, t);
+                    }
+                    q.execute(&mut *tx)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("deployment targets", e))?;
                 }
                 tx.commit().await.map_err(map)?;
                 Ok(())
@@ -323,17 +353,18 @@ macro_rules! impl_deployment_store {
                 targets: &[tender_core::deployment::Target],
             ) -> $crate::Result<u64> {
                 let mut added = 0;
-                for t in targets {
-                    added += $crate::deployments::bind_target!(
-                        sqlx::query($crate::deployments::INSERT_TARGET),
-                        t
-                    )
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| {
-                        $crate::map_sqlx(&format!("deployment target {}", t.device_id), e)
-                    })?
-                    .rows_affected();
+                for chunk in targets.chunks($crate::deployments::INSERT_CHUNK) {
+                    let sql = $crate::deployments::insert_targets_sql(chunk.len());
+                    // Only placeholders are generated: no value is in the text.
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+                    for t in chunk {
+                        q = $crate::deployments::bind_target!(q, t);
+                    }
+                    added += q
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("deployment targets", e))?
+                        .rows_affected();
                 }
                 Ok(added)
             }
@@ -630,6 +661,7 @@ macro_rules! impl_deployment_store {
                     .bind(new.progress.map(i64::from))
                     .bind(new.error.as_deref())
                     .bind($crate::deployments::json(&new.log))
+                    .bind(i64::from(new.notifications))
                     .execute(&self.pool)
                     .await
                     .map_err(|e| $crate::map_sqlx("deployment target", e))?;

@@ -287,3 +287,72 @@ pub async fn deployment_targets_notify_report_and_page(store: &dyn Store) {
         .unwrap();
     assert_eq!(mine.items.len(), 1);
 }
+
+/// Deployments bigger than one multi-row insert, and the attempt number a device sees across
+/// an operator's retry.
+pub async fn deployment_targets_in_bulk_and_retried(store: &dyn Store) {
+    let t = new_tenant(store, "depb-a").await;
+    let a = artifact(store, t.id).await;
+    let devs = devices(store, t.id, crate::deployments::INSERT_CHUNK + 21).await;
+    let mut d = deployment(t.id, a);
+    d.state = DeploymentState::Running;
+    d.phases = vec![Phase::new(Amount::Percent(100))];
+    d.options.max_attempts = 1;
+    let all: Vec<Target> = devs
+        .iter()
+        .map(|dev| Target::new(t.id, d.id, *dev, 0, T0))
+        .collect();
+    // Half of them at creation, the rest added later together with some already in.
+    let half = devs.len() / 2;
+    store.create_deployment(&d, &all[..half]).await.unwrap();
+    assert_eq!(
+        store
+            .add_deployment_targets(&all[half - 10..])
+            .await
+            .unwrap(),
+        u64::try_from(devs.len() - half).unwrap()
+    );
+    let stats = store.deployment_stats(&d).await.unwrap();
+    assert_eq!(stats[0].total as usize, devs.len());
+
+    // Notified, failed for good (one attempt), retried by an operator: a new attempt number.
+    let moved = store
+        .notify_deployment_targets(&d, &devs[..3], at(1))
+        .await
+        .unwrap();
+    assert_eq!(moved.len(), 3);
+    assert!(moved.iter().all(|x| x.notifications == 1));
+    let report = Report {
+        state: Some(TargetState::Failed),
+        ..Report::default()
+    };
+    let failed = moved[0].apply(&report, &d.options, at(2)).unwrap();
+    assert_eq!(failed.state, TargetState::Failed);
+    assert!(
+        store
+            .update_deployment_target(&moved[0], &failed)
+            .await
+            .unwrap()
+    );
+    let retried = failed.retry(at(3)).unwrap();
+    assert!(
+        store
+            .update_deployment_target(&failed, &retried)
+            .await
+            .unwrap()
+    );
+    let again = store
+        .notify_deployment_targets(&d, &devs[..1], at(4))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].attempts, again[0].notifications), (1, 2));
+    assert_eq!(
+        store
+            .deployment_target(t.id, d.id, devs[0])
+            .await
+            .unwrap()
+            .unwrap(),
+        again[0]
+    );
+}
