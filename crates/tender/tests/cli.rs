@@ -1145,77 +1145,60 @@ fn artifacts_are_made_signed_checked_and_uploaded() {
     server.stop();
 }
 
-/// A signed `file` artifact `app` for every simulated device type, with manifest `meta`.
-fn sim_artifact(path: &Path, version: &str, meta: serde_json::Value) {
-    use tender_artifact::{Compression, FORMAT, Manifest, Payload, Signatures, SigningKey};
-    let content = format!("app {version}\n").into_bytes();
-    let d = tender_artifact::describe(&content[..], Compression::None, None).unwrap();
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        name: "app".into(),
-        version: version.into(),
-        compatible: ["kiosk", "gateway", "sensor-hub", "industrial-pc"]
-            .map(String::from)
-            .to_vec(),
-        depends: Default::default(),
-        provides: Default::default(),
-        payload_type: "file".into(),
-        payloads: vec![Payload {
-            name: "app.bin".into(),
-            size: d.size,
-            sha256: d.sha256,
-            compression: Compression::None,
-            stored_size: None,
-            meta: serde_json::json!({"path": "/opt/app/app.bin"})
-                .as_object()
-                .cloned()
-                .unwrap(),
-        }],
-        scripts: vec![],
-        meta: meta.as_object().cloned().unwrap_or_default(),
-        created_at: None,
-    };
-    let mut sigs = Signatures::default();
-    sigs.add(&SigningKey::from_seed(&[3; 32]), &manifest.to_bytes());
-    let bytes = tender_artifact::write(Vec::new(), &manifest, &sigs, move |_| {
-        Ok(Box::new(std::io::Cursor::new(content.clone())) as Box<dyn std::io::Read>)
-    })
-    .unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
-
-/// `tender sim` devices in deployments: a "bad" artifact (`sim_fail_fraction` 0.1) fails on
-/// exactly the devices whose share is under 0.1, the others report success and the version in
-/// their inventory; the fixed version succeeds everywhere.
+/// The README's tour of a rollout, by CLI alone: a signing key, two signed artifacts (1.0 makes
+/// a tenth of the simulated devices fail their install), upload, preview and create a 3-phase
+/// deployment to every simulated device; `watch` stops when the failure threshold of phase 1
+/// pauses it; `resume --artifact app@1.1` retries the failed devices with the fix and the
+/// deployment completes, every device reporting the version it installed.
 #[test]
-fn simulated_devices_take_part_in_deployments() {
-    let total = (fleet_size() / 4).max(20);
+fn a_phased_deployment_to_simulated_devices_pauses_on_failures_and_completes_with_a_fix() {
+    let total = fleet_size().max(40);
+    // Phase 1: 10% of a 1,000-device fleet; at least 20 devices so that, with a tenth of the
+    // installs failing, reaching the threshold of 2 failures is all but certain.
+    let first = (total / 10).max(20);
     let bound = Duration::from_secs(60 + total as u64 / 2);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = start_server(dir.path(), &data, &[]);
     let token = server.token.clone().unwrap();
-    let o = run(tender(dir.path()).args(["login", "--server", &server.base, "--token", &token]));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let public = dir.path().join("release.pub");
-    std::fs::write(
-        &public,
-        tender_artifact::SigningKey::from_seed(&[3; 32])
-            .public_key()
-            .to_pem()
-            .unwrap(),
-    )
-    .unwrap();
-    let o = run(tender(dir.path()).arg("keys").arg("trust").arg(&public));
-    assert!(o.status.success(), "{}", stderr(&o));
-    for (version, meta) in [
-        ("1.0", serde_json::json!({"sim_fail_fraction": 0.1})),
-        ("1.1", serde_json::json!({})),
-    ] {
-        let file = dir.path().join(format!("app-{version}.tender"));
-        sim_artifact(&file, version, meta);
-        let o = run(tender(dir.path()).arg("artifact").arg("upload").arg(&file));
-        assert!(o.status.success(), "{}", stderr(&o));
+    let cli = |args: &[&str]| -> Output {
+        let o = run(tender(dir.path()).args(args));
+        assert!(o.status.success(), "tender {args:?}: {}", stderr(&o));
+        o
+    };
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    cli(&["login", "--server", &server.base, "--token", &token]);
+    cli(&["keys", "generate", "--file", &path("release.key")]);
+    cli(&["keys", "trust", &path("release.key.pub")]);
+    std::fs::write(dir.path().join("app.bin"), b"app\n").unwrap();
+    let key = path("release.key");
+    for (version, meta) in [("1.0", Some("sim_fail_fraction=0.1")), ("1.1", None)] {
+        let out = path(&format!("app-{version}.tender"));
+        let payload = format!("{}=/opt/app/app.bin", path("app.bin"));
+        let mut args = vec![
+            "artifact",
+            "create",
+            "--name",
+            "app",
+            "--version",
+            version,
+            "--type",
+            "file",
+            "--payload",
+            &payload,
+            "--key",
+            &key,
+            "--out",
+            &out,
+        ];
+        for t in ["kiosk", "gateway", "sensor-hub", "industrial-pc"] {
+            args.extend(["--device-type", t]);
+        }
+        if let Some(m) = meta {
+            args.extend(["--meta", m]);
+        }
+        cli(&args);
+        cli(&["artifact", "upload", &out]);
     }
     let mut child = tender(dir.path())
         .args([
@@ -1244,9 +1227,7 @@ fn simulated_devices_take_part_in_deployments() {
         .spawn()
         .unwrap();
     let devices = |query: &str| -> Vec<String> {
-        let o =
-            run(tender(dir.path()).args(["devices", "list", "--all", "-o", "json", "-q", query]));
-        assert!(o.status.success(), "{}", stderr(&o));
+        let o = cli(&["devices", "list", "--all", "-o", "json", "-q", query]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         v["items"]
             .as_array()
@@ -1259,43 +1240,89 @@ fn simulated_devices_take_part_in_deployments() {
         let ids = devices("online = true and inventory.simulated = true");
         (ids.len() == total).then_some(ids)
     });
-    let deploy_and_wait = |artifact: &str| -> serde_json::Value {
-        let o = run(tender(dir.path()).args([
-            "deploy",
-            "create",
-            "--artifact",
-            artifact,
-            "-q",
-            "inventory.simulated = true",
-            "--attempts",
-            "1",
-        ]));
-        assert!(o.status.success(), "{}", stderr(&o));
-        let id = stdout(&o).trim().to_owned();
-        poll_until_within(&format!("deployment of {artifact} done"), bound, || {
-            let o = run(tender(dir.path()).args(["deploy", "show", &id, "-o", "json"]));
-            assert!(o.status.success(), "{}", stderr(&o));
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            let d = v["deployment"].clone();
-            (d["state"] == "completed" || d["queued"] == 0 && d["in_progress"] == 0).then_some(d)
-        })
-    };
-    let failing = ids
+    let failing: std::collections::HashSet<&String> = ids
         .iter()
         .filter(|id| tender_agent::deploy::sim_share(id, "1.0") < 0.1)
-        .count();
-    let d = deploy_and_wait("app@1.0");
-    assert_eq!(d["failed"], failing, "{d}");
-    assert_eq!(d["succeeded"], total - failing, "{d}");
-    // The successes report the version in their inventory.
-    poll_until_within("provides.app.version 1.0 reported", bound, || {
-        (devices("inventory.provides.app.version = \"1.0\"").len() == total - failing).then_some(())
+        .collect();
+
+    let first_phase = format!("{first},fail=2");
+    let plan = [
+        "--artifact",
+        "app@1.0",
+        "-q",
+        "inventory.simulated = true",
+        "--attempts",
+        "1",
+        "--phase",
+        &first_phase,
+        "--phase",
+        "40%,fail=5%",
+        "--phase",
+        "100%,fail=5%",
+    ];
+    let o = cli(&[&["deploy", "preview", "-o", "json"][..], &plan[..]].concat());
+    let preview: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let phases = preview["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 3, "{preview}");
+    let to_install: u64 = phases
+        .iter()
+        .map(|p| p["to_install"].as_u64().unwrap())
+        .sum();
+    assert_eq!(to_install, total as u64, "{preview}");
+    let o = cli(&[&["deploy", "create"][..], &plan[..]].concat());
+    let id = stdout(&o).trim().to_owned();
+
+    // `watch` follows it until the failures of phase 1 pause it (exit 2).
+    let timeout = bound.as_secs().to_string();
+    let w = run(tender(dir.path()).args(["deploy", "watch", &id, "--timeout", &timeout]));
+    assert_eq!(w.status.code(), Some(2), "{}{}", stdout(&w), stderr(&w));
+    assert!(stderr(&w).contains("phase 1"), "{}", stderr(&w));
+    let show = || -> serde_json::Value {
+        let o = cli(&["deploy", "show", &id, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["deployment"].clone()
+    };
+    // Nothing new starts while paused; what was under way finishes.
+    let paused = poll_until_within("phase 1 settled", bound, || {
+        let d = show();
+        (d["in_progress"] == 0).then_some(d)
     });
-    let d = deploy_and_wait("app@1.1");
-    assert_eq!(d["failed"], 0, "{d}");
-    assert_eq!(d["succeeded"], total, "{d}");
-    poll_until_within("provides.app.version 1.1 reported", bound, || {
-        (devices("inventory.provides.app.version = \"1.1\"").len() == total).then_some(())
+    assert_eq!(paused["state"], "paused", "{paused}");
+    let failed = paused["failed"].as_u64().unwrap();
+    assert!(failed >= 2, "{paused}");
+    assert_eq!(
+        failed + paused["succeeded"].as_u64().unwrap(),
+        first as u64,
+        "only phase 1 ran: {paused}"
+    );
+    let o = cli(&["deploy", "show", &id, "--devices", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let failed_ids: Vec<String> = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "failed")
+        .map(|t| t["device_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(failed_ids.len() as u64, failed, "{v}");
+    assert!(
+        failed_ids.iter().all(|d| failing.contains(d)),
+        "{failed_ids:?}"
+    );
+
+    // Resume with the fix: the failed devices and every later phase get 1.1.
+    cli(&["deploy", "resume", &id, "--artifact", "app@1.1"]);
+    let w = run(tender(dir.path()).args(["deploy", "watch", &id, "--timeout", &timeout]));
+    assert!(w.status.success(), "{}{}", stdout(&w), stderr(&w));
+    let done = show();
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["succeeded"], total, "{done}");
+    assert_eq!(done["failed"], 0, "{done}");
+    let on_1_0 = first as u64 - failed;
+    poll_until_within("every device reports what it installed", bound, || {
+        let old = devices("inventory.provides.app.version = \"1.0\"").len() as u64;
+        let new = devices("inventory.provides.app.version = \"1.1\"").len() as u64;
+        (old == on_1_0 && new == total as u64 - on_1_0).then_some(())
     });
     child.kill().unwrap();
     child.wait().unwrap();
