@@ -183,3 +183,202 @@ async fn a_deployment_is_installed_by_the_agent_and_a_tampered_artifact_is_refus
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// A signed `rootfs-ab` image for the test rig.
+fn rootfs_artifact(version: &str, image: &[u8]) -> Vec<u8> {
+    let d = describe(image, Compression::None, None).unwrap();
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        name: "rootfs".into(),
+        version: version.into(),
+        compatible: vec!["test-rig".into()],
+        depends: BTreeMap::new(),
+        provides: BTreeMap::new(),
+        payload_type: "rootfs-ab".into(),
+        payloads: vec![Payload {
+            name: "rootfs.img".into(),
+            size: d.size,
+            sha256: d.sha256,
+            compression: Compression::None,
+            stored_size: None,
+            meta: Default::default(),
+        }],
+        scripts: vec![],
+        meta: Default::default(),
+        created_at: None,
+    };
+    let mut sigs = Signatures::default();
+    sigs.add(&key(), &manifest.to_bytes());
+    let image = image.to_vec();
+    tender_artifact::write(Vec::new(), &manifest, &sigs, move |_| {
+        Ok(Box::new(io::Cursor::new(image.clone())) as Box<dyn io::Read>)
+    })
+    .unwrap()
+}
+
+fn image(seed: u32) -> Vec<u8> {
+    (0..300_000u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
+/// The state of the deployment's one device, once it is `want`.
+async fn target_state(s: &common::Server, deployment: &str, want: &str) -> Value {
+    poll_until(&format!("the device to be {want}"), async || {
+        let (st, page) = s
+            .admin(
+                reqwest::Method::GET,
+                &format!("/api/v1/deployments/{deployment}/devices"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{page}");
+        let t = page["items"][0].clone();
+        (t["state"] == want).then_some(t)
+    })
+    .await
+}
+
+/// A real agent with `rootfs-ab` on file-backed slots, driven by server deployments; a
+/// "reboot" is the boot loader's step ([`bootenv::simulate_boot`]) and a new agent process
+/// with a new boot id. A healthy image is committed and reported `succeeded`; an image whose
+/// health check fails is rolled back to the working slot and reported `rolled_back`.
+#[tokio::test]
+async fn a_rootfs_ab_deployment_commits_when_healthy_and_rolls_back_when_not() {
+    use tender_agent::update::bootenv::{self, BootEnv};
+
+    let s = start().await;
+    let (st, k) = s
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/signing-keys",
+            Some(
+                json!({"name": "release", "public_key_pem": key().public_key().to_pem().unwrap()}),
+            ),
+        )
+        .await;
+    assert_eq!(st, 201, "{k}");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let data = p.join("agent");
+    let pem = p.join("release.pem");
+    std::fs::write(&pem, key().public_key().to_pem().unwrap()).unwrap();
+    let old = image(1);
+    let slots = BTreeMap::from([
+        ("a".to_string(), p.join("slot-a")),
+        ("b".to_string(), p.join("slot-b")),
+    ]);
+    std::fs::write(&slots["a"], &old).unwrap();
+    std::fs::write(&slots["b"], b"nothing yet").unwrap();
+    let env = p.join("bootenv");
+    std::fs::write(
+        &env,
+        "boot_part=a\nupgrade_available=0\nbootcount=0\nbootlimit=3\n",
+    )
+    .unwrap();
+    let cmdline = p.join("cmdline");
+    let boot_id = p.join("boot_id");
+    let boots = std::cell::Cell::new(0u32);
+    // Power on: the boot loader picks a slot, the kernel gets a new boot id.
+    let power_on = || {
+        boots.set(boots.get() + 1);
+        std::fs::write(&boot_id, format!("boot-{}\n", boots.get())).unwrap();
+        bootenv::simulate_boot(&env, &slots, &cmdline).unwrap()
+    };
+    assert_eq!(power_on(), "a");
+    let token = s.enrollment_token().await;
+    let agent = |health: Option<&str>| {
+        let mut config = s.config(&data, Some(token.clone()));
+        config.update.trusted_keys = vec![pem.clone()];
+        config.update.reboot_command = vec!["true".into()];
+        config.update.boot_id_file = boot_id.clone();
+        config.update.provides = BTreeMap::from([("rootfs.version".into(), "1".into())]);
+        config.update.health_check = health
+            .map(|h| vec!["/bin/sh".into(), "-c".into(), h.into()])
+            .unwrap_or_default();
+        config.update.rootfs = Some(tender_agent::update::RootfsConfig {
+            slots: slots.clone(),
+            bootenv: env.clone(),
+            cmdline: cmdline.clone(),
+            bootlimit: 3,
+        });
+        let options = tender_agent::agent::RunOptions {
+            backoff_base: Some(Duration::from_millis(50)),
+            ..Default::default()
+        };
+        common::spawn_agent(
+            config,
+            options,
+            tender_agent::agent::SystemSource::new(&s.config(&data, None), None),
+        )
+    };
+
+    // Version 2, healthy: written to b, rebooted into, verified (connected), committed.
+    let (stop, task) = agent(None);
+    let device = wait_enrolled(&data).await.device_id().to_owned();
+    wait_connected(&data).await;
+    let new = image(2);
+    let a2 = s.upload_artifact(rootfs_artifact("2", &new)).await;
+    let d2 = deploy(&s, a2["id"].as_str().unwrap(), &device).await;
+    target_state(&s, &d2, "rebooting").await;
+    assert_eq!(
+        std::fs::read(&slots["b"]).unwrap(),
+        new,
+        "the image is in b"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(power_on(), "b", "booted on trial into the new slot");
+    let (stop, task) = agent(Some("exit 0"));
+    let t = finished(&s, &d2).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let e = BootEnv::read(&env).unwrap();
+    assert_eq!(e.get("boot_part"), Some("b"));
+    assert_eq!(e.get("upgrade_available"), Some("0"), "committed");
+    poll_until("provides.rootfs.version 2 in the inventory", async || {
+        let (st, inv) = s
+            .admin(
+                reqwest::Method::GET,
+                &format!("/api/v1/devices/{device}/inventory"),
+                None,
+            )
+            .await;
+        (st == 200 && inv["attributes"]["provides.rootfs.version"] == "2").then_some(())
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    // Version 3 fails its health check after the reboot: back to b, reported rolled back.
+    let (stop, task) = agent(Some("echo unwell >&2; exit 1"));
+    wait_connected(&data).await;
+    let a3 = s.upload_artifact(rootfs_artifact("3", &image(3))).await;
+    let d3 = deploy(&s, a3["id"].as_str().unwrap(), &device).await;
+    target_state(&s, &d3, "rebooting").await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(power_on(), "a", "on trial in the other slot");
+    let (stop, task) = agent(Some("echo unwell >&2; exit 1"));
+    // Verify fails: the environment goes back to b and the agent asks for a reboot.
+    poll_until("the rollback to be set up", async || {
+        let e = BootEnv::read(&env).unwrap();
+        (e.get("boot_part") == Some("b")).then_some(())
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(power_on(), "b", "back on the working slot");
+    let (stop, task) = agent(Some("echo unwell >&2; exit 1"));
+    let t = finished(&s, &d3).await;
+    assert_eq!(t["state"], "rolled_back", "{t}");
+    assert!(format!("{t}").contains("health check"), "{t}");
+    assert_eq!(std::fs::read(&slots["b"]).unwrap(), new, "b untouched");
+    let installed: Value =
+        serde_json::from_slice(&std::fs::read(data.join("installed.json")).unwrap()).unwrap();
+    assert_eq!(
+        installed["artifacts"]["rootfs"]["version"], "2",
+        "{installed}"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
