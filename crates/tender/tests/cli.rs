@@ -151,15 +151,50 @@ impl ServerProc {
                 .unwrap()
                 .success()
         );
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(self.child.wait());
-        });
-        let status = rx
-            .recv_timeout(WAIT)
-            .expect("server exits after SIGTERM")
-            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "server exits after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    }
+}
+
+/// A child process killed when dropped: a failing test leaves no simulator behind.
+struct Reaped(Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A test that ends (or fails) without `stop` leaves no server behind.
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -624,6 +659,7 @@ fn sim_brings_a_fleet_online_with_inventory() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Reaped)
             .unwrap()
     };
     let list = || -> Vec<serde_json::Value> {
@@ -863,6 +899,7 @@ fn a_group_command_reaches_online_devices_now_and_offline_ones_later() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Reaped)
             .unwrap()
     };
     let count_online = || -> usize {
@@ -1225,6 +1262,7 @@ fn a_phased_deployment_to_simulated_devices_pauses_on_failures_and_completes_wit
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Reaped)
         .unwrap();
     let devices = |query: &str| -> Vec<String> {
         let o = cli(&["devices", "list", "--all", "-o", "json", "-q", query]);
@@ -1326,4 +1364,165 @@ fn a_phased_deployment_to_simulated_devices_pauses_on_failures_and_completes_wit
     });
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// `kill -9` of the server in the middle of a rate-limited rollout: started again on the same
+/// data, it carries on where it was. Devices that had finished keep their result (not notified
+/// again), those still queued are notified once, and the rollout completes.
+#[test]
+fn a_rollout_survives_a_killed_server() {
+    let total = (fleet_size() / 10).max(40);
+    let bound = Duration::from_secs(90 + total as u64);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(dir.path(), &data, &[]);
+    let token = server.token.clone().unwrap();
+    let cli = |args: &[&str]| -> Output {
+        let o = run(tender(dir.path()).args(args));
+        assert!(o.status.success(), "tender {args:?}: {}", stderr(&o));
+        o
+    };
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    cli(&["login", "--server", &server.base, "--token", &token]);
+    cli(&["keys", "generate", "--file", &path("release.key")]);
+    cli(&["keys", "trust", &path("release.key.pub")]);
+    std::fs::write(dir.path().join("app.bin"), b"app\n").unwrap();
+    let payload = format!("{}=/opt/app/app.bin", path("app.bin"));
+    let (key, out) = (path("release.key"), path("app.tender"));
+    let mut args = vec![
+        "artifact",
+        "create",
+        "--name",
+        "app",
+        "--version",
+        "2.0",
+        "--type",
+        "file",
+        "--payload",
+        &payload,
+        "--key",
+        &key,
+        "--out",
+        &out,
+    ];
+    for t in ["kiosk", "gateway", "sensor-hub", "industrial-pc"] {
+        args.extend(["--device-type", t]);
+    }
+    cli(&args);
+    cli(&["artifact", "upload", &out]);
+    let sim = |server: &ServerProc| {
+        tender(dir.path())
+            .args([
+                "sim",
+                "--devices",
+                &total.to_string(),
+                "--interval-ms",
+                "60000",
+            ])
+            .args(["--ramp", "200", "--report-secs", "5"])
+            .arg("--data-dir")
+            .arg(dir.path().join("sim"))
+            .arg("--ca")
+            .arg(data.join("ca/ca.crt"))
+            .args(["--server-url", &format!("https://{}", server.device_addr)])
+            .args(["--mqtt-url", &server.mqtt_addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Reaped)
+            .unwrap()
+    };
+    let online = || -> usize {
+        let o = cli(&[
+            "devices",
+            "list",
+            "--all",
+            "-o",
+            "json",
+            "-q",
+            "online = true",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["items"].as_array().unwrap().len()
+    };
+    let mut child = sim(&server);
+    poll_until_within("every simulated device online", bound, || {
+        (online() == total).then_some(())
+    });
+    // A quarter of the fleet per 20 s: the kill comes in the middle.
+    let rate = (total * 3 / 4).to_string();
+    let o = cli(&[
+        "deploy",
+        "create",
+        "--artifact",
+        "app@2.0",
+        "-q",
+        "inventory.simulated = true",
+        "--rate",
+        &rate,
+    ]);
+    let id = stdout(&o).trim().to_owned();
+    let targets = || -> std::collections::BTreeMap<String, serde_json::Value> {
+        let o = cli(&["deploy", "show", &id, "--devices", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["device_id"].as_str().unwrap().to_owned(), t.clone()))
+            .collect()
+    };
+    poll_until_within("some devices updated, most not yet", bound, || {
+        let t = targets();
+        (t.values().any(|x| x["state"] == "succeeded")).then_some(())
+    });
+
+    // kill -9, then the simulator goes too (its devices would only reconnect in vain).
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let server = start_server(dir.path(), &data, &[]);
+    cli(&["login", "--server", &server.base, "--token", &token]);
+    let before = targets();
+    let done_before: Vec<&String> = before
+        .iter()
+        .filter(|(_, t)| t["state"] == "succeeded")
+        .map(|(d, _)| d)
+        .collect();
+    assert!(!done_before.is_empty());
+    assert!(
+        done_before.len() < total,
+        "the kill came before the end: {} of {total} done",
+        done_before.len()
+    );
+    let o = cli(&["deploy", "show", &id, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["deployment"]["state"], "running", "{v}");
+
+    let _child = sim(&server);
+    let w = run(tender(dir.path()).args([
+        "deploy",
+        "watch",
+        &id,
+        "--timeout",
+        &bound.as_secs().to_string(),
+    ]));
+    assert!(w.status.success(), "{}{}", stdout(&w), stderr(&w));
+    let after = targets();
+    assert_eq!(after.len(), total);
+    for (device, t) in &after {
+        assert_eq!(t["state"], "succeeded", "{t}");
+        match before[device]["state"].as_str().unwrap() {
+            "succeeded" => assert_eq!(t, &before[device], "finished before the kill: unchanged"),
+            "queued" => assert_eq!(t["attempts"], 1, "notified once, after the restart: {t}"),
+            // Under way when the simulator died with the server: its device finishes what it
+            // had, or says it was interrupted and gets its next attempt.
+            _ => assert!(t["attempts"] == 1 || t["attempts"] == 2, "{t}"),
+        }
+    }
+    server.stop();
 }
