@@ -24,6 +24,11 @@ impl PageLimit {
     pub fn get(self) -> u32 {
         self.0
     }
+
+    /// The largest page, [`MAX_PAGE_LIMIT`].
+    pub fn max() -> Self {
+        PageLimit(MAX_PAGE_LIMIT)
+    }
 }
 
 impl Default for PageLimit {

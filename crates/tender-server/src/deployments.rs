@@ -383,23 +383,19 @@ async fn extend_continuous(state: &AppState, d: &Deployment) -> Result<u64, Stor
         state: Some(tender_core::device::DeviceState::Accepted),
         matching: Some(filter),
     };
-    let mut page = tender_core::page::PageRequest::first(tender_core::page::PageLimit::default());
+    let mut page = tender_core::page::PageRequest::first(tender_core::page::PageLimit::max());
     let mut fresh = Vec::new();
     loop {
         let p = state
             .store
             .list_devices(d.tenant_id, &filter, &page)
             .await?;
-        for dev in p.items {
-            if state
-                .store
-                .deployment_target(d.tenant_id, d.id, dev.id)
-                .await?
-                .is_none()
-            {
-                fresh.push(dev);
-            }
-        }
+        let ids: Vec<DeviceId> = p.items.iter().map(|x| x.id).collect();
+        let known = state
+            .store
+            .deployment_targets_among(d.tenant_id, d.id, &ids)
+            .await?;
+        fresh.extend(p.items.into_iter().filter(|x| !known.contains(&x.id)));
         match p.next {
             Some(n) => page.after = Some(n),
             None => break,

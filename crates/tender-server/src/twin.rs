@@ -274,7 +274,7 @@ async fn group_members(
         return Ok(Vec::new());
     };
     let filter = crate::api::search::group_membership(&groups, group, state.clock.now())?;
-    let limit = PageLimit::new(1000).map_err(Problem::internal)?;
+    let limit = PageLimit::max();
     let mut page = PageRequest::first(limit);
     let mut out = Vec::new();
     loop {

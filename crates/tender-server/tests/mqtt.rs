@@ -2419,7 +2419,10 @@ async fn sending_commands_checks_input_and_permission() {
 
 mod deployments {
     use super::*;
-    on_both_backends!(a_phased_deployment_pauses_on_failure_and_resumes_with_a_fix,);
+    on_both_backends!(
+        a_phased_deployment_pauses_on_failure_and_resumes_with_a_fix,
+        a_continuous_deployment_reaches_devices_that_join_later,
+    );
 }
 
 /// Enrolls a device of `device_type`.
@@ -2554,6 +2557,50 @@ async fn report(c: &mut Client, dev: &Dev, deployment: &str, body: Value, id: u1
     )
     .await;
     assert_eq!(c.puback_v5().await.reason_code, PublishAckReason::Success);
+}
+
+/// A continuous deployment to a query: a device that matches only after the deployment
+/// started (enrolled later) joins it and is notified; a device that does not match never is.
+async fn a_continuous_deployment_reaches_devices_that_join_later(b: Backend) {
+    let s = start_with(b, |c| {
+        c.deployments.tick_ms = 50;
+        c.deployments.continuous_interval_secs = 1;
+        c.artifacts.require_signature = false;
+    })
+    .await;
+    upload_artifact(&s, "app", "1.0").await;
+    // No device matches yet: a continuous deployment waits for them.
+    let body = json!({
+        "artifact": "app@1.0",
+        "target": {"query": "device_type = \"gw\""},
+        "continuous": true,
+    });
+    let (st, d) = admin(&s, reqwest::Method::POST, "/api/v1/deployments", Some(body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{d}");
+    let id = d["id"].as_str().unwrap().to_owned();
+    assert_eq!(d["total"], 0);
+    wait_deployment(&s, &id, "running").await;
+    let first = enroll_typed(&s, "gw").await;
+
+    let later = enroll_typed(&s, "gw").await;
+    let other = enroll_typed(&s, "kiosk").await;
+    let mut c = Client::open(&s, Some(&later), true).await;
+    c.connect_v5(&later.id, true, 0).await;
+    c.subscribe_v5(&[&format!("tender/v1/{}/updates/+", later.id)])
+        .await;
+    let m = next_update(&mut c).await;
+    assert_eq!(m["deployment_id"], id.as_str());
+    let t = deployment_targets(&s, &id).await;
+    let ids: Vec<&str> = t.iter().map(|x| x["device_id"].as_str().unwrap()).collect();
+    assert!(
+        ids.contains(&first.id.as_str()) && ids.contains(&later.id.as_str()),
+        "{t:?}"
+    );
+    assert!(!ids.contains(&other.id.as_str()), "{t:?}");
+    report(&mut c, &later, &id, json!({"state": "succeeded"}), 1).await;
+    // Continuous: it keeps running for devices yet to come.
+    let d = deployment(&s, &id).await;
+    assert_eq!(d["state"], "running", "{d}");
 }
 
 /// Three devices of type `gw` and one of another type. A 2-phase deployment: phase 1 is one

@@ -113,6 +113,17 @@ pub(crate) const NOTIFIED_SINCE: &str = "SELECT COUNT(*) FROM deployment_targets
      WHERE tenant_id = $1 AND deployment_id = $2 AND notified_at >= $3";
 pub(crate) const DOWNLOADING: &str = "SELECT COUNT(*) FROM deployment_targets \
      WHERE tenant_id = $1 AND deployment_id = $2 AND state IN ('notified', 'downloading')";
+/// Which of up to [`crate::sql::ONLINE_DEVICES_CHUNK`] devices are targets of a deployment:
+/// $1 tenant, $2 deployment, $3 to $66 ids (a short chunk padded by repetition).
+pub(crate) const TARGETS_AMONG: &str = concat!(
+    "SELECT device_id FROM deployment_targets WHERE tenant_id = $1 AND deployment_id = $2 \
+     AND device_id IN (",
+    "$3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, ",
+    "$19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, ",
+    "$35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, ",
+    "$51, $52, $53, $54, $55, $56, $57, $58, $59, $60, $61, $62, $63, $64, $65, $66",
+    ")"
+);
 /// A device's unfinished targets in deployments that run: $1 tenant, $2 device.
 pub(crate) const ACTIVE_FOR_DEVICE: &str = "SELECT t.tenant_id, t.deployment_id, t.device_id, \
      t.phase, t.state, t.attempts, t.retry_at, t.notified_at, t.finished_at, t.updated_at, \
@@ -367,6 +378,37 @@ macro_rules! impl_deployment_store {
                         .rows_affected();
                 }
                 Ok(added)
+            }
+
+            async fn deployment_targets_among(
+                &self,
+                tenant: tender_core::TenantId,
+                deployment: tender_core::DeploymentId,
+                ids: &[tender_core::DeviceId],
+            ) -> $crate::Result<std::collections::HashSet<tender_core::DeviceId>> {
+                // One static statement in chunks, as `online_devices` does.
+                let mut found = std::collections::HashSet::new();
+                let unique: Vec<tender_core::DeviceId> = ids
+                    .iter()
+                    .copied()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                for chunk in unique.chunks($crate::sql::ONLINE_DEVICES_CHUNK) {
+                    let mut query =
+                        sqlx::query_scalar::<_, uuid::Uuid>($crate::deployments::TARGETS_AMONG)
+                            .bind(tenant.as_uuid())
+                            .bind(deployment.as_uuid());
+                    for id in chunk.iter().cycle().take($crate::sql::ONLINE_DEVICES_CHUNK) {
+                        query = query.bind(id.as_uuid());
+                    }
+                    let rows = query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx("deployment targets", e))?;
+                    found.extend(rows.into_iter().map(tender_core::DeviceId::from_uuid));
+                }
+                Ok(found)
             }
 
             async fn deployment(

@@ -572,6 +572,14 @@ pub trait DeploymentStore: Send + Sync + 'static {
         &self,
         targets: &[tender_core::deployment::Target],
     ) -> Result<u64>;
+    /// Which of `ids` are targets of the deployment already (any number of ids; none costs no
+    /// query). Devices of another tenant never appear.
+    async fn deployment_targets_among(
+        &self,
+        tenant: TenantId,
+        deployment: tender_core::DeploymentId,
+        ids: &[DeviceId],
+    ) -> Result<HashSet<DeviceId>>;
     async fn deployment(
         &self,
         tenant: TenantId,

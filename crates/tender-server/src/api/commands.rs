@@ -223,16 +223,18 @@ pub(crate) async fn resolve(
     spec: TargetSpec,
     max: usize,
 ) -> Result<(Vec<DeviceId>, String), Problem> {
-    let (devices, what) = resolve_devices(state, tenant, spec, max).await?;
+    let (devices, what) = resolve_devices(state, tenant, spec, max, false).await?;
     Ok((devices.iter().map(|d| d.id).collect(), what))
 }
 
-/// [`resolve`], with the device records.
+/// [`resolve`], with the device records. `allow_empty`: a group or query that matches no
+/// device now is not an error (a continuous deployment waits for devices to join).
 pub(crate) async fn resolve_devices(
     state: &AppState,
     tenant: tender_core::TenantId,
     spec: TargetSpec,
     max: usize,
+    allow_empty: bool,
 ) -> Result<(Vec<tender_core::device::Device>, String), Problem> {
     let given = [
         spec.device.is_some(),
@@ -316,7 +318,7 @@ pub(crate) async fn resolve_devices(
             };
             let mut out = Vec::new();
             // 1000 is within PageLimit's range.
-            let mut page = PageRequest::first(PageLimit::new(1000).unwrap_or_default());
+            let mut page = PageRequest::first(PageLimit::max());
             loop {
                 let p = state.store.list_devices(tenant, &filter, &page).await?;
                 out.extend(p.items);
@@ -335,7 +337,7 @@ pub(crate) async fn resolve_devices(
         }
         (None, None) => Vec::new(),
     };
-    if devices.is_empty() {
+    if devices.is_empty() && !allow_empty {
         return Err(invalid(
             "no-targets",
             format!("{what} names no accepted device"),

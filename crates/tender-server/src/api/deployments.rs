@@ -269,9 +269,14 @@ async fn plan(
         }
         None => format!("{} {}", artifact.name, artifact.version),
     };
-    let (records, target) =
-        crate::api::commands::resolve_devices(state, tenant, body.target, MAX_DEPLOYMENT_TARGETS)
-            .await?;
+    let (records, target) = crate::api::commands::resolve_devices(
+        state,
+        tenant,
+        body.target,
+        MAX_DEPLOYMENT_TARGETS,
+        continuous_query.is_some(),
+    )
+    .await?;
     let devices: Vec<DeviceId> = records.iter().map(|d| d.id).collect();
     let now = state.clock.now();
     let deployment = Deployment {

@@ -314,6 +314,32 @@ pub async fn deployment_targets_in_bulk_and_retried(store: &dyn Store) {
     );
     let stats = store.deployment_stats(&d).await.unwrap();
     assert_eq!(stats[0].total as usize, devs.len());
+    // Which devices are in it, in bulk; another tenant's view is empty.
+    let mut ask = devs.clone();
+    ask.push(DeviceId::from_uuid(Uuid::now_v7()));
+    assert_eq!(
+        store
+            .deployment_targets_among(t.id, d.id, &ask)
+            .await
+            .unwrap()
+            .len(),
+        devs.len()
+    );
+    let other = new_tenant(store, "depb-b").await;
+    assert!(
+        store
+            .deployment_targets_among(other.id, d.id, &ask)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .deployment_targets_among(t.id, d.id, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Notified, failed for good (one attempt), retried by an operator: a new attempt number.
     let moved = store
