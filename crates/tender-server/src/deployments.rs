@@ -418,8 +418,9 @@ async fn extend_continuous(state: &AppState, d: &Deployment) -> Result<u64, Stor
     Ok(added)
 }
 
-/// One scheduler pass over one deployment: plan, store the decision, act on it.
-pub async fn step(state: &AppState, d: Deployment) -> Result<(), StoreError> {
+/// One scheduler pass over one deployment: plan, store the decision, act on it. Returns
+/// whether it notified a whole pass's worth of devices (more may be due at once).
+pub async fn step(state: &AppState, d: Deployment) -> Result<bool, StoreError> {
     let now = state.clock.now();
     let stats = state.store.deployment_stats(&d).await?;
     let decision = evaluate(&d, &stats, now);
@@ -428,24 +429,26 @@ pub async fn step(state: &AppState, d: Deployment) -> Result<(), StoreError> {
         Some(new) => match store_change(state, &d, new).await? {
             Some(stored) => stored,
             // Changed meanwhile (an operator); the next pass sees the new state.
-            None => return Ok(()),
+            None => return Ok(false),
         },
     };
     if decision.cancel_pending {
         cancel_pending(state, &d).await?;
     }
     if d.state == DeploymentState::Running {
-        notify_due(state, &d).await?;
+        return Ok(notify_due(state, &d).await? >= MAX_NOTIFY_PER_PASS);
     }
-    Ok(())
+    Ok(false)
 }
 
-/// One pass over every active deployment.
+/// One pass over every active deployment. Returns whether a deployment has more devices due
+/// than one pass notifies (the scheduler then goes on without waiting for the tick).
 pub async fn tick_once(
     state: &AppState,
     continuous_due: &mut HashMap<DeploymentId, Timestamp>,
     continuous_every_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let mut more = false;
     let now = state.clock.now();
     for d in state.store.active_deployments().await? {
         if d.options.continuous && d.state == DeploymentState::Running {
@@ -458,11 +461,14 @@ pub async fn tick_once(
             }
         }
         let id = d.id;
-        if let Err(e) = step(state, d).await {
-            tracing::warn!(deployment = %id, error = %e, "deployment step failed; will retry");
+        match step(state, d).await {
+            Ok(m) => more |= m,
+            Err(e) => {
+                tracing::warn!(deployment = %id, error = %e, "deployment step failed; will retry");
+            }
         }
     }
-    Ok(())
+    Ok(more)
 }
 
 /// Runs the scheduler until `shutdown` turns true: a pass every `tick`, and at once when woken.
@@ -477,15 +483,28 @@ pub async fn scheduler(
     let mut continuous_due = HashMap::new();
     let every =
         i64::try_from(config.continuous_interval_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let mut more = false;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = wake.notified() => {}
-            _ = shutdown.changed() => return,
+        if more {
+            // A pass's worth notified and more due: carry on now (still yielding to shutdown).
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        } else {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
         }
-        if let Err(e) = tick_once(&state, &mut continuous_due, every).await {
-            tracing::warn!(error = %e, "deployment scheduler pass failed; will retry");
-        }
+        more = match tick_once(&state, &mut continuous_due, every).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "deployment scheduler pass failed; will retry");
+                false
+            }
+        };
     }
 }
 
