@@ -16,27 +16,31 @@ fn key() -> SigningKey {
     SigningKey::from_seed(&[9; 32])
 }
 
-/// A signed `file` artifact for the test rig installing `content` at `path`.
-fn artifact(version: &str, path: &std::path::Path, content: &[u8]) -> Vec<u8> {
+/// A signed artifact for the test rig: one payload `payload` of `content` for `module`.
+fn signed(
+    name: &str,
+    version: &str,
+    module: &str,
+    payload: &str,
+    content: &[u8],
+    meta: Value,
+) -> Vec<u8> {
     let d = describe(content, Compression::None, None).unwrap();
     let manifest = Manifest {
         format: FORMAT.into(),
-        name: "app".into(),
+        name: name.into(),
         version: version.into(),
         compatible: vec!["test-rig".into()],
         depends: BTreeMap::new(),
         provides: BTreeMap::new(),
-        payload_type: "file".into(),
+        payload_type: module.into(),
         payloads: vec![Payload {
-            name: "app.bin".into(),
+            name: payload.into(),
             size: d.size,
             sha256: d.sha256,
             compression: Compression::None,
             stored_size: None,
-            meta: json!({"path": path.display().to_string()})
-                .as_object()
-                .cloned()
-                .unwrap(),
+            meta: meta.as_object().cloned().unwrap_or_default(),
         }],
         scripts: vec![],
         meta: Default::default(),
@@ -49,6 +53,12 @@ fn artifact(version: &str, path: &std::path::Path, content: &[u8]) -> Vec<u8> {
         Ok(Box::new(io::Cursor::new(content.clone())) as Box<dyn io::Read>)
     })
     .unwrap()
+}
+
+/// A signed `file` artifact for the test rig installing `content` at `path`.
+fn artifact(version: &str, path: &std::path::Path, content: &[u8]) -> Vec<u8> {
+    let meta = json!({"path": path.display().to_string()});
+    signed("app", version, "file", "app.bin", content, meta)
 }
 
 /// Waits until the deployment's one device is in a finished state; returns its target.
@@ -186,34 +196,14 @@ async fn a_deployment_is_installed_by_the_agent_and_a_tampered_artifact_is_refus
 
 /// A signed `rootfs-ab` image for the test rig.
 fn rootfs_artifact(version: &str, image: &[u8]) -> Vec<u8> {
-    let d = describe(image, Compression::None, None).unwrap();
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        name: "rootfs".into(),
-        version: version.into(),
-        compatible: vec!["test-rig".into()],
-        depends: BTreeMap::new(),
-        provides: BTreeMap::new(),
-        payload_type: "rootfs-ab".into(),
-        payloads: vec![Payload {
-            name: "rootfs.img".into(),
-            size: d.size,
-            sha256: d.sha256,
-            compression: Compression::None,
-            stored_size: None,
-            meta: Default::default(),
-        }],
-        scripts: vec![],
-        meta: Default::default(),
-        created_at: None,
-    };
-    let mut sigs = Signatures::default();
-    sigs.add(&key(), &manifest.to_bytes());
-    let image = image.to_vec();
-    tender_artifact::write(Vec::new(), &manifest, &sigs, move |_| {
-        Ok(Box::new(io::Cursor::new(image.clone())) as Box<dyn io::Read>)
-    })
-    .unwrap()
+    signed(
+        "rootfs",
+        version,
+        "rootfs-ab",
+        "rootfs.img",
+        image,
+        json!({}),
+    )
 }
 
 fn image(seed: u32) -> Vec<u8> {

@@ -1182,36 +1182,22 @@ fn artifacts_are_made_signed_checked_and_uploaded() {
     server.stop();
 }
 
-/// The README's tour of a rollout, by CLI alone: a signing key, two signed artifacts (1.0 makes
-/// a tenth of the simulated devices fail their install), upload, preview and create a 3-phase
-/// deployment to every simulated device; `watch` stops when the failure threshold of phase 1
-/// pauses it; `resume --artifact app@1.1` retries the failed devices with the fix and the
-/// deployment completes, every device reporting the version it installed.
-#[test]
-fn a_phased_deployment_to_simulated_devices_pauses_on_failures_and_completes_with_a_fix() {
-    let total = fleet_size().max(40);
-    // Phase 1: 10% of a 1,000-device fleet; at least 20 devices so that, with a tenth of the
-    // installs failing, reaching the threshold of 2 failures is all but certain.
-    let first = (total / 10).max(20);
-    let bound = Duration::from_secs(60 + total as u64 / 2);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = start_server(dir.path(), &data, &[]);
-    let token = server.token.clone().unwrap();
-    let cli = |args: &[&str]| -> Output {
-        let o = run(tender(dir.path()).args(args));
+/// With the CLI profile in `dir` logged in: a signing key (`release.key`), trusted by the
+/// tenant; for each `(version, meta)` a signed `file` artifact `app` for every simulated
+/// device type (`--meta` when given), created and uploaded.
+fn release_artifacts(dir: &Path, versions: &[(&str, Option<&str>)]) {
+    let cli = |args: &[&str]| {
+        let o = run(tender(dir).args(args));
         assert!(o.status.success(), "tender {args:?}: {}", stderr(&o));
-        o
     };
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    cli(&["login", "--server", &server.base, "--token", &token]);
-    cli(&["keys", "generate", "--file", &path("release.key")]);
-    cli(&["keys", "trust", &path("release.key.pub")]);
-    std::fs::write(dir.path().join("app.bin"), b"app\n").unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     let key = path("release.key");
-    for (version, meta) in [("1.0", Some("sim_fail_fraction=0.1")), ("1.1", None)] {
+    cli(&["keys", "generate", "--file", &key]);
+    cli(&["keys", "trust", &path("release.key.pub")]);
+    std::fs::write(dir.join("app.bin"), b"app\n").unwrap();
+    let payload = format!("{}=/opt/app/app.bin", path("app.bin"));
+    for (version, meta) in versions {
         let out = path(&format!("app-{version}.tender"));
-        let payload = format!("{}=/opt/app/app.bin", path("app.bin"));
         let mut args = vec![
             "artifact",
             "create",
@@ -1237,6 +1223,34 @@ fn a_phased_deployment_to_simulated_devices_pauses_on_failures_and_completes_wit
         cli(&args);
         cli(&["artifact", "upload", &out]);
     }
+}
+
+/// The README's tour of a rollout, by CLI alone: a signing key, two signed artifacts (1.0 makes
+/// a tenth of the simulated devices fail their install), upload, preview and create a 3-phase
+/// deployment to every simulated device; `watch` stops when the failure threshold of phase 1
+/// pauses it; `resume --artifact app@1.1` retries the failed devices with the fix and the
+/// deployment completes, every device reporting the version it installed.
+#[test]
+fn a_phased_deployment_to_simulated_devices_pauses_on_failures_and_completes_with_a_fix() {
+    let total = fleet_size().max(40);
+    // Phase 1: 10% of a 1,000-device fleet; at least 20 devices so that, with a tenth of the
+    // installs failing, reaching the threshold of 2 failures is all but certain.
+    let first = (total / 10).max(20);
+    let bound = Duration::from_secs(60 + total as u64 / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(dir.path(), &data, &[]);
+    let token = server.token.clone().unwrap();
+    let cli = |args: &[&str]| -> Output {
+        let o = run(tender(dir.path()).args(args));
+        assert!(o.status.success(), "tender {args:?}: {}", stderr(&o));
+        o
+    };
+    cli(&["login", "--server", &server.base, "--token", &token]);
+    release_artifacts(
+        dir.path(),
+        &[("1.0", Some("sim_fail_fraction=0.1")), ("1.1", None)],
+    );
     let mut child = tender(dir.path())
         .args([
             "sim",
@@ -1382,34 +1396,8 @@ fn a_rollout_survives_a_killed_server() {
         assert!(o.status.success(), "tender {args:?}: {}", stderr(&o));
         o
     };
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     cli(&["login", "--server", &server.base, "--token", &token]);
-    cli(&["keys", "generate", "--file", &path("release.key")]);
-    cli(&["keys", "trust", &path("release.key.pub")]);
-    std::fs::write(dir.path().join("app.bin"), b"app\n").unwrap();
-    let payload = format!("{}=/opt/app/app.bin", path("app.bin"));
-    let (key, out) = (path("release.key"), path("app.tender"));
-    let mut args = vec![
-        "artifact",
-        "create",
-        "--name",
-        "app",
-        "--version",
-        "2.0",
-        "--type",
-        "file",
-        "--payload",
-        &payload,
-        "--key",
-        &key,
-        "--out",
-        &out,
-    ];
-    for t in ["kiosk", "gateway", "sensor-hub", "industrial-pc"] {
-        args.extend(["--device-type", t]);
-    }
-    cli(&args);
-    cli(&["artifact", "upload", &out]);
+    release_artifacts(dir.path(), &[("2.0", None)]);
     let sim = |server: &ServerProc| {
         tender(dir.path())
             .args([
