@@ -334,7 +334,7 @@ async fn notify_due(state: &AppState, d: &Deployment) -> Result<u32, StoreError>
     }
     let due = state
         .store
-        .due_deployment_targets(d, now, MAX_DUE_SCAN)
+        .due_deployment_devices(d, now, MAX_DUE_SCAN)
         .await?;
     if due.is_empty() {
         return Ok(0);
@@ -343,9 +343,8 @@ async fn notify_due(state: &AppState, d: &Deployment) -> Result<u32, StoreError>
         return Ok(0);
     };
     let connected: Vec<DeviceId> = due
-        .iter()
-        .filter(|t| state.gateway.is_connected(t.device_id))
-        .map(|t| t.device_id)
+        .into_iter()
+        .filter(|id| state.gateway.is_connected(*id))
         .take(budget as usize)
         .collect();
     if connected.is_empty() {

@@ -108,6 +108,11 @@ pub(crate) const DUE_TARGETS: &str = concat!(
      AND phase <= $3 AND (retry_at IS NULL OR retry_at <= $4) AND attempts < $5 \
      ORDER BY phase, device_id LIMIT $6"
 );
+/// [`DUE_TARGETS`], device ids only.
+pub(crate) const DUE_DEVICES: &str = "SELECT device_id FROM deployment_targets \
+     WHERE tenant_id = $1 AND deployment_id = $2 AND state = 'queued' \
+     AND phase <= $3 AND (retry_at IS NULL OR retry_at <= $4) AND attempts < $5 \
+     ORDER BY phase, device_id LIMIT $6";
 /// $1 tenant, $2 deployment, $3 since.
 pub(crate) const NOTIFIED_SINCE: &str = "SELECT COUNT(*) FROM deployment_targets \
      WHERE tenant_id = $1 AND deployment_id = $2 AND notified_at >= $3";
@@ -579,6 +584,25 @@ macro_rules! impl_deployment_store {
                 .into_iter()
                 .map(TryInto::try_into)
                 .collect()
+            }
+
+            async fn due_deployment_devices(
+                &self,
+                d: &tender_core::deployment::Deployment,
+                now: tender_core::Timestamp,
+                limit: u32,
+            ) -> $crate::Result<Vec<tender_core::DeviceId>> {
+                let ids = sqlx::query_scalar::<_, uuid::Uuid>($crate::deployments::DUE_DEVICES)
+                    .bind(d.tenant_id.as_uuid())
+                    .bind(d.id.as_uuid())
+                    .bind(i64::from(d.current_phase))
+                    .bind(now.unix_millis())
+                    .bind(i64::from(d.options.max_attempts))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| $crate::map_sqlx("due deployment devices", e))?;
+                Ok(ids.into_iter().map(tender_core::DeviceId::from_uuid).collect())
             }
 
             async fn deployment_load(

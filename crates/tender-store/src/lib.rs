@@ -627,6 +627,14 @@ pub trait DeploymentStore: Send + Sync + 'static {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<tender_core::deployment::Target>>;
+    /// The devices of [`DeploymentStore::due_deployment_targets`], in the same order: what the
+    /// scheduler scans every pass, without reading whole rows.
+    async fn due_deployment_devices(
+        &self,
+        deployment: &tender_core::deployment::Deployment,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<DeviceId>>;
     /// (targets notified since `since`, targets notified and not done downloading).
     async fn deployment_load(
         &self,

@@ -222,6 +222,10 @@ pub async fn deployment_targets_notify_report_and_page(store: &dyn Store) {
     // Bulk notification: only due targets move, each one attempt more.
     let due_now = store.due_deployment_targets(&d, at(3), 10).await.unwrap();
     assert_eq!(due_now.len(), 1);
+    assert_eq!(
+        store.due_deployment_devices(&d, at(3), 10).await.unwrap(),
+        due_now.iter().map(|x| x.device_id).collect::<Vec<_>>()
+    );
     let mut ask: Vec<DeviceId> = devs.clone();
     ask.push(DeviceId::from_uuid(Uuid::now_v7()));
     let moved = store
