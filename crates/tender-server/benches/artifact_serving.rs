@@ -125,7 +125,9 @@ fn nginx(root: &std::path::Path) -> Option<Nginx> {
         .port();
     let dir = tempfile::tempdir().ok()?;
     let conf = format!(
-        "daemon off;\nworker_processes 2;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+        // Workers read the file as the user running the benchmark (the data directory is
+        // private to it); nginx ignores `user` with a notice when not started as root.
+        "daemon off;\nuser {user};\nworker_processes 2;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n\
            client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;\n\
@@ -133,6 +135,7 @@ fn nginx(root: &std::path::Path) -> Option<Nginx> {
            server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}\n}}\n",
         dir = dir.path().display(),
         root = root.display(),
+        user = std::env::var("USER").unwrap_or_else(|_| "root".into()),
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).ok()?;

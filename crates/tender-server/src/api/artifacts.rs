@@ -29,6 +29,8 @@ use crate::auth::{Authorized, need};
 use crate::problem::Problem;
 use crate::state::AppState;
 
+/// Bytes read from an artifact file per body chunk of a download.
+const DOWNLOAD_CHUNK: usize = 256 * 1024;
 const ARTIFACTS_CURSOR: &str = "art1:";
 
 /// An artifact as the server checked and stored it.
@@ -389,7 +391,10 @@ pub async fn serve_artifact(
         }
         Location::File(path) => path,
     };
-    let resp = tower::ServiceExt::oneshot(tower_http::services::ServeFile::new(path), req)
+    // 256 KiB reads: a quarter of the system calls and frames of the 64 KiB default, at
+    // 256 KiB of buffer per download in flight (see docs/BENCHMARKS.md).
+    let file = tower_http::services::ServeFile::new(path).with_buf_chunk_size(DOWNLOAD_CHUNK);
+    let resp = tower::ServiceExt::oneshot(file, req)
         .await
         .map_err(Problem::internal)?;
     let mut resp = resp.map(Body::new);
