@@ -602,7 +602,10 @@ macro_rules! impl_deployment_store {
                     .fetch_all(&self.pool)
                     .await
                     .map_err(|e| $crate::map_sqlx("due deployment devices", e))?;
-                Ok(ids.into_iter().map(tender_core::DeviceId::from_uuid).collect())
+                Ok(ids
+                    .into_iter()
+                    .map(tender_core::DeviceId::from_uuid)
+                    .collect())
             }
 
             async fn deployment_load(
