@@ -865,6 +865,14 @@ fn sim_brings_a_fleet_online_with_inventory() {
 /// The fleet for the group-command test: `TENDER_TEST_FLEET` devices (default 1000), of which
 /// one in twenty is offline when the command is sent. Set it lower on a machine that cannot
 /// hold 1000 simulated devices and their connections.
+/// The tests that run a whole simulated fleet take turns: two fleets of 1,000 enrolling at once
+/// on 2 cores make the servers answer 503 (retry later) rather than test anything.
+fn one_fleet_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it poisons nothing the others use.
+    FLEET.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn fleet_size() -> usize {
     std::env::var("TENDER_TEST_FLEET")
         .ok()
@@ -876,6 +884,7 @@ fn fleet_size() -> usize {
 /// online ones, stays queued for the others, and completes for them once they come online.
 #[test]
 fn a_group_command_reaches_online_devices_now_and_offline_ones_later() {
+    let _fleet = one_fleet_at_a_time();
     let total = fleet_size();
     let offline = total / 20;
     let online = total - offline;
@@ -1232,6 +1241,7 @@ fn release_artifacts(dir: &Path, versions: &[(&str, Option<&str>)]) {
 /// deployment completes, every device reporting the version it installed.
 #[test]
 fn a_phased_deployment_to_simulated_devices_pauses_on_failures_and_completes_with_a_fix() {
+    let _fleet = one_fleet_at_a_time();
     let total = fleet_size().max(40);
     // Phase 1: 10% of a 1,000-device fleet; at least 20 devices so that, with a tenth of the
     // installs failing, reaching the threshold of 2 failures is all but certain.
@@ -1385,6 +1395,7 @@ fn a_phased_deployment_to_simulated_devices_pauses_on_failures_and_completes_wit
 /// again), those still queued are notified once, and the rollout completes.
 #[test]
 fn a_rollout_survives_a_killed_server() {
+    let _fleet = one_fleet_at_a_time();
     let total = (fleet_size() / 10).max(40);
     let bound = Duration::from_secs(90 + total as u64);
     let dir = tempfile::tempdir().unwrap();
