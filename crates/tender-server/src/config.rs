@@ -63,6 +63,7 @@ pub struct Config {
     pub commands: crate::commands::CommandsConfig,
     pub artifacts: crate::artifacts::ArtifactsConfig,
     pub deployments: crate::deployments::DeploymentsConfig,
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// The event log.
@@ -120,6 +121,7 @@ impl Default for Config {
             commands: crate::commands::CommandsConfig::default(),
             artifacts: crate::artifacts::ArtifactsConfig::default(),
             deployments: crate::deployments::DeploymentsConfig::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -419,6 +421,7 @@ impl Config {
                 "twin.max_document_bytes must be at least 1024".into(),
             ));
         }
+        self.telemetry.validate().map_err(ConfigError::Invalid)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("data_dir must not be empty".into()));
         }

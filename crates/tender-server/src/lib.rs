@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod problem;
 pub mod state;
+pub mod telemetry;
 pub mod twin;
 
 pub use config::Config;
@@ -167,11 +168,17 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let gateway = mqtt::Gateway::new(config.mqtt.clone());
 
+    let metrics = Arc::new(metrics::Metrics::new());
     let state = AppState {
         store: store.clone(),
         clock,
         token_key,
-        metrics: Arc::new(metrics::Metrics::new()),
+        telemetry: telemetry::TelemetryWriter::start(
+            store.clone(),
+            &config.telemetry,
+            metrics.telemetry.clone(),
+        ),
+        metrics,
         ca,
         device_cert_validity_days: config.devices.certificate_validity_days,
         gateway: gateway.clone(),

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub mqtt_dropped: Family<ReasonLabels, Counter>,
     /// Events that could not be recorded (the store refused them).
     pub events_not_recorded: Counter,
+    /// The telemetry writer's (`tender_telemetry_*`).
+    pub telemetry: crate::telemetry::TelemetryMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -176,6 +178,7 @@ impl Metrics {
             "Events the store could not record",
             events_not_recorded.clone(),
         );
+        let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -199,6 +202,7 @@ impl Metrics {
             mqtt_throttled,
             mqtt_dropped,
             events_not_recorded,
+            telemetry,
         }
     }
 

@@ -31,6 +31,9 @@ pub struct AppState {
     pub artifacts_config: crate::artifacts::ArtifactsConfig,
     /// Wakes the deployment scheduler.
     pub deployments: crate::deployments::Scheduler,
+    /// Commits device telemetry in batches and announces what it stored
+    /// ([`TelemetryWriter::subscribe`](crate::telemetry::TelemetryWriter::subscribe)).
+    pub telemetry: crate::telemetry::TelemetryWriter,
 }
 
 /// The system clock, millisecond precision.

@@ -1050,6 +1050,17 @@ macro_rules! impl_sql_store {
                 Ok(written)
             }
 
+            async fn insert_sample_batches(
+                &self,
+                batches: &[$crate::DeviceSamples],
+            ) -> $crate::Result<u64> {
+                let rows = $crate::telemetry_batch::rows(batches)?;
+                if rows.is_empty() {
+                    return Ok(0);
+                }
+                self.write_sample_rows(&rows).await
+            }
+
             async fn query_samples(
                 &self,
                 tenant: tender_core::TenantId,

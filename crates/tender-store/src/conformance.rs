@@ -83,6 +83,7 @@ macro_rules! conformance_suite {
             sample_queries_page_by_limit,
             latest_samples_are_the_newest_per_metric,
             a_thousand_samples_in_one_call,
+            sample_batches_of_many_devices_are_all_or_nothing,
             inventory_replaces_whole_and_tracks_changes,
             inventory_is_tenant_scoped,
             inventories_of_many_devices,
@@ -3096,4 +3097,98 @@ pub async fn sqlite_fixture() -> Fixture {
         options,
         guard: Box::new(dir),
     }
+}
+
+pub async fn sample_batches_of_many_devices_are_all_or_nothing(store: &dyn Store) {
+    use crate::DeviceSamples;
+    let t = new_tenant(store, "acme").await;
+    let other = new_tenant(store, "other").await;
+    let mut devices = Vec::new();
+    for i in 0..30 {
+        let d = device(t.id, &format!("d{i}"), DeviceState::Accepted);
+        store.insert_device(&d).await.unwrap();
+        devices.push(d);
+    }
+    let o = device(other.id, "o", DeviceState::Accepted);
+    store.insert_device(&o).await.unwrap();
+    // 30 devices x 7 samples: more rows than one statement of either backend's chunk holds,
+    // with a repeated key across two entries of one device (the later one wins).
+    let mut batches: Vec<DeviceSamples> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| DeviceSamples {
+            tenant: t.id,
+            device: d.id,
+            samples: (0..7)
+                .map(|k| sample("temp", T0.plus_millis(k), i as f64 + k as f64 / 10.0))
+                .collect(),
+        })
+        .collect();
+    batches.push(DeviceSamples {
+        tenant: t.id,
+        device: devices[0].id,
+        samples: vec![sample("temp", T0, -1.0), sample("load", T0, 0.5)],
+    });
+    batches.push(DeviceSamples {
+        tenant: other.id,
+        device: o.id,
+        samples: vec![sample("temp", T0, 7.0)],
+    });
+    assert_eq!(store.insert_sample_batches(&batches).await.unwrap(), 212);
+    let first = samples_of(store, t.id, devices[0].id, "temp").await;
+    assert_eq!(first.len(), 7);
+    assert_eq!(first[0], sample("temp", T0, -1.0));
+    assert_eq!(
+        samples_of(store, t.id, devices[0].id, "load").await,
+        vec![sample("load", T0, 0.5)]
+    );
+    let last = samples_of(store, t.id, devices[29].id, "temp").await;
+    assert_eq!(last.len(), 7);
+    assert_eq!(last[6], sample("temp", T0.plus_millis(6), 29.6));
+    assert_eq!(
+        samples_of(store, other.id, o.id, "temp").await,
+        vec![sample("temp", T0, 7.0)]
+    );
+    // The same batch again: stored once.
+    assert_eq!(store.insert_sample_batches(&batches).await.unwrap(), 212);
+    assert_eq!(
+        samples_of(store, t.id, devices[1].id, "temp").await.len(),
+        7
+    );
+    // One entry whose device is not in its tenant fails the whole batch: nothing written.
+    let bad = vec![
+        DeviceSamples {
+            tenant: t.id,
+            device: devices[2].id,
+            samples: vec![sample("fresh", T0, 1.0)],
+        },
+        DeviceSamples {
+            tenant: t.id,
+            device: o.id,
+            samples: vec![sample("fresh", T0, 2.0)],
+        },
+    ];
+    let e = store.insert_sample_batches(&bad).await.unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    assert!(
+        samples_of(store, t.id, devices[2].id, "fresh")
+            .await
+            .is_empty()
+    );
+    // A value that is not finite is refused before anything is written.
+    let nan = vec![DeviceSamples {
+        tenant: t.id,
+        device: devices[3].id,
+        samples: vec![
+            sample("fresh", T0, 1.0),
+            sample("fresh", T0.plus_millis(1), f64::NAN),
+        ],
+    }];
+    assert!(store.insert_sample_batches(&nan).await.is_err());
+    assert!(
+        samples_of(store, t.id, devices[3].id, "fresh")
+            .await
+            .is_empty()
+    );
+    assert_eq!(store.insert_sample_batches(&[]).await.unwrap(), 0);
 }

@@ -58,6 +58,9 @@ pub mod postgres;
 mod rows;
 mod sql;
 pub mod sqlite;
+mod telemetry_batch;
+
+pub use telemetry_batch::DeviceSamples;
 
 /// Which adapter a store is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +79,7 @@ impl Backend {
 }
 
 /// What went wrong in the store, in terms a caller can act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or did not answer in time: retry later, report not ready.
     #[error("database unavailable: {0}")]
@@ -311,6 +314,14 @@ pub trait TelemetryStore: Send + Sync + 'static {
         device: DeviceId,
         samples: &[Sample],
     ) -> Result<u64>;
+    /// Writes the samples of many devices (one entry per device message) in one transaction,
+    /// all or none: what the server's telemetry writer commits per batch. Keys repeat as in
+    /// [`insert_samples`](Self::insert_samples) (the last value given for a (device, metric,
+    /// at) wins, also across entries); returns how many samples were written. NotFound when a
+    /// device with samples does not exist in its tenant, and nothing is written then: the
+    /// caller may write the entries one by one to find which. Entries without samples are
+    /// not checked.
+    async fn insert_sample_batches(&self, batches: &[DeviceSamples]) -> Result<u64>;
     /// The device's samples of `metric` with `from <= at < to`, oldest first, at most `limit`.
     /// Like every listing it never caps silently: `next` is the time of the last sample
     /// returned when more follow (ask again from one millisecond after it), `None` otherwise.

@@ -10,7 +10,7 @@ use crate::{Backend, OpenOptions, Result, StoreError, redact_url};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 pub struct PgStore {
-    pool: sqlx::PgPool,
+    pub(crate) pool: sqlx::PgPool,
 }
 
 impl PgStore {

@@ -12,7 +12,7 @@ use crate::{Backend, OpenOptions, Result, StoreError, redact_url};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
-    pool: sqlx::SqlitePool,
+    pub(crate) pool: sqlx::SqlitePool,
 }
 
 impl SqliteStore {

@@ -72,14 +72,25 @@ impl UplinkHandler for ServerUplinks {
             Uplink::Telemetry => {
                 let samples = tender_core::telemetry::parse_payload(payload, received_at)
                     .map_err(|e| Refusal::PayloadInvalid(e.to_string()))?;
-                self.state
-                    .store
-                    .insert_samples(from.tenant_id, from.device_id, &samples)
+                match self
+                    .state
+                    .telemetry
+                    .write(from.tenant_id, from.device_id, samples)
                     .await
-                    .map_err(|e| {
+                {
+                    Ok(_) => {}
+                    Err(crate::telemetry::WriteError::Stopped) => {
+                        return Err(Refusal::Unavailable(
+                            "the server is stopping; send again after reconnecting".into(),
+                        ));
+                    }
+                    Err(crate::telemetry::WriteError::Store(e)) => {
                         tracing::warn!(device = %from.device_id, error = %e, "cannot store telemetry");
-                        Refusal::Unavailable("telemetry could not be stored; retry".into())
-                    })?;
+                        return Err(Refusal::Unavailable(
+                            "telemetry could not be stored; retry".into(),
+                        ));
+                    }
+                }
                 Ok(())
             }
             Uplink::Inventory => {

@@ -1,0 +1,145 @@
+//! Writing the telemetry of many devices in one transaction: what the server's telemetry
+//! writer commits per batch (group commit). Each backend writes the rows its own fastest way:
+//! SQLite with multi-row `VALUES` statements of a fixed size (prepared once), PostgreSQL with
+//! one `UNNEST` statement of arrays per batch (one round trip whatever the size).
+
+use std::collections::BTreeMap;
+
+use tender_core::telemetry::Sample;
+use tender_core::{DeviceId, TenantId};
+use uuid::Uuid;
+
+use crate::{Result, StoreError};
+
+/// The samples of one device, as one message brought them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSamples {
+    pub tenant: TenantId,
+    pub device: DeviceId,
+    pub samples: Vec<Sample>,
+}
+
+/// One row of `telemetry_samples`.
+pub(crate) struct Row<'a> {
+    pub tenant: Uuid,
+    pub device: Uuid,
+    pub metric: &'a str,
+    pub at: i64,
+    pub value: f64,
+}
+
+/// The rows to write: one per (tenant, device, metric, at), the last value given for a key
+/// winning, in key order (so that concurrent writers take row locks in the same order, and an
+/// upsert never meets one key twice in a statement). Refuses a value that is not finite.
+pub(crate) fn rows(batches: &[DeviceSamples]) -> Result<Vec<Row<'_>>> {
+    let mut keyed = BTreeMap::new();
+    for b in batches {
+        for s in &b.samples {
+            if !s.value.is_finite() {
+                return Err(StoreError::Internal(format!(
+                    "sample {} at {} of device {}: {} is not a finite number",
+                    s.metric, s.at, b.device, s.value
+                )));
+            }
+            keyed.insert(
+                (
+                    *b.tenant.as_uuid(),
+                    *b.device.as_uuid(),
+                    s.metric.as_str(),
+                    s.at.unix_millis(),
+                ),
+                s.value,
+            );
+        }
+    }
+    Ok(keyed
+        .into_iter()
+        .map(|((tenant, device, metric, at), value)| Row {
+            tenant,
+            device,
+            metric,
+            at,
+            value,
+        })
+        .collect())
+}
+
+/// How many rows one SQLite statement writes (5 parameters each).
+pub(crate) const SQLITE_CHUNK: usize = 100;
+
+/// The SQLite statement for [`SQLITE_CHUNK`] rows: a short chunk is padded by repeating its
+/// rows, which `DISTINCT` removes again. (`WHERE true` keeps SQLite from reading `ON CONFLICT`
+/// as a join constraint.)
+pub(crate) static SQLITE_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let values: Vec<String> = (0..SQLITE_CHUNK)
+        .map(|r| {
+            let p = 1 + 5 * r;
+            format!("(${}, ${}, ${}, ${}, ${})", p, p + 1, p + 2, p + 3, p + 4)
+        })
+        .collect();
+    format!(
+        "INSERT INTO telemetry_samples (tenant_id, device_id, metric, at, value) \
+         SELECT DISTINCT column1, column2, column3, column4, column5 FROM (VALUES {}) AS v \
+         WHERE true ORDER BY column1, column2, column3, column4 \
+         ON CONFLICT (tenant_id, device_id, metric, at) DO UPDATE SET value = excluded.value",
+        values.join(", ")
+    )
+});
+
+/// The PostgreSQL statement: every row of a batch in one statement, as five arrays.
+pub(crate) const PG_INSERT: &str = "INSERT INTO telemetry_samples \
+    (tenant_id, device_id, metric, at, value) \
+    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::float8[]) \
+    ON CONFLICT (tenant_id, device_id, metric, at) DO UPDATE SET value = excluded.value";
+
+impl crate::sqlite::SqliteStore {
+    pub(crate) async fn write_sample_rows(&self, rows: &[Row<'_>]) -> Result<u64> {
+        let what = || format!("telemetry of {} samples", rows.len());
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| crate::map_sqlx(&what(), e))?;
+        let mut written = 0;
+        for chunk in rows.chunks(SQLITE_CHUNK) {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(SQLITE_INSERT.as_str()));
+            for r in chunk.iter().cycle().take(SQLITE_CHUNK) {
+                query = query
+                    .bind(r.tenant)
+                    .bind(r.device)
+                    .bind(r.metric)
+                    .bind(r.at)
+                    .bind(r.value);
+            }
+            written += query
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| crate::map_sqlx(&what(), e))?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(|e| crate::map_sqlx(&what(), e))?;
+        Ok(written)
+    }
+}
+
+impl crate::postgres::PgStore {
+    pub(crate) async fn write_sample_rows(&self, rows: &[Row<'_>]) -> Result<u64> {
+        let what = || format!("telemetry of {} samples", rows.len());
+        let tenants: Vec<Uuid> = rows.iter().map(|r| r.tenant).collect();
+        let devices: Vec<Uuid> = rows.iter().map(|r| r.device).collect();
+        let metrics: Vec<&str> = rows.iter().map(|r| r.metric).collect();
+        let ats: Vec<i64> = rows.iter().map(|r| r.at).collect();
+        let values: Vec<f64> = rows.iter().map(|r| r.value).collect();
+        // One statement is one implicit transaction: all rows or none.
+        let done = sqlx::query(PG_INSERT)
+            .bind(&tenants)
+            .bind(&devices)
+            .bind(&metrics)
+            .bind(&ats)
+            .bind(&values)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| crate::map_sqlx(&what(), e))?;
+        Ok(done.rows_affected())
+    }
+}
