@@ -44,3 +44,14 @@ impl Clock for SystemClock {
         tender_core::Timestamp::from_datetime(time::OffsetDateTime::now_utc())
     }
 }
+
+impl AppState {
+    /// Every batch of device samples once it is committed (tenant, device, samples), for
+    /// consumers such as alert evaluation. See [`crate::telemetry`] for what a slow consumer
+    /// misses.
+    pub fn telemetry_stored(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<Arc<tender_store::DeviceSamples>> {
+        self.telemetry.subscribe()
+    }
+}
