@@ -335,6 +335,20 @@ pub trait TelemetryStore: Send + Sync + 'static {
         to: Timestamp,
         limit: PageLimit,
     ) -> Result<Page<Sample, Timestamp>>;
+    /// The aggregates of `metric` over `devices` (of `tenant`; others contribute nothing) with
+    /// `from <= at < to`, in buckets of `step_ms` starting at `from`, oldest first; a bucket
+    /// without samples is absent. The caller checks the request first
+    /// ([`tender_core::series::check`]); any number of devices may be given (they are read in
+    /// chunks and the buckets merged).
+    async fn sample_series(
+        &self,
+        tenant: TenantId,
+        devices: &[DeviceId],
+        metric: &MetricName,
+        from: Timestamp,
+        to: Timestamp,
+        step_ms: i64,
+    ) -> Result<Vec<tender_core::series::Bucket>>;
     /// The newest sample of each of the device's metrics, in metric-name order (bytewise, the
     /// same on every backend). Empty for a device of another tenant.
     async fn latest_samples(&self, tenant: TenantId, device: DeviceId) -> Result<Vec<Sample>>;

@@ -143,3 +143,24 @@ impl crate::postgres::PgStore {
         Ok(done.rows_affected())
     }
 }
+
+/// Devices per statement of [`SERIES`] (the list is padded by repeating the last id).
+pub(crate) const SERIES_CHUNK: usize = 100;
+
+/// The buckets of one metric over up to [`SERIES_CHUNK`] devices: $1 tenant, $2 metric, $3 from,
+/// $4 step (ms), $5 to, $6.. the devices. `last` is the value of the newest sample (ties: the
+/// greater value, as `Bucket::merge` decides). Both dialects divide integers exactly.
+pub(crate) static SERIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let ids: Vec<String> = (0..SERIES_CHUNK).map(|i| format!("${}", 6 + i)).collect();
+    format!(
+        "SELECT b, count(*), min(value), max(value), sum(value), max(at), \
+         max(CASE WHEN rn = 1 THEN value END) \
+         FROM (SELECT (at - $3) / $4 AS b, at, value, \
+               row_number() OVER (PARTITION BY (at - $3) / $4 ORDER BY at DESC, value DESC) AS rn \
+               FROM telemetry_samples \
+               WHERE tenant_id = $1 AND device_id IN ({}) AND metric = $2 \
+               AND at >= $3 AND at < $5) s \
+         GROUP BY b ORDER BY b",
+        ids.join(", ")
+    )
+});
