@@ -91,6 +91,10 @@ pub enum Command {
     /// Deployments: roll an artifact out to devices in phases, and follow them
     #[command(subcommand)]
     Deploy(crate::deploy_cli::DeployCommand),
+    /// Telemetry: a metric as a series over a device, a group, a query or the fleet; raw
+    /// samples exported as CSV or JSON
+    #[command(subcommand)]
+    Telemetry(crate::telemetry_cli::TelemetryCommand),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),

@@ -1549,20 +1549,22 @@ fn a_rollout_survives_a_killed_server() {
 }
 
 /// Publishes numbered telemetry at QoS 1 over MQTT 3.1.1 (where a PUBACK always means "taken")
-/// until the connection drops: message `m` carries `seq` = `m * 20 + k` at `base + m * 20 + k`
-/// milliseconds for k in 0..20. Prints `acked <m>` for each acknowledged message.
+/// until the connection drops, at most 16 messages in flight: message `m` carries `seq` =
+/// `m * 20 + k` at `base + m * 20 + k` milliseconds for k in 0..20. Prints `sent <mid> <m>`
+/// once a message is handed to the client and `acked <mid>` for each PUBACK (the callback may
+/// run before `publish` returns, so no lock is held around it: paho calls it under its own).
 const PAHO_NUMBERED_PUBLISHER: &str = r#"
 import json, sys, threading
 import paho.mqtt.client as mqtt
 port, d, dev, base = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 done = threading.Event()
-mids = {}
-lock = threading.Lock()
+room = threading.Semaphore(16)
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 def on_publish(c, userdata, mid):
-    with lock:
-        m = mids.pop(mid, None)
-    if m is not None:
-        print("acked %d" % m, flush=True)
+    say("acked %d" % mid)
+    room.release()
 def on_disconnect(c, userdata, rc):
     done.set()
 try:
@@ -1571,24 +1573,21 @@ except AttributeError:
     c = mqtt.Client(client_id=dev, protocol=mqtt.MQTTv311)
 c.on_publish = on_publish
 c.on_disconnect = on_disconnect
-c.max_inflight_messages_set(16)
-c.max_queued_messages_set(64)
 c.tls_set(ca_certs=d + "/ca.crt", certfile=d + "/device.crt", keyfile=d + "/device.key")
 c.connect("localhost", port, keepalive=30)
 c.loop_start()
-m = 0
-while not done.is_set() and m < 100000:
-    body = [{"ts": base + m * 20 + k, "values": {"seq": m * 20 + k}} for k in range(20)]
-    with lock:
-        info = c.publish("tender/v1/%s/telemetry" % dev, json.dumps(body), qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_QUEUE_SIZE:
+# Message ids are not reused before 65535 messages.
+for m in range(50000):
+    while not room.acquire(timeout=0.5):
+        if done.is_set():
             break
-        if info.rc == mqtt.MQTT_ERR_SUCCESS:
-            mids[info.mid] = m
-    if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-        done.wait(0.01)
-        continue
-    m += 1
+    if done.is_set():
+        break
+    body = [{"ts": base + m * 20 + k, "values": {"seq": m * 20 + k}} for k in range(20)]
+    info = c.publish("tender/v1/%s/telemetry" % dev, json.dumps(body), qos=1)
+    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        break
+    say("sent %d %d" % (info.mid, m))
 done.wait(60)
 c.loop_stop()
 "#;
@@ -1636,12 +1635,34 @@ fn telemetry_survives_kill_9(database: &[&str]) {
         .map(Reaped)
         .expect("python3 runs (Debian: python3-paho-mqtt)");
     let out = publisher.stdout.take().unwrap();
+    // Acknowledged message numbers, as the acknowledgements and the ids arrive in any order.
     let (tx, acks) = channel();
     let reader = std::thread::spawn(move || {
+        let mut sent = std::collections::HashMap::new();
+        let mut acked = std::collections::HashSet::new();
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(m) = line
-                .strip_prefix("acked ")
-                .and_then(|m| m.parse::<i64>().ok())
+            let mut f = line.split(' ');
+            let (kind, mid) = (f.next(), f.next().and_then(|x| x.parse::<i64>().ok()));
+            let m = match (kind, mid) {
+                (Some("sent"), Some(mid)) => {
+                    let m: i64 = f.next().and_then(|x| x.parse().ok()).unwrap();
+                    if acked.remove(&mid) {
+                        Some(m)
+                    } else {
+                        sent.insert(mid, m);
+                        None
+                    }
+                }
+                (Some("acked"), Some(mid)) => match sent.remove(&mid) {
+                    Some(m) => Some(m),
+                    None => {
+                        acked.insert(mid);
+                        None
+                    }
+                },
+                _ => None,
+            };
+            if let Some(m) = m
                 && tx.send(m).is_err()
             {
                 break;
@@ -1664,7 +1685,17 @@ fn telemetry_survives_kill_9(database: &[&str]) {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     // The publisher sees the connection drop and ends; every acknowledgement it got is counted.
-    let status = publisher.wait().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = publisher.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the publisher did not end after the server went away"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(status.success(), "publisher: {status}");
     reader.join().unwrap();
     acked.extend(acks.try_iter());
@@ -1673,10 +1704,7 @@ fn telemetry_survives_kill_9(database: &[&str]) {
     drop(server);
 
     let server = start_server(dir.path(), &data, &args);
-    // Read back every point up to the last acknowledged message, a second (at most 1,000
-    // points) at a time.
-    let mut stored = std::collections::BTreeSet::new();
-    let mut from = base;
+    // Read back every point up to the last acknowledged message with the CSV export.
     let end = base + (last + 1) * 20;
     let rfc3339 = |ms: i64| {
         time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
@@ -1684,32 +1712,58 @@ fn telemetry_survives_kill_9(database: &[&str]) {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap()
     };
-    while from < end {
-        let to = (from + 1000).min(end);
-        let page = cli(
-            &server,
-            &[
-                "devices",
-                "telemetry",
-                &id,
-                "--metric",
-                "seq",
-                "--from",
-                &rfc3339(from),
-                "--to",
-                &rfc3339(to),
-                "--limit",
-                "1000",
-                "-o",
-                "json",
-            ],
-        );
-        let page: serde_json::Value = serde_json::from_str(&page).unwrap();
-        for s in page["items"].as_array().unwrap() {
-            stored.insert(s["value"].as_f64().unwrap() as i64);
-        }
-        from = to;
+    let csv = cli(
+        &server,
+        &[
+            "telemetry",
+            "export",
+            &id,
+            "--metric",
+            "seq",
+            "--from",
+            &rfc3339(base),
+            "--to",
+            &rfc3339(end),
+        ],
+    );
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("device,metric,at,value"));
+    let mut stored = std::collections::BTreeSet::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields.len(), 4, "{line}");
+        assert_eq!((fields[0], fields[1]), (id.as_str(), "seq"), "{line}");
+        stored.insert(fields[3].parse::<f64>().unwrap() as i64);
     }
+    // The series of the same range: one bucket per second, counts adding up to the export.
+    let series = cli(
+        &server,
+        &[
+            "telemetry",
+            "show",
+            "seq",
+            "--device",
+            &id,
+            "--from",
+            &rfc3339(base),
+            "--to",
+            &rfc3339(end),
+            "--step",
+            "1m",
+            "--agg",
+            "count",
+            "-o",
+            "json",
+        ],
+    );
+    let series: serde_json::Value = serde_json::from_str(&series).unwrap();
+    let counted: u64 = series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, stored.len() as u64, "{series}");
     let lost: Vec<i64> = acked
         .iter()
         .flat_map(|m| (m * 20)..(m * 20 + 20))
