@@ -194,6 +194,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let device_signal_for_mqtt = device_signal.clone();
     let device_signal_for_commands = device_signal.clone();
     let device_signal_for_deployments = device_signal.clone();
+    let device_signal_for_telemetry = device_signal.clone();
     tokio::spawn(device_api::rotate_daily(
         listener_cert,
         state.ca.clone(),
@@ -237,6 +238,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         state.clone(),
         config.deployments.clone(),
         device_signal_for_deployments,
+    ));
+    tokio::spawn(telemetry::retention(
+        state.clone(),
+        config.telemetry.clone(),
+        device_signal_for_telemetry,
     ));
     tokio::spawn(commands::sweeper(
         state.clone(),

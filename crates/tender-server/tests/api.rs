@@ -34,6 +34,7 @@ on_both_backends!(
     tags_are_set_shown_and_removed,
     owner_and_notes_are_kept_per_device,
     telemetry_series_for_a_device_a_group_and_the_fleet,
+    retention_deletes_samples_older_than_the_configured_days,
 );
 
 async fn health_and_readiness(b: Backend) {
@@ -745,4 +746,70 @@ async fn telemetry_series_for_a_device_a_group_and_the_fleet(b: Backend) {
     )
     .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+/// Samples older than `telemetry.retention_days` are deleted in the background; newer ones stay.
+async fn retention_deletes_samples_older_than_the_configured_days(b: Backend) {
+    use tender_core::telemetry::{MetricName, Sample};
+    let s = start_with(b, |c| {
+        c.telemetry.retention_days = 1;
+        c.telemetry.retention_interval_secs = 1;
+    })
+    .await;
+    let tenant = s.default_tenant().await;
+    let ids = s.add_devices(tenant.id, 2, DeviceState::Accepted).await;
+    let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    let temp = MetricName::parse("temp").unwrap();
+    for id in &ids {
+        let samples: Vec<Sample> = [-3 * 86_400_000, -2 * 86_400_000, -60_000, 0]
+            .into_iter()
+            .map(|ago| Sample {
+                metric: temp.clone(),
+                at: now.plus_millis(ago),
+                value: 1.0,
+            })
+            .collect();
+        s.store()
+            .insert_samples(tenant.id, *id, &samples)
+            .await
+            .unwrap();
+    }
+    let left = |id: DeviceId| {
+        let s = &s;
+        let temp = temp.clone();
+        async move {
+            s.store()
+                .query_samples(
+                    tenant.id,
+                    id,
+                    &temp,
+                    now.plus_millis(-10 * 86_400_000),
+                    now.plus_millis(1),
+                    tender_core::page::PageLimit::new(100).unwrap(),
+                )
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while left(ids[0]).await + left(ids[1]).await > 4 {
+        assert!(std::time::Instant::now() < deadline, "retention ran");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!((left(ids[0]).await, left(ids[1]).await), (2, 2));
+    // Counted once the pass that deleted them has returned.
+    loop {
+        let (_, _, metrics) = s.get("/metrics", None).await;
+        if metrics
+            .as_str()
+            .unwrap()
+            .contains("tender_telemetry_points_pruned_total 4")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

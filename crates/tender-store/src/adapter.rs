@@ -1120,6 +1120,45 @@ macro_rules! impl_sql_store {
                 Ok(buckets.into_values().collect())
             }
 
+            async fn prune_samples(
+                &self,
+                before: tender_core::Timestamp,
+                after: Option<(tender_core::TenantId, tender_core::DeviceId)>,
+                devices: u32,
+            ) -> $crate::Result<$crate::PruneProgress> {
+                let what = "telemetry retention";
+                let next: Vec<(uuid::Uuid, uuid::Uuid)> =
+                    sqlx::query_as($crate::telemetry_batch::NEXT_DEVICES)
+                        .bind(after.map(|(t, _)| *t.as_uuid()))
+                        .bind(after.map(|(_, d)| *d.as_uuid()))
+                        .bind(i64::from(devices.max(1)))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx(what, e))?;
+                let mut deleted = 0;
+                for (tenant, device) in &next {
+                    deleted += sqlx::query($crate::telemetry_batch::PRUNE_DEVICE_SAMPLES)
+                        .bind(tenant)
+                        .bind(device)
+                        .bind(before.unix_millis())
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx(what, e))?
+                        .rows_affected();
+                }
+                let full = next.len() as u64 >= u64::from(devices.max(1));
+                Ok($crate::PruneProgress {
+                    deleted,
+                    next: match next.last() {
+                        Some((t, d)) if full => Some((
+                            tender_core::TenantId::from_uuid(*t),
+                            tender_core::DeviceId::from_uuid(*d),
+                        )),
+                        _ => None,
+                    },
+                })
+            }
+
             async fn query_samples(
                 &self,
                 tenant: tender_core::TenantId,

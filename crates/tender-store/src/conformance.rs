@@ -85,6 +85,7 @@ macro_rules! conformance_suite {
             a_thousand_samples_in_one_call,
             sample_batches_of_many_devices_are_all_or_nothing,
             sample_series_aggregate_buckets_over_devices,
+            retention_prunes_old_samples_device_by_device,
             inventory_replaces_whole_and_tracks_changes,
             inventory_is_tenant_scoped,
             inventories_of_many_devices,
@@ -3295,5 +3296,69 @@ pub async fn sample_series_aggregate_buckets_over_devices(store: &dyn Store) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+pub async fn retention_prunes_old_samples_device_by_device(store: &dyn Store) {
+    use crate::DeviceSamples;
+    let a = new_tenant(store, "acme").await;
+    let b = new_tenant(store, "other").await;
+    let mut all = Vec::new();
+    for (t, name) in [(a.id, "a1"), (a.id, "a2"), (b.id, "b1")] {
+        let d = device(t, name, DeviceState::Accepted);
+        store.insert_device(&d).await.unwrap();
+        all.push((t, d.id));
+    }
+    // Without samples: visited all the same.
+    let quiet = device(a.id, "quiet", DeviceState::Accepted);
+    store.insert_device(&quiet).await.unwrap();
+    let batches: Vec<DeviceSamples> = all
+        .iter()
+        .map(|(t, d)| DeviceSamples {
+            tenant: *t,
+            device: *d,
+            samples: ["a", "b", "c/x"]
+                .iter()
+                .flat_map(|m| (0..5).map(move |i| sample(m, T0.plus_millis(i * 1000), i as f64)))
+                .collect(),
+        })
+        .collect();
+    store.insert_sample_batches(&batches).await.unwrap();
+    // Everything before T0 + 2 s goes: 2 of 5 per metric, 3 metrics, 3 devices.
+    let cut = T0.plus_millis(2000);
+    let mut after = None;
+    let mut deleted = 0;
+    let mut passes = 0;
+    loop {
+        let p = store.prune_samples(cut, after, 1).await.unwrap();
+        deleted += p.deleted;
+        passes += 1;
+        match p.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+        assert!(passes < 10, "the pass ends");
+    }
+    assert_eq!(deleted, 18);
+    assert!(passes >= 4, "one device per call: {passes}");
+    for (t, d) in &all {
+        for m in ["a", "b", "c/x"] {
+            let left = samples_of(store, *t, *d, m).await;
+            let times: Vec<Timestamp> = left.iter().map(|s| s.at).collect();
+            assert_eq!(
+                times,
+                vec![cut, T0.plus_millis(3000), T0.plus_millis(4000)],
+                "{m}"
+            );
+        }
+    }
+    // Again: nothing more to delete, in one call when it covers every device.
+    let p = store.prune_samples(cut, None, 100).await.unwrap();
+    assert_eq!(
+        p,
+        crate::PruneProgress {
+            deleted: 0,
+            next: None
+        }
     );
 }

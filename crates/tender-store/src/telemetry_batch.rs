@@ -164,3 +164,20 @@ pub(crate) static SERIES: std::sync::LazyLock<String> = std::sync::LazyLock::new
         ids.join(", ")
     )
 });
+
+/// Deletes one device's samples older than $3, every metric: the metrics are found by hopping
+/// the key from one metric to the next (as `LATEST_SAMPLES` does), so each metric's expired
+/// rows are one range of the primary key and nothing else is read.
+pub(crate) const PRUNE_DEVICE_SAMPLES: &str = "WITH RECURSIVE metrics (metric) AS ( \
+     SELECT MIN(metric) FROM telemetry_samples WHERE tenant_id = $1 AND device_id = $2 \
+     UNION ALL \
+     SELECT (SELECT MIN(n.metric) FROM telemetry_samples n \
+     WHERE n.tenant_id = $1 AND n.device_id = $2 AND n.metric > metrics.metric) \
+     FROM metrics WHERE metrics.metric IS NOT NULL) \
+     DELETE FROM telemetry_samples WHERE tenant_id = $1 AND device_id = $2 \
+     AND metric IN (SELECT metric FROM metrics WHERE metric IS NOT NULL) AND at < $3";
+
+/// The next devices (of every tenant) after ($1, $2) in key order, at most $3; with $1 NULL,
+/// from the first.
+pub(crate) const NEXT_DEVICES: &str = "SELECT tenant_id, id FROM devices \
+     WHERE $1 IS NULL OR (tenant_id, id) > ($1, $2) ORDER BY tenant_id, id LIMIT $3";
