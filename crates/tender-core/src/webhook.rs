@@ -503,6 +503,34 @@ impl Delivery {
     }
 }
 
+/// An event of the log as webhooks see it: the kind is its dotted name, whether or not
+/// [`EventKind`](crate::event::EventKind) knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEvent {
+    pub id: u64,
+    pub tenant_id: TenantId,
+    pub at: Timestamp,
+    pub kind: String,
+    pub device_id: Option<DeviceId>,
+    pub group_id: Option<GroupId>,
+    pub data: Map<String, Value>,
+}
+
+impl LogEvent {
+    /// The delivery body for this event.
+    pub fn body(&self) -> String {
+        body(
+            Some(self.id),
+            &self.kind,
+            self.at,
+            self.tenant_id,
+            self.device_id,
+            self.group_id,
+            &self.data,
+        )
+    }
+}
+
 /// The JSON body of a delivery: `{"id","kind","at","tenant","device","group","data"}`; `id`
 /// is the event's id (`null` for a test ping).
 #[allow(clippy::too_many_arguments)]

@@ -58,6 +58,8 @@ pub mod postgres;
 mod rows;
 mod sql;
 pub mod sqlite;
+mod webhooks;
+pub use webhooks::{WebhookStore, redeliver};
 
 /// Which adapter a store is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +125,7 @@ pub trait Store:
     + CommandStore
     + ArtifactCatalog
     + DeploymentStore
+    + WebhookStore
     + Send
     + Sync
     + 'static
