@@ -63,6 +63,7 @@ pub struct Config {
     pub commands: crate::commands::CommandsConfig,
     pub artifacts: crate::artifacts::ArtifactsConfig,
     pub deployments: crate::deployments::DeploymentsConfig,
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 /// The event log.
@@ -120,6 +121,7 @@ impl Default for Config {
             commands: crate::commands::CommandsConfig::default(),
             artifacts: crate::artifacts::ArtifactsConfig::default(),
             deployments: crate::deployments::DeploymentsConfig::default(),
+            webhooks: crate::webhooks::WebhooksConfig::default(),
         }
     }
 }
@@ -354,6 +356,7 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.webhooks.validate().map_err(ConfigError::Invalid)?;
         if self.http.body_limit_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "http.body_limit_bytes must be greater than 0".into(),

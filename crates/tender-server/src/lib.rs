@@ -31,6 +31,7 @@ pub mod mqtt;
 pub mod problem;
 pub mod state;
 pub mod twin;
+pub mod webhooks;
 
 pub use config::Config;
 
@@ -181,12 +182,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         artifacts: Arc::new(artifact_store),
         artifacts_config: config.artifacts.clone(),
         deployments: crate::deployments::Scheduler::default(),
+        webhooks: crate::webhooks::Dispatcher::default(),
     };
     let (device_shutdown, device_signal) = watch::channel(false);
     let listener_cert_for_mqtt = listener_cert.clone();
     let device_signal_for_mqtt = device_signal.clone();
     let device_signal_for_commands = device_signal.clone();
     let device_signal_for_deployments = device_signal.clone();
+    let device_signal_for_webhooks = device_signal.clone();
     tokio::spawn(device_api::rotate_daily(
         listener_cert,
         state.ca.clone(),
@@ -230,6 +233,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         state.clone(),
         config.deployments.clone(),
         device_signal_for_deployments,
+    ));
+    tokio::spawn(webhooks::dispatcher(
+        state.clone(),
+        config.webhooks.clone(),
+        device_signal_for_webhooks,
     ));
     tokio::spawn(commands::sweeper(
         state.clone(),

@@ -31,6 +31,8 @@ pub struct AppState {
     pub artifacts_config: crate::artifacts::ArtifactsConfig,
     /// Wakes the deployment scheduler.
     pub deployments: crate::deployments::Scheduler,
+    /// Wakes the webhook dispatcher.
+    pub webhooks: crate::webhooks::Dispatcher,
 }
 
 /// The system clock, millisecond precision.

@@ -183,7 +183,7 @@ pub async fn webhook_cursor_starts_now_and_moves_by_compare_and_set(store: &dyn 
     let again = delivery(&w, Some(e1));
     assert!(
         !store
-            .enqueue_deliveries(t.id, w.id, before, e2, &[again.clone()])
+            .enqueue_deliveries(t.id, w.id, before, e2, std::slice::from_ref(&again))
             .await
             .unwrap()
     );

@@ -1,0 +1,355 @@
+//! Webhooks on the server: the dispatcher that turns the event log into deliveries and sends
+//! them (see docs/webhooks.md).
+//!
+//! One pass: for every enabled webhook, read the events after its cursor, make a delivery for
+//! each that matches its filter and move the cursor past what was read (one store transaction,
+//! compare-and-set on the cursor); then claim the due deliveries (the oldest queued one of each
+//! webhook, leased for the request time-out and a margin) and send each in a task of its own.
+//!
+//! **Invariants:** a delivery is in the store before its first attempt, and every attempt's
+//! outcome is recorded (compare-and-set) before the next of the same webhook is claimed, so one
+//! endpoint gets its deliveries in order and a restart (even `kill -9`) resumes where it was: a
+//! lease that was not released expires and the delivery is sent again (at least once). A slow
+//! or failing endpoint holds up only its own queue: each send is its own task, bounded by the
+//! request time-out. Redirects are not followed (a 3xx is a failure).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tender_core::webhook::{Delivery, DeliveryState, RetryPolicy, Webhook, sign};
+use tender_core::{DeliveryId, WebhookId};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::state::AppState;
+
+/// `[webhooks]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Whether this server sends deliveries (the API works either way).
+    pub enabled: bool,
+    /// Time-out of one delivery request, connection included (milliseconds).
+    pub request_timeout_ms: u64,
+    /// Wait after the first failed attempt (milliseconds); doubles after each further one.
+    pub retry_base_ms: u64,
+    /// Longest wait between two attempts (milliseconds).
+    pub retry_cap_ms: u64,
+    /// Attempts before a delivery is dead.
+    pub max_attempts: u32,
+    /// How often the dispatcher looks for new events and due retries when nothing woke it
+    /// (milliseconds).
+    pub tick_ms: u64,
+    /// Most deliveries being sent at once (each to a different webhook).
+    pub max_in_flight: u32,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            enabled: true,
+            request_timeout_ms: 10_000,
+            retry_base_ms: 30_000,
+            retry_cap_ms: 3_600_000,
+            max_attempts: tender_core::webhook::DEFAULT_MAX_ATTEMPTS,
+            tick_ms: 1000,
+            max_in_flight: 64,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The retry policy, or what is wrong with the settings.
+    pub fn policy(&self) -> Result<RetryPolicy, String> {
+        RetryPolicy::new(self.retry_base_ms, self.retry_cap_ms, self.max_attempts)
+            .map_err(|e| format!("webhooks: {e} (retry_base_ms, retry_cap_ms, max_attempts)"))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.policy()?;
+        if !(100..=600_000).contains(&self.request_timeout_ms) {
+            return Err("webhooks.request_timeout_ms must be 100 to 600000".into());
+        }
+        if self.tick_ms == 0 {
+            return Err("webhooks.tick_ms must be at least 1".into());
+        }
+        if self.max_in_flight == 0 {
+            return Err("webhooks.max_in_flight must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Wakes the dispatcher (a test ping or a redelivery was queued, a send finished).
+#[derive(Clone, Default)]
+pub struct Dispatcher {
+    wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Events read per webhook and store call.
+const EVENT_BATCH: u32 = 500;
+/// How long a claimed delivery stays leased beyond the request time-out.
+const LEASE_MARGIN_MS: i64 = 30_000;
+/// Longest part of an endpoint's answer kept as the error text.
+const ANSWER_EXCERPT: usize = 200;
+
+/// Runs until `shutdown` turns true.
+pub async fn dispatcher(
+    state: AppState,
+    config: WebhooksConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if !config.enabled {
+        return;
+    }
+    let policy = match config.policy() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook dispatcher not started");
+            return;
+        }
+    };
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let client = match reqwest::Client::builder()
+        .user_agent(concat!("tender-webhooks/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook dispatcher not started: no HTTP client");
+            return;
+        }
+    };
+    let ctx = Arc::new(Sender {
+        state: state.clone(),
+        client,
+        policy,
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(config.tick_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let wake = state.webhooks.wake.clone();
+    let mut events = state.events.subscribe();
+    let mut events_open = true;
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let lease_ms = i64::try_from(config.request_timeout_ms)
+        .unwrap_or(i64::MAX)
+        .saturating_add(LEASE_MARGIN_MS);
+    let mut gauge_at = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+            changed = events.changed(), if events_open => {
+                if changed.is_err() || *events.borrow() == crate::events::CLOSED {
+                    events_open = false;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        while tasks.try_join_next().is_some() {}
+        if let Err(e) = pass(&ctx, &mut tasks, &config, lease_ms).await {
+            tracing::warn!(error = %e, "webhook dispatcher pass failed; will retry");
+        }
+        if gauge_at.elapsed() >= Duration::from_secs(1) {
+            gauge_at = Instant::now();
+            if let Ok(n) = state.store.count_queued_deliveries().await {
+                state
+                    .metrics
+                    .webhook_deliveries_queued
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+struct Sender {
+    state: AppState,
+    client: reqwest::Client,
+    policy: RetryPolicy,
+}
+
+async fn pass(
+    ctx: &Arc<Sender>,
+    tasks: &mut JoinSet<()>,
+    config: &WebhooksConfig,
+    lease_ms: i64,
+) -> Result<(), tender_store::StoreError> {
+    let store = &ctx.state.store;
+    let webhooks = store.enabled_webhooks().await?;
+    for (w, cursor) in &webhooks {
+        enqueue(ctx, w, *cursor).await?;
+    }
+    let free = usize::try_from(config.max_in_flight)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(tasks.len());
+    if free == 0 {
+        return Ok(());
+    }
+    let by_id: HashMap<WebhookId, &Webhook> = webhooks.iter().map(|(w, _)| (w.id, w)).collect();
+    let now = ctx.state.clock.now();
+    let claimed = store
+        .claim_due_deliveries(
+            now,
+            now.plus_millis(lease_ms),
+            u32::try_from(free).unwrap_or(u32::MAX),
+        )
+        .await?;
+    for d in claimed {
+        // The claim joined enabled webhooks; one enabled since the list was read is fetched.
+        let webhook = match by_id.get(&d.webhook_id) {
+            Some(w) => (*w).clone(),
+            None => match store.webhook(d.tenant_id, d.webhook_id).await? {
+                Some(w) => w,
+                None => continue,
+            },
+        };
+        let ctx = ctx.clone();
+        tasks.spawn(async move { ctx.send(&webhook, d).await });
+    }
+    Ok(())
+}
+
+/// Makes deliveries for the webhook's new matching events and moves its cursor.
+async fn enqueue(
+    ctx: &Sender,
+    w: &Webhook,
+    mut cursor: u64,
+) -> Result<(), tender_store::StoreError> {
+    let store = &ctx.state.store;
+    loop {
+        let events = store
+            .webhook_events(w.tenant_id, cursor, EVENT_BATCH)
+            .await?;
+        let Some(last) = events.last().map(|e| e.id) else {
+            return Ok(());
+        };
+        let now = ctx.state.clock.now();
+        let deliveries: Vec<Delivery> = events
+            .iter()
+            .filter(|e| w.filter.matches(&e.kind))
+            .map(|e| {
+                Delivery::new(
+                    DeliveryId::from_uuid(uuid::Uuid::now_v7()),
+                    w,
+                    Some(e.id),
+                    &e.kind,
+                    e.body(),
+                    now,
+                )
+            })
+            .collect();
+        if !store
+            .enqueue_deliveries(w.tenant_id, w.id, cursor, last, &deliveries)
+            .await?
+        {
+            // Another dispatcher (or a concurrent pass) moved the cursor: it has these events.
+            return Ok(());
+        }
+        cursor = last;
+        if events.len() < EVENT_BATCH as usize {
+            return Ok(());
+        }
+    }
+}
+
+impl Sender {
+    async fn send(&self, webhook: &Webhook, mut d: Delivery) {
+        let state = &self.state;
+        let (read_state, read_attempts) = (d.state, d.attempts);
+        let at = state.clock.now();
+        let signature = sign(
+            webhook.secret.as_str(),
+            at.unix_millis().div_euclid(1000),
+            d.body.as_bytes(),
+        );
+        let started = Instant::now();
+        let result = self
+            .client
+            .post(webhook.url.as_str())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Tender-Event", d.kind.as_str())
+            .header("Tender-Delivery", d.id.to_string())
+            .header("Tender-Signature", signature)
+            .body(d.body.clone())
+            .send()
+            .await;
+        let outcome = match result {
+            Ok(mut answer) => {
+                let status = answer.status();
+                if status.is_success() {
+                    Ok(status.as_u16())
+                } else {
+                    let excerpt = match answer.chunk().await {
+                        Ok(Some(bytes)) => {
+                            let text = String::from_utf8_lossy(&bytes);
+                            format!(": {}", tender_core::webhook::cut(&text, ANSWER_EXCERPT))
+                        }
+                        _ => String::new(),
+                    };
+                    Err((Some(status.as_u16()), format!("HTTP {status}{excerpt}")))
+                }
+            }
+            Err(e) => Err((None, error_text(&e))),
+        };
+        state
+            .metrics
+            .webhook_delivery_duration
+            .observe(started.elapsed().as_secs_f64());
+        let now = state.clock.now();
+        match outcome {
+            Ok(status) => d.succeed(status, now),
+            Err((status, error)) => d.fail(status, &error, now, &self.policy, rand::random()),
+        }
+        match state
+            .store
+            .record_delivery(&d, read_state, read_attempts)
+            .await
+        {
+            Ok(true) => {
+                state.metrics.webhook_delivery(d.state);
+                if d.state == DeliveryState::Dead {
+                    tracing::warn!(webhook = %webhook.id, delivery = %d.id, attempts = d.attempts, error = d.last_error.as_deref().unwrap_or(""), "webhook delivery is dead after its last attempt");
+                }
+            }
+            Ok(false) => {
+                tracing::debug!(delivery = %d.id, "delivery changed while it was sent (redelivered or deleted); outcome not recorded");
+            }
+            Err(e) => {
+                tracing::warn!(delivery = %d.id, error = %e, "could not record a webhook delivery's outcome; it is sent again when its lease ends");
+            }
+        }
+        state.webhooks.wake();
+    }
+}
+
+/// The error and its causes on one line.
+fn error_text(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
