@@ -91,6 +91,9 @@ pub enum Command {
     /// Deployments: roll an artifact out to devices in phases, and follow them
     #[command(subcommand)]
     Deploy(crate::deploy_cli::DeployCommand),
+    /// Webhooks: HTTP endpoints that receive events, signed, with retries and a delivery log
+    #[command(subcommand)]
+    Webhooks(crate::webhook_cli::WebhooksCommand),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),

@@ -16,6 +16,7 @@ mod profile;
 mod serve;
 mod sim;
 mod twin_cli;
+mod webhook_cli;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
