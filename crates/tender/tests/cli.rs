@@ -1526,12 +1526,12 @@ fn a_rollout_survives_a_killed_server() {
     server.stop();
 }
 
+/// The `Tender-Signature` header and body of each request a test endpoint received.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A minimal HTTP endpoint on loopback: answers 204 to every request and keeps each request's
 /// `Tender-Signature` header and body.
-fn webhook_endpoint() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
-) {
+fn webhook_endpoint() -> (String, Received) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
