@@ -353,3 +353,25 @@ fn error_text(e: &reqwest::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_with_the_key_named() {
+        assert_eq!(WebhooksConfig::default().validate(), Ok(()));
+        let bad = |f: fn(&mut WebhooksConfig)| {
+            let mut c = WebhooksConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|c| c.max_attempts = 0).contains("max_attempts"));
+        assert!(bad(|c| c.retry_base_ms = 0).contains("retry_base_ms"));
+        assert!(bad(|c| c.retry_cap_ms = 1).contains("retry_cap_ms"));
+        assert!(bad(|c| c.request_timeout_ms = 5).contains("request_timeout_ms"));
+        assert!(bad(|c| c.tick_ms = 0).contains("tick_ms"));
+        assert!(bad(|c| c.max_in_flight = 0).contains("max_in_flight"));
+    }
+}

@@ -71,11 +71,16 @@ async fn receive(State(ep): State<Arc<Endpoint>>, headers: HeaderMap, body: Byte
 
 /// Starts an endpoint; returns it and its URL.
 async fn endpoint() -> (Arc<Endpoint>, String) {
+    endpoint_at("127.0.0.1:0").await
+}
+
+/// Starts an endpoint listening on `addr`.
+async fn endpoint_at(addr: &str) -> (Arc<Endpoint>, String) {
     let ep = Arc::new(Endpoint::default());
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(receive))
         .with_state(ep.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (ep, format!("http://{addr}/hook"))
@@ -231,14 +236,15 @@ async fn device_events_reach_the_endpoint_signed_and_filtered(b: Backend) {
 }
 
 async fn a_failing_endpoint_gets_retries_until_it_succeeds(b: Backend) {
-    let mut s = start_fast(b, 5).await;
+    // Enough attempts (every 25-200 ms) that the endpoint which is down can come up in time.
+    let mut s = start_fast(b, 100).await;
     let (ep, url) = endpoint().await;
     ep.fail_next.store(2, Ordering::SeqCst);
     let (hook, secret) = create(&s, &url, json!(["device.*"])).await;
     *ep.secret.lock().unwrap() = secret;
     // A second endpoint that is not listening at first: its failures hold up nobody else.
     let down = closed_url().await;
-    let (down_hook, _) = create(&s, &down, json!(["*"])).await;
+    let (down_hook, down_secret) = create(&s, &down, json!(["*"])).await;
 
     accept_a_device(&s).await;
     let log = deliveries_until(&s, &hook, "success after two failures", |items| {
@@ -270,6 +276,25 @@ async fn a_failing_endpoint_gets_retries_until_it_succeeds(b: Backend) {
             .contains("connect"),
         "{failed:#?}"
     );
+    // It comes up on that address: a retry gets through.
+    let addr = down
+        .trim_start_matches("http://")
+        .trim_end_matches("/hook")
+        .to_owned();
+    let (late, _) = endpoint_at(&addr).await;
+    *late.secret.lock().unwrap() = down_secret;
+    let log = deliveries_until(
+        &s,
+        &down_hook,
+        "the retry to the endpoint now up",
+        |items| items.len() == 1 && items[0]["state"] == "succeeded",
+    )
+    .await;
+    assert!(log[0]["attempts"].as_u64().unwrap() >= 2, "{log:#?}");
+    let got = late.received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].signature_valid);
+    assert_eq!(got[0].event, "device.state_changed");
     s.stop().await;
 }
 
