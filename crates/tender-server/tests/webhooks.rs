@@ -22,6 +22,7 @@ on_both_backends!(
     device_events_reach_the_endpoint_signed_and_filtered,
     a_failing_endpoint_gets_retries_until_it_succeeds,
     dead_deliveries_can_be_redelivered,
+    a_slow_endpoint_holds_up_no_other,
     the_api_checks_input_permission_and_shows_the_secret_once,
 );
 
@@ -34,12 +35,24 @@ struct Received {
     signature_valid: bool,
 }
 
-#[derive(Default)]
 struct Endpoint {
     secret: Mutex<String>,
     /// Answer 500 to this many more requests.
     fail_next: AtomicUsize,
     received: Mutex<Vec<Received>>,
+    /// While true, requests are recorded but not answered.
+    hold: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Endpoint {
+            secret: Mutex::default(),
+            fail_next: AtomicUsize::new(0),
+            received: Mutex::default(),
+            hold: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 async fn receive(State(ep): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes) -> AxumStatus {
@@ -58,6 +71,8 @@ async fn receive(State(ep): State<Arc<Endpoint>>, headers: HeaderMap, body: Byte
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         signature_valid,
     });
+    let mut hold = ep.hold.subscribe();
+    let _ = hold.wait_for(|held| !*held).await;
     let failing = ep
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -295,6 +310,70 @@ async fn a_failing_endpoint_gets_retries_until_it_succeeds(b: Backend) {
     assert_eq!(got.len(), 1);
     assert!(got[0].signature_valid);
     assert_eq!(got[0].event, "device.state_changed");
+    s.stop().await;
+}
+
+async fn a_slow_endpoint_holds_up_no_other(b: Backend) {
+    // A long request time-out: the slow endpoint's attempt stays in flight throughout.
+    let mut s = start_with(b, |c| {
+        c.webhooks.tick_ms = 50;
+        c.webhooks.request_timeout_ms = 60_000;
+    })
+    .await;
+    let (slow, slow_url) = endpoint().await;
+    slow.hold.send_replace(true);
+    let (fast, fast_url) = endpoint().await;
+    let (slow_hook, slow_secret) = create(&s, &slow_url, json!(["*"])).await;
+    let (fast_hook, fast_secret) = create(&s, &fast_url, json!(["*"])).await;
+    *slow.secret.lock().unwrap() = slow_secret;
+    *fast.secret.lock().unwrap() = fast_secret;
+
+    accept_a_device(&s).await;
+    accept_a_device(&s).await;
+    // Both events reach the fast endpoint, in order, while the slow one has not answered its
+    // first request.
+    let fast_log = deliveries_until(&s, &fast_hook, "both fast deliveries", |items| {
+        items.len() == 2 && items.iter().all(|d| d["state"] == "succeeded")
+    })
+    .await;
+    let slow_log = s
+        .admin_get(&format!("/api/v1/webhooks/{slow_hook}/deliveries"))
+        .await
+        .1;
+    let slow_items = slow_log["items"].as_array().unwrap();
+    assert_eq!(slow_items.len(), 2, "{slow_log}");
+    assert!(
+        slow_items.iter().all(|d| d["state"] == "pending"),
+        "{slow_log}"
+    );
+    let received = slow.received.lock().unwrap().clone();
+    assert!(received.len() <= 1, "one request at a time: {received:#?}");
+    let fast_got = fast.received.lock().unwrap().clone();
+    let ids: Vec<u64> = fast_got
+        .iter()
+        .map(|r| r.body["id"].as_u64().unwrap())
+        .collect();
+    assert!(ids[0] < ids[1], "event order: {ids:?}");
+    assert_eq!(
+        fast_log[0]["id"],
+        fast_got[1].delivery.as_str(),
+        "newest first"
+    );
+
+    // Released, the slow endpoint gets both, in event order.
+    slow.hold.send_replace(false);
+    deliveries_until(&s, &slow_hook, "both slow deliveries", |items| {
+        items.len() == 2 && items.iter().all(|d| d["state"] == "succeeded")
+    })
+    .await;
+    let got = slow.received.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got.iter()
+            .map(|r| r.body["id"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        ids
+    );
     s.stop().await;
 }
 
