@@ -44,6 +44,10 @@ pub struct WebhooksConfig {
     pub tick_ms: u64,
     /// Most deliveries being sent at once (each to a different webhook).
     pub max_in_flight: u32,
+    /// PostgreSQL only: events younger than this (milliseconds) wait before the dispatcher
+    /// passes over them, so that an event written concurrently with a lower id (which can
+    /// become visible a moment later) is not skipped.
+    pub settle_ms: u64,
 }
 
 impl Default for WebhooksConfig {
@@ -56,6 +60,7 @@ impl Default for WebhooksConfig {
             max_attempts: tender_core::webhook::DEFAULT_MAX_ATTEMPTS,
             tick_ms: 1000,
             max_in_flight: 64,
+            settle_ms: 250,
         }
     }
 }
@@ -77,6 +82,9 @@ impl WebhooksConfig {
         }
         if self.max_in_flight == 0 {
             return Err("webhooks.max_in_flight must be at least 1".into());
+        }
+        if self.settle_ms > 60_000 {
+            return Err("webhooks.settle_ms must be at most 60000".into());
         }
         Ok(())
     }
@@ -131,10 +139,16 @@ pub async fn dispatcher(
             return;
         }
     };
+    // SQLite has one writer at a time: ids become visible in order, nothing needs to settle.
+    let settle_ms = match state.store.backend() {
+        tender_store::Backend::Sqlite => 0,
+        tender_store::Backend::Postgres => i64::try_from(config.settle_ms).unwrap_or(i64::MAX),
+    };
     let ctx = Arc::new(Sender {
         state: state.clone(),
         client,
         policy,
+        settle_ms,
     });
     let mut tick = tokio::time::interval(Duration::from_millis(config.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -146,8 +160,16 @@ pub async fn dispatcher(
         .unwrap_or(i64::MAX)
         .saturating_add(LEASE_MARGIN_MS);
     let mut gauge_at = Instant::now();
+    let mut early: Option<tokio::time::Instant> = None;
     loop {
+        let soon = async {
+            match early {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = soon => {}
             _ = tick.tick() => {}
             _ = wake.notified() => {}
             changed = events.changed(), if events_open => {
@@ -161,9 +183,13 @@ pub async fn dispatcher(
             return;
         }
         while tasks.try_join_next().is_some() {}
-        if let Err(e) = pass(&ctx, &mut tasks, &config, lease_ms).await {
-            tracing::warn!(error = %e, "webhook dispatcher pass failed; will retry");
-        }
+        early = match pass(&ctx, &mut tasks, &config, lease_ms).await {
+            Ok(wait) => wait.map(|w| tokio::time::Instant::now() + w),
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook dispatcher pass failed; will retry");
+                None
+            }
+        };
         if gauge_at.elapsed() >= Duration::from_secs(1) {
             gauge_at = Instant::now();
             if let Ok(n) = state.store.count_queued_deliveries().await {
@@ -180,24 +206,29 @@ struct Sender {
     state: AppState,
     client: reqwest::Client,
     policy: RetryPolicy,
+    settle_ms: i64,
 }
 
+/// One pass; returns when the next is due early because events were held back to settle.
 async fn pass(
     ctx: &Arc<Sender>,
     tasks: &mut JoinSet<()>,
     config: &WebhooksConfig,
     lease_ms: i64,
-) -> Result<(), tender_store::StoreError> {
+) -> Result<Option<Duration>, tender_store::StoreError> {
     let store = &ctx.state.store;
     let webhooks = store.enabled_webhooks().await?;
+    let mut again: Option<Duration> = None;
     for (w, cursor) in &webhooks {
-        enqueue(ctx, w, *cursor).await?;
+        if let Some(wait) = enqueue(ctx, w, *cursor).await? {
+            again = Some(again.map_or(wait, |a| a.min(wait)));
+        }
     }
     let free = usize::try_from(config.max_in_flight)
         .unwrap_or(usize::MAX)
         .saturating_sub(tasks.len());
     if free == 0 {
-        return Ok(());
+        return Ok(again);
     }
     let by_id: HashMap<WebhookId, &Webhook> = webhooks.iter().map(|(w, _)| (w.id, w)).collect();
     let now = ctx.state.clock.now();
@@ -220,24 +251,34 @@ async fn pass(
         let ctx = ctx.clone();
         tasks.spawn(async move { ctx.send(&webhook, d).await });
     }
-    Ok(())
+    Ok(again)
 }
 
 /// Makes deliveries for the webhook's new matching events and moves its cursor.
+/// Returns how long until held-back events settle, if some were held back.
 async fn enqueue(
     ctx: &Sender,
     w: &Webhook,
     mut cursor: u64,
-) -> Result<(), tender_store::StoreError> {
+) -> Result<Option<Duration>, tender_store::StoreError> {
     let store = &ctx.state.store;
     loop {
-        let events = store
+        let mut events = store
             .webhook_events(w.tenant_id, cursor, EVENT_BATCH)
             .await?;
-        let Some(last) = events.last().map(|e| e.id) else {
-            return Ok(());
-        };
+        let read = events.len();
         let now = ctx.state.clock.now();
+        // Events written in the last `settle_ms` wait (see `WebhooksConfig::settle_ms`).
+        let horizon = now.plus_millis(-ctx.settle_ms);
+        let settled = events.iter().take_while(|e| e.at <= horizon).count();
+        let held = events.get(settled).map(|e| {
+            let left = e.at.unix_millis().saturating_sub(horizon.unix_millis());
+            Duration::from_millis(u64::try_from(left).unwrap_or(0).max(1))
+        });
+        events.truncate(settled);
+        let Some(last) = events.last().map(|e| e.id) else {
+            return Ok(held);
+        };
         let deliveries: Vec<Delivery> = events
             .iter()
             .filter(|e| w.filter.matches(&e.kind))
@@ -257,11 +298,11 @@ async fn enqueue(
             .await?
         {
             // Another dispatcher (or a concurrent pass) moved the cursor: it has these events.
-            return Ok(());
+            return Ok(None);
         }
         cursor = last;
-        if events.len() < EVENT_BATCH as usize {
-            return Ok(());
+        if held.is_some() || read < EVENT_BATCH as usize {
+            return Ok(held);
         }
     }
 }
@@ -373,5 +414,6 @@ mod tests {
         assert!(bad(|c| c.request_timeout_ms = 5).contains("request_timeout_ms"));
         assert!(bad(|c| c.tick_ms = 0).contains("tick_ms"));
         assert!(bad(|c| c.max_in_flight = 0).contains("max_in_flight"));
+        assert!(bad(|c| c.settle_ms = 60_001).contains("settle_ms"));
     }
 }
