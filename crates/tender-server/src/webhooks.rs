@@ -270,10 +270,14 @@ async fn enqueue(
         let now = ctx.state.clock.now();
         // Events written in the last `settle_ms` wait (see `WebhooksConfig::settle_ms`).
         let horizon = now.plus_millis(-ctx.settle_ms);
-        let settled = events.iter().take_while(|e| e.at <= horizon).count();
+        // An event stamped after `now` (the clock went back) does not wait for the clock.
+        let settled = events
+            .iter()
+            .take_while(|e| e.at <= horizon || e.at > now)
+            .count();
         let held = events.get(settled).map(|e| {
             let left = e.at.unix_millis().saturating_sub(horizon.unix_millis());
-            Duration::from_millis(u64::try_from(left).unwrap_or(0).max(1))
+            Duration::from_millis(u64::try_from(left.clamp(1, ctx.settle_ms.max(1))).unwrap_or(1))
         });
         events.truncate(settled);
         let Some(last) = events.last().map(|e| e.id) else {
