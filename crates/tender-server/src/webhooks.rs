@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tender_core::webhook::{Delivery, DeliveryState, RetryPolicy, Webhook, sign};
-use tender_core::{DeliveryId, WebhookId};
+use tender_core::{DeliveryId, Timestamp, WebhookId};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -255,6 +255,28 @@ async fn pass(
 }
 
 /// Makes deliveries for the webhook's new matching events and moves its cursor.
+/// How many of the events stamped `ats` (in id order) may be passed over at `now`, and, when
+/// some must wait, how long until the first of them settles. Events younger than `settle_ms`
+/// wait; one stamped after `now` (the clock went back) does not wait for the clock.
+fn settled_prefix(
+    ats: impl Iterator<Item = Timestamp>,
+    now: Timestamp,
+    settle_ms: i64,
+) -> (usize, Option<Duration>) {
+    let horizon = now.plus_millis(-settle_ms);
+    let mut settled = 0;
+    for at in ats {
+        if at <= horizon || at > now {
+            settled += 1;
+            continue;
+        }
+        let left = at.unix_millis().saturating_sub(horizon.unix_millis());
+        let wait = u64::try_from(left.clamp(1, settle_ms.max(1))).unwrap_or(1);
+        return (settled, Some(Duration::from_millis(wait)));
+    }
+    (settled, None)
+}
+
 /// Returns how long until held-back events settle, if some were held back.
 async fn enqueue(
     ctx: &Sender,
@@ -268,17 +290,7 @@ async fn enqueue(
             .await?;
         let read = events.len();
         let now = ctx.state.clock.now();
-        // Events written in the last `settle_ms` wait (see `WebhooksConfig::settle_ms`).
-        let horizon = now.plus_millis(-ctx.settle_ms);
-        // An event stamped after `now` (the clock went back) does not wait for the clock.
-        let settled = events
-            .iter()
-            .take_while(|e| e.at <= horizon || e.at > now)
-            .count();
-        let held = events.get(settled).map(|e| {
-            let left = e.at.unix_millis().saturating_sub(horizon.unix_millis());
-            Duration::from_millis(u64::try_from(left.clamp(1, ctx.settle_ms.max(1))).unwrap_or(1))
-        });
+        let (settled, held) = settled_prefix(events.iter().map(|e| e.at), now, ctx.settle_ms);
         events.truncate(settled);
         let Some(last) = events.last().map(|e| e.id) else {
             return Ok(held);
@@ -419,5 +431,31 @@ mod tests {
         assert!(bad(|c| c.tick_ms = 0).contains("tick_ms"));
         assert!(bad(|c| c.max_in_flight = 0).contains("max_in_flight"));
         assert!(bad(|c| c.settle_ms = 60_001).contains("settle_ms"));
+    }
+
+    #[test]
+    fn young_events_wait_to_settle() {
+        let now = Timestamp::from_unix_millis(1_000_000);
+        let at = |ms: i64| now.plus_millis(ms);
+        // Old events pass; the first young one stops the prefix, with the time it has left.
+        assert_eq!(
+            settled_prefix(
+                [at(-500), at(-250), at(-100), at(-400)].into_iter(),
+                now,
+                250
+            ),
+            (2, Some(Duration::from_millis(150)))
+        );
+        assert_eq!(settled_prefix([at(-300)].into_iter(), now, 250), (1, None));
+        // Nothing waits without a settle time, and a future stamp does not wait for the clock.
+        assert_eq!(
+            settled_prefix([at(0), at(-1)].into_iter(), now, 0),
+            (2, None)
+        );
+        assert_eq!(
+            settled_prefix([at(60_000), at(-10)].into_iter(), now, 250),
+            (1, Some(Duration::from_millis(240)))
+        );
+        assert_eq!(settled_prefix(std::iter::empty(), now, 250), (0, None));
     }
 }
