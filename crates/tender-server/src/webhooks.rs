@@ -102,6 +102,8 @@ impl Dispatcher {
     }
 }
 
+/// Shortest time between two passes that new events start.
+const EVENT_PASS_GAP: Duration = Duration::from_millis(100);
 /// Events read per webhook and store call.
 const EVENT_BATCH: u32 = 500;
 /// How long a claimed delivery stays leased beyond the request time-out.
@@ -161,9 +163,11 @@ pub async fn dispatcher(
         .saturating_add(LEASE_MARGIN_MS);
     let mut gauge_at = Instant::now();
     let mut early: Option<tokio::time::Instant> = None;
+    let mut last_pass = tokio::time::Instant::now();
     loop {
-        let soon = async {
-            match early {
+        let soon_at = early;
+        let soon = async move {
+            match soon_at {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
@@ -176,6 +180,12 @@ pub async fn dispatcher(
                 if changed.is_err() || *events.borrow() == crate::events::CLOSED {
                     events_open = false;
                 }
+                // A burst of events (a fleet reconnecting) runs a pass at most this often.
+                let due = last_pass + EVENT_PASS_GAP;
+                if tokio::time::Instant::now() < due {
+                    early = Some(early.map_or(due, |e| e.min(due)));
+                    continue;
+                }
             }
             _ = shutdown.changed() => return,
         }
@@ -183,6 +193,7 @@ pub async fn dispatcher(
             return;
         }
         while tasks.try_join_next().is_some() {}
+        last_pass = tokio::time::Instant::now();
         early = match pass(&ctx, &mut tasks, &config, lease_ms).await {
             Ok(wait) => wait.map(|w| tokio::time::Instant::now() + w),
             Err(e) => {
