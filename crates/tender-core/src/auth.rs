@@ -32,10 +32,12 @@ pub enum Permission {
     AuditRead,
     /// Tenant-wide settings (e.g. whether devices may enroll without a token).
     TenantManage,
+    /// Webhooks: register, change and delete endpoints, read their delivery logs, redeliver.
+    WebhooksManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 17] = [
         Permission::DevicesRead,
         Permission::DevicesManage,
         Permission::DevicesEnroll,
@@ -52,6 +54,7 @@ impl Permission {
         Permission::UsersManage,
         Permission::AuditRead,
         Permission::TenantManage,
+        Permission::WebhooksManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl Permission {
             Permission::UsersManage => "users_manage",
             Permission::AuditRead => "audit_read",
             Permission::TenantManage => "tenant_manage",
+            Permission::WebhooksManage => "webhooks_manage",
         }
     }
 }
@@ -88,7 +92,7 @@ impl fmt::Display for Permission {
 pub enum Role {
     /// Everything in the tenant.
     Admin,
-    /// Runs the fleet day to day: devices, twin, commands, terminal, alerts.
+    /// Runs the fleet day to day: devices, twin, commands, terminal, alerts and their webhooks.
     Operator,
     /// Ships software: artifacts and deployments, reads devices.
     ReleaseManager,
@@ -128,6 +132,7 @@ impl Role {
                     | TerminalConnect
                     | ArtifactsRead
                     | AlertsManage
+                    | WebhooksManage
             ),
             Role::ReleaseManager => matches!(
                 p,
@@ -242,6 +247,14 @@ mod tests {
         let both = principal(vec![Role::Viewer, Role::ReleaseManager]);
         assert!(both.authorize(Permission::DeploymentsCreate).is_ok());
         assert!(both.authorize(Permission::TerminalConnect).is_err());
+        assert!(both.authorize(Permission::WebhooksManage).is_err());
+        let operator = principal(vec![Role::Operator]);
+        assert!(operator.authorize(Permission::WebhooksManage).is_ok());
+        assert!(
+            principal(vec![Role::Admin])
+                .authorize(Permission::WebhooksManage)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -90,6 +90,16 @@ id_type!(
     DeploymentId,
     "deployment id"
 );
+id_type!(
+    /// An operator's HTTP endpoint that receives the server's events.
+    WebhookId,
+    "webhook id"
+);
+id_type!(
+    /// One event (or test ping) on its way to one webhook.
+    DeliveryId,
+    "delivery id"
+);
 
 /// A string that is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

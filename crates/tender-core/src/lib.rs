@@ -26,8 +26,10 @@ pub mod telemetry;
 pub mod tenant;
 pub mod twin;
 pub mod user;
+pub mod webhook;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, Timestamp};
 pub use ids::{ArtifactId, CommandId, DeploymentId};
 pub use ids::{ConnectionId, DeviceId, GroupId, TenantId, TokenId, UserId};
+pub use ids::{DeliveryId, WebhookId};

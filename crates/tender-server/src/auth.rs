@@ -193,6 +193,7 @@ requirements! {
     DevicesEnroll => DevicesEnroll,
     DevicesDecommission => DevicesDecommission,
     TenantManage => TenantManage,
+    WebhooksManage => WebhooksManage,
     UsersManage => UsersManage,
     TwinWrite => TwinWrite,
     CommandsSend => CommandsSend,

@@ -64,6 +64,7 @@ pub struct Config {
     pub artifacts: crate::artifacts::ArtifactsConfig,
     pub deployments: crate::deployments::DeploymentsConfig,
     pub telemetry: crate::telemetry::TelemetryConfig,
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 /// The event log.
@@ -122,6 +123,7 @@ impl Default for Config {
             artifacts: crate::artifacts::ArtifactsConfig::default(),
             deployments: crate::deployments::DeploymentsConfig::default(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
+            webhooks: crate::webhooks::WebhooksConfig::default(),
         }
     }
 }
@@ -356,6 +358,7 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.webhooks.validate().map_err(ConfigError::Invalid)?;
         if self.http.body_limit_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "http.body_limit_bytes must be greater than 0".into(),

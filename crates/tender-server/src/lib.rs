@@ -32,6 +32,7 @@ pub mod problem;
 pub mod state;
 pub mod telemetry;
 pub mod twin;
+pub mod webhooks;
 
 pub use config::Config;
 
@@ -188,6 +189,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         artifacts: Arc::new(artifact_store),
         artifacts_config: config.artifacts.clone(),
         deployments: crate::deployments::Scheduler::default(),
+        webhooks: crate::webhooks::Dispatcher::default(),
     };
     let (device_shutdown, device_signal) = watch::channel(false);
     let listener_cert_for_mqtt = listener_cert.clone();
@@ -195,6 +197,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let device_signal_for_commands = device_signal.clone();
     let device_signal_for_deployments = device_signal.clone();
     let device_signal_for_telemetry = device_signal.clone();
+    let device_signal_for_webhooks = device_signal.clone();
     tokio::spawn(device_api::rotate_daily(
         listener_cert,
         state.ca.clone(),
@@ -243,6 +246,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         state.clone(),
         config.telemetry.clone(),
         device_signal_for_telemetry,
+    ));
+    tokio::spawn(webhooks::dispatcher(
+        state.clone(),
+        config.webhooks.clone(),
+        device_signal_for_webhooks,
     ));
     tokio::spawn(commands::sweeper(
         state.clone(),

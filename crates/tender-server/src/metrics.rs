@@ -82,6 +82,12 @@ pub struct Metrics {
     pub events_not_recorded: Counter,
     /// The telemetry writer's (`tender_telemetry_*`).
     pub telemetry: crate::telemetry::TelemetryMetrics,
+    /// Webhook delivery attempts by outcome: `succeeded`, `failed` (will retry), `dead`.
+    pub webhook_deliveries: Family<OutcomeLabels, Counter>,
+    /// Webhook deliveries waiting for an attempt (pending or failed), every tenant.
+    pub webhook_deliveries_queued: Gauge,
+    /// Time of one delivery request, answer or error.
+    pub webhook_delivery_duration: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -179,6 +185,24 @@ impl Metrics {
             events_not_recorded.clone(),
         );
         let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
+        let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by outcome",
+            webhook_deliveries.clone(),
+        );
+        let webhook_deliveries_queued = Gauge::default();
+        registry.register(
+            "webhook_deliveries_queued",
+            "Webhook deliveries waiting for an attempt",
+            webhook_deliveries_queued.clone(),
+        );
+        let webhook_delivery_duration = latency_histogram();
+        registry.register(
+            "webhook_delivery_duration_seconds",
+            "Time of one webhook delivery request",
+            webhook_delivery_duration.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -203,7 +227,19 @@ impl Metrics {
             mqtt_dropped,
             events_not_recorded,
             telemetry,
+            webhook_deliveries,
+            webhook_deliveries_queued,
+            webhook_delivery_duration,
         }
+    }
+
+    /// Counts one webhook delivery attempt by the state it left the delivery in.
+    pub fn webhook_delivery(&self, state: tender_core::webhook::DeliveryState) {
+        self.webhook_deliveries
+            .get_or_create(&OutcomeLabels {
+                outcome: state.as_str(),
+            })
+            .inc();
     }
 
     pub fn event_not_recorded(&self) {

@@ -34,6 +34,8 @@ pub struct AppState {
     /// Commits device telemetry in batches and announces what it stored
     /// ([`TelemetryWriter::subscribe`](crate::telemetry::TelemetryWriter::subscribe)).
     pub telemetry: crate::telemetry::TelemetryWriter,
+    /// Wakes the webhook dispatcher.
+    pub webhooks: crate::webhooks::Dispatcher,
 }
 
 /// The system clock, millisecond precision.

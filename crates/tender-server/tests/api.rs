@@ -427,6 +427,12 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/deployments/{id}/cancel",
         "/api/v1/deployments/{id}/approve",
         "/api/v1/devices/{id}/deployments",
+        "/api/v1/webhooks",
+        "/api/v1/webhooks/{id}",
+        "/api/v1/webhooks/{id}/rotate-secret",
+        "/api/v1/webhooks/{id}/test",
+        "/api/v1/webhooks/{id}/deliveries",
+        "/api/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
     ]
     .into();
     assert_eq!(paths, expected);

@@ -29,9 +29,11 @@ use crate::{DeviceFilter, DynStore, OpenOptions, Store, StoreError, TransitionEr
 mod artifacts;
 mod commands;
 mod deployments;
+mod webhooks;
 pub use artifacts::*;
 pub use commands::*;
 pub use deployments::*;
+pub use webhooks::*;
 
 /// A fresh store for one test, plus whatever keeps its database alive until the test ends.
 pub struct Fixture {
@@ -105,6 +107,9 @@ macro_rules! conformance_suite {
             deployments_round_trip_and_change_by_revision,
             deployment_targets_notify_report_and_page,
             deployment_targets_in_bulk_and_retried,
+            webhooks_round_trip_update_delete_per_tenant,
+            webhook_cursor_starts_now_and_moves_by_compare_and_set,
+            deliveries_are_claimed_in_order_and_recorded,
         );
         #[tokio::test]
         async fn data_survives_reopen() {

@@ -69,6 +69,8 @@ pub struct PruneProgress {
     /// The last device visited, to go on from; `None` when none is left.
     pub next: Option<(TenantId, DeviceId)>,
 }
+mod webhooks;
+pub use webhooks::{WebhookStore, redeliver};
 
 /// Which adapter a store is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +136,7 @@ pub trait Store:
     + CommandStore
     + ArtifactCatalog
     + DeploymentStore
+    + WebhookStore
     + Send
     + Sync
     + 'static

@@ -95,6 +95,9 @@ pub enum Command {
     /// samples exported as CSV or JSON
     #[command(subcommand)]
     Telemetry(crate::telemetry_cli::TelemetryCommand),
+    /// Webhooks: HTTP endpoints that receive events, signed, with retries and a delivery log
+    #[command(subcommand)]
+    Webhooks(crate::webhook_cli::WebhooksCommand),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),

@@ -17,6 +17,7 @@ mod serve;
 mod sim;
 mod telemetry_cli;
 mod twin_cli;
+mod webhook_cli;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -1795,3 +1795,167 @@ fn telemetry_survives_kill_9_on_postgres() {
     let db = PgTestDatabase::create_blocking();
     telemetry_survives_kill_9(&["--database-url", &db.url]);
 }
+/// The `Tender-Signature` header and body of each request a test endpoint received.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A minimal HTTP endpoint on loopback: answers 204 to every request and keeps each request's
+/// `Tender-Signature` header and body.
+fn webhook_endpoint() -> (String, Received) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the head, then as much body as Content-Length says.
+            let (head_end, length) = loop {
+                let n = stream.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break (None, 0);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break (Some(i + 4), length);
+                }
+            };
+            let Some(start) = head_end else { continue };
+            while buf.len() < start + length {
+                let n = stream.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let head = String::from_utf8_lossy(&buf[..start]).into_owned();
+            let signature = head
+                .lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("tender-signature"))
+                        .map(|(_, v)| v.trim().to_owned())
+                })
+                .unwrap_or_default();
+            let body = buf[start..(start + length).min(buf.len())].to_vec();
+            keep.lock().unwrap().push((signature, body));
+            let _ = stream.write_all(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn webhooks_are_created_listed_tested_and_their_deliveries_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), &dir.path().join("data"), &[]);
+    let token = server.token.clone().unwrap();
+    let t = || tender(dir.path());
+    let o = run(t().args(["login", "--server", &server.base, "--token", &token]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (url, got) = webhook_endpoint();
+
+    // Bad input: one clear line naming the field, exit 1.
+    let o = run(t().args([
+        "webhooks",
+        "create",
+        "--name",
+        "x",
+        "--url",
+        "ftp://example.com/",
+    ]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("url"), "{}", stderr(&o));
+    let o = run(t().args([
+        "webhooks", "create", "--name", "x", "--url", &url, "--events", "Device",
+    ]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("events"), "{}", stderr(&o));
+
+    let o = run(t().args([
+        "webhooks",
+        "create",
+        "--name",
+        "ops",
+        "--url",
+        &url,
+        "--events",
+        "device.*,alert.*",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    let id = lines.next().unwrap().trim().to_owned();
+    let secret = lines
+        .next()
+        .unwrap()
+        .trim_start_matches("secret: ")
+        .to_owned();
+    assert!(secret.starts_with("whsec_"), "{out}");
+    assert!(stderr(&o).contains("not shown again"), "{}", stderr(&o));
+
+    let o = run(t().args(["webhooks", "list"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("ID"), "{text}");
+    assert!(
+        text.contains(&id) && text.contains("device.*,alert.*"),
+        "{text}"
+    );
+    assert!(!text.contains(&secret), "lists never show the secret");
+    let o = run(t().args(["webhooks", "show", &id, "-o", "json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(w["url"], url.as_str());
+    assert!(w.get("secret").is_none());
+
+    // A test ping reaches the endpoint, signed with the secret; the log shows it delivered.
+    let o = run(t().args(["webhooks", "test", &id]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ping = stdout(&o).trim().to_owned();
+    poll_until("the ping to be delivered", || {
+        let o = run(t().args(["webhooks", "deliveries", &id, "-o", "json"]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v["items"][0]["id"] == ping.as_str() && v["items"][0]["state"] == "succeeded")
+            .then_some(())
+    });
+    let o = run(t().args(["webhooks", "deliveries", &id]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("ID"), "{text}");
+    assert!(
+        text.contains(&ping) && text.contains("webhook.test") && text.contains("succeeded"),
+        "{text}"
+    );
+    let received = got.lock().unwrap().clone();
+    assert_eq!(received.len(), 1);
+    let (signature, body) = &received[0];
+    let now = tender_core::Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    assert_eq!(
+        tender_core::webhook::verify(&secret, signature, body, now, 300),
+        Ok(()),
+        "{signature}"
+    );
+
+    // Switched off, then deleted.
+    let o = run(t().args(["webhooks", "update", &id, "--disable"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("enabled:  false"), "{}", stdout(&o));
+    let o = run(t().args(["webhooks", "delete", &id]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(t().args(["webhooks", "show", &id]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("404"), "{}", stderr(&o));
+    server.stop();
+}

@@ -39,6 +39,7 @@ pub mod search;
 pub mod tags;
 pub mod telemetry;
 pub mod twin;
+pub mod webhooks;
 pub mod whoami;
 
 /// A path segment as an id, or `400 invalid-id` naming the kind of id expected.
@@ -169,6 +170,7 @@ impl Modify for BearerAuth {
 /// The OpenAPI document, with the server's version.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    doc.merge(webhooks::WebhooksDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc
 }
@@ -312,6 +314,7 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
             "/devices/{id}/deployments",
             get(deployments::device_deployments),
         )
+        .merge(webhooks::routes())
         .route("/openapi.json", get(openapi_json))
         // Body limits and the request time-out cover every route added above; the artifact
         // routes below stream large bodies and bound them themselves (size, idle time).
