@@ -26,9 +26,11 @@ use tender_core::enrollment::EnrollmentToken;
 
 use crate::{DeviceFilter, DynStore, OpenOptions, Store, StoreError, TransitionError};
 
+mod alerts;
 mod artifacts;
 mod commands;
 mod deployments;
+pub use alerts::*;
 pub use artifacts::*;
 pub use commands::*;
 pub use deployments::*;
@@ -103,6 +105,9 @@ macro_rules! conformance_suite {
             deployments_round_trip_and_change_by_revision,
             deployment_targets_notify_report_and_page,
             deployment_targets_in_bulk_and_retried,
+            alert_rules_round_trip_and_change,
+            alerts_open_once_per_rule_and_device,
+            alerts_list_filtered_newest_first,
         );
         #[tokio::test]
         async fn data_survives_reopen() {
