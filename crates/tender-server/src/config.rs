@@ -63,6 +63,7 @@ pub struct Config {
     pub commands: crate::commands::CommandsConfig,
     pub artifacts: crate::artifacts::ArtifactsConfig,
     pub deployments: crate::deployments::DeploymentsConfig,
+    pub alerts: crate::alerts::AlertsConfig,
     pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
@@ -121,6 +122,7 @@ impl Default for Config {
             commands: crate::commands::CommandsConfig::default(),
             artifacts: crate::artifacts::ArtifactsConfig::default(),
             deployments: crate::deployments::DeploymentsConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
@@ -422,6 +424,7 @@ impl Config {
             ));
         }
         self.telemetry.validate().map_err(ConfigError::Invalid)?;
+        self.alerts.validate().map_err(ConfigError::Invalid)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("data_dir must not be empty".into()));
         }

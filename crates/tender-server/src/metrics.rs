@@ -82,6 +82,8 @@ pub struct Metrics {
     pub events_not_recorded: Counter,
     /// The telemetry writer's (`tender_telemetry_*`).
     pub telemetry: crate::telemetry::TelemetryMetrics,
+    /// The alert engine's (`tender_alerts_*`).
+    pub alerts: crate::alerts::AlertMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -179,6 +181,7 @@ impl Metrics {
             events_not_recorded.clone(),
         );
         let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
+        let alerts = crate::alerts::AlertMetrics::register(&mut registry);
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -203,6 +206,7 @@ impl Metrics {
             mqtt_dropped,
             events_not_recorded,
             telemetry,
+            alerts,
         }
     }
 
