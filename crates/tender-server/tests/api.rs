@@ -423,6 +423,11 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/deployments/{id}/cancel",
         "/api/v1/deployments/{id}/approve",
         "/api/v1/devices/{id}/deployments",
+        "/api/v1/alert-rules",
+        "/api/v1/alert-rules/{id}",
+        "/api/v1/alerts",
+        "/api/v1/alerts/{id}",
+        "/api/v1/alerts/{id}/ack",
     ]
     .into();
     assert_eq!(paths, expected);
