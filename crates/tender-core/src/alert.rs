@@ -542,6 +542,14 @@ impl Tracker {
         self.phase = Phase::Clear;
     }
 
+    /// A fire could not be carried out (the store failed): the next tick fires again, with the
+    /// newest value.
+    pub fn retry_fire(&mut self) {
+        self.phase = Phase::Pending {
+            since: Timestamp::UNIX_EPOCH,
+        };
+    }
+
     /// A sample of the rule's metric.
     pub fn observe(&mut self, cond: &Condition, value: f64, at: Timestamp) -> Option<Transition> {
         self.apply(cond, Input::Sample(value), at)
@@ -558,7 +566,8 @@ impl Tracker {
             Condition::Threshold(t) => self.threshold(t, input, at),
             Condition::Offline { for_ms } => self.offline(*for_ms, input, at),
             Condition::UpdateFailed => match (input, self.phase) {
-                (Input::UpdateFailed, Phase::Clear | Phase::Pending { .. }) => {
+                (Input::UpdateFailed, Phase::Clear | Phase::Pending { .. })
+                | (Input::Tick, Phase::Pending { .. }) => {
                     self.phase = Phase::Firing;
                     Some(Transition::Fire {
                         value: None,
@@ -1076,6 +1085,28 @@ mod tests {
             updated_at: ts(0),
             created_by: None,
         }
+    }
+
+    #[test]
+    fn a_failed_fire_is_retried_on_the_next_tick() {
+        for (text, input) in [
+            ("temperature > 80 for 5s", Input::Sample(90.0)),
+            ("update failed", Input::UpdateFailed),
+        ] {
+            let c = cond(text);
+            let mut t = Tracker::new();
+            t.apply(&c, input, ts(0));
+            t.tick(&c, ts(5));
+            assert!(t.is_firing(), "{text}");
+            t.retry_fire();
+            assert!(is_fire(&t.tick(&c, ts(6))), "{text}");
+        }
+        let c = cond("offline for 5s");
+        let mut t = Tracker::new();
+        t.apply(&c, Input::Disconnected, ts(0));
+        assert!(is_fire(&t.tick(&c, ts(5))));
+        t.retry_fire();
+        assert!(is_fire(&t.tick(&c, ts(6))));
     }
 
     #[test]

@@ -352,26 +352,26 @@ impl Engine {
                         }
                     }
                     Err(e) => {
-                        // Not recorded: try again on the next input.
-                        tracing::warn!(rule = %rule.id, device = %device, error = %e, "cannot record an alert");
+                        // Not recorded: fire again on the next tick.
+                        tracing::warn!(rule = %rule.id, device = %device, error = %e, "cannot record an alert; will retry");
                         if let Some(t) = self.trackers.get_mut(&key) {
-                            t.reset();
+                            t.retry_fire();
                         }
                     }
                 }
             }
             Transition::Resolve { value, reason } => {
-                if let Some((alert, tenant, severity)) = self.open.remove(&key) {
-                    if resolve_in_store(state, tenant, alert, value, &reason).await {
-                        state
-                            .metrics
-                            .alerts
-                            .resolved
-                            .get_or_create(&SeverityLabels {
-                                severity: severity.as_str(),
-                            })
-                            .inc();
-                    }
+                if let Some((alert, tenant, severity)) = self.open.remove(&key)
+                    && resolve_in_store(state, tenant, alert, value, &reason).await
+                {
+                    state
+                        .metrics
+                        .alerts
+                        .resolved
+                        .get_or_create(&SeverityLabels {
+                            severity: severity.as_str(),
+                        })
+                        .inc();
                 }
             }
         }
@@ -624,9 +624,6 @@ pub async fn resolve_in_store(
         let now = state.clock.now();
         if alert.resolve(reason, now).is_err() {
             return false;
-        }
-        if value.is_some() {
-            alert.value = value;
         }
         match state.store.update_alert(&alert, from).await {
             Ok(true) => {
