@@ -91,6 +91,9 @@ pub enum Command {
     /// Deployments: roll an artifact out to devices in phases, and follow them
     #[command(subcommand)]
     Deploy(crate::deploy_cli::DeployCommand),
+    /// Alerts and alert rules: list, show and acknowledge alerts; define the rules that raise them
+    #[command(subcommand)]
+    Alerts(crate::alerts_cli::AlertsCommand),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),
