@@ -32,6 +32,7 @@ on_both_backends!(
     acknowledged_alerts_still_resolve,
     offline_devices_fire_and_resolve_when_back,
     rules_are_checked_and_managed,
+    open_alerts_survive_a_restart,
 );
 
 async fn start_alerts(b: Backend) -> TestServer {
@@ -538,5 +539,34 @@ async fn rules_are_checked_and_managed(b: Backend) {
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, p) = admin(&s, Method::GET, "/api/v1/alerts?state=burning", None).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{p}");
+    s.stop().await;
+}
+
+async fn open_alerts_survive_a_restart(b: Backend) {
+    let mut s = start_alerts(b).await;
+    let rule = create_rule(&s, json!({"name": "hot", "condition": "temperature > 80"})).await;
+    let dev = enroll(&s).await;
+    let mut c = Client::connect(&s, &dev).await;
+    engine_has_the_rules(&s, &mut c).await;
+    c.telemetry(json!({"temperature": 90})).await;
+    let fired = wait_alert(&s, &rule, "firing").await;
+    c.disconnect().await;
+    s.stop().await;
+
+    let again = tender_server::start(s.config.clone()).await.unwrap();
+    s.base = format!("http://{}", again.http_addr);
+    s.server = Some(again);
+    let mut c = Client::connect(&s, &dev).await;
+    engine_has_the_rules(&s, &mut c).await;
+    // The engine tracks the open alert again (a fresh tracker would ignore a cool sample):
+    // cooling resolves it.
+    c.telemetry(json!({"temperature": 50})).await;
+    let resolved = wait_alert(&s, &rule, "resolved").await;
+    assert_eq!(resolved["id"], fired["id"]);
+    let all = alerts(&s, &format!("rule={}", rule["id"].as_str().unwrap())).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    rule_events(&s, "alert.fired", &dev.id, &rule, 1).await;
+    rule_events(&s, "alert.resolved", &dev.id, &rule, 1).await;
+    c.disconnect().await;
     s.stop().await;
 }
