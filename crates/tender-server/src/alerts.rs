@@ -439,8 +439,12 @@ impl Engine {
             }
         }
         // Deployment events of tenants with update rules are read once per tick.
-        self.event_cursor
-            .retain(|t, _| rules.iter().any(|r| r.tenant_id == *t));
+        self.event_cursor.retain(|t, _| {
+            rules
+                .iter()
+                .any(|r| r.tenant_id == *t && r.condition == Condition::UpdateFailed)
+        });
+        self.scope_cache.retain(|_, (_, until)| *until > now);
         let mut counts: HashMap<Severity, i64> = HashMap::new();
         for (_, _, s) in self.open.values() {
             *counts.entry(*s).or_default() += 1;
@@ -462,8 +466,9 @@ impl Engine {
     async fn offline_pass(&mut self, state: &AppState, rule: &AlertRule) -> Result<(), String> {
         let now = state.clock.now();
         let scope = scope_filter(state, rule, now).await?;
+        // Only accepted devices: a rejected or decommissioned device is meant to stay away.
         let filter = DeviceFilter {
-            state: None,
+            state: Some(tender_core::device::DeviceState::Accepted),
             matching: Some(Filter::And(vec![
                 scope,
                 Filter::Cond(Cond::EverSeen),
