@@ -36,6 +36,10 @@ on_both_backends!(
 );
 
 async fn start_alerts(b: Backend) -> TestServer {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("tender_server=info")
+        .with_test_writer()
+        .try_init();
     start_with(b, |c| c.alerts.tick_ms = 50).await
 }
 
