@@ -33,6 +33,7 @@ on_both_backends!(
     offline_devices_fire_and_resolve_when_back,
     rules_are_checked_and_managed,
     open_alerts_survive_a_restart,
+    failed_updates_fire_until_an_update_succeeds,
 );
 
 async fn start_alerts(b: Backend) -> TestServer {
@@ -571,6 +572,52 @@ async fn open_alerts_survive_a_restart(b: Backend) {
     assert_eq!(all.len(), 1, "{all:?}");
     rule_events(&s, "alert.fired", &dev.id, &rule, 1).await;
     rule_events(&s, "alert.resolved", &dev.id, &rule, 1).await;
+    c.disconnect().await;
+    s.stop().await;
+}
+
+/// The engine reads deployment outcomes from the event log (what the deployment scheduler
+/// records as `deployment.device_changed`); the events are appended here directly.
+async fn failed_updates_fire_until_an_update_succeeds(b: Backend) {
+    use tender_core::event::{EventKind, NewEvent};
+    let mut s = start_alerts(b).await;
+    let rule = create_rule(
+        &s,
+        json!({"name": "update", "severity": "critical", "condition": "update failed"}),
+    )
+    .await;
+    let dev = enroll(&s).await;
+    let mut c = Client::connect(&s, &dev).await;
+    // Once the sentinel fired, the engine has made its first pass over the event log.
+    engine_has_the_rules(&s, &mut c).await;
+    let tenant = s.default_tenant().await.id;
+    let device: tender_core::DeviceId = dev.id.parse().unwrap();
+    let outcome = |state: &str| {
+        NewEvent::device(tenant, device, now(), EventKind::DeploymentDeviceChanged)
+            .with("deployment_id", uuid::Uuid::now_v7().to_string())
+            .with("state", state)
+    };
+    s.store()
+        .append_event(&outcome("downloading"))
+        .await
+        .unwrap();
+    s.store()
+        .append_event(&outcome("rolled_back"))
+        .await
+        .unwrap();
+    let fired = wait_alert(&s, &rule, "firing").await;
+    assert_eq!(fired["reason"], "a deployment update failed");
+    // Another failure does not open a second alert; a success resolves it.
+    s.store().append_event(&outcome("failed")).await.unwrap();
+    s.store().append_event(&outcome("succeeded")).await.unwrap();
+    let resolved = wait_alert(&s, &rule, "resolved").await;
+    assert_eq!(resolved["id"], fired["id"]);
+    assert_eq!(
+        alerts(&s, &format!("rule={}", rule["id"].as_str().unwrap()))
+            .await
+            .len(),
+        1
+    );
     c.disconnect().await;
     s.stop().await;
 }
