@@ -237,12 +237,45 @@ async fn alerts(s: &TestServer, query: &str) -> Vec<Value> {
 /// The one alert of `rule` matching `state`, once there is one.
 async fn wait_alert(s: &TestServer, rule: &Value, state: &str) -> Value {
     let q = format!("rule={}&state={state}", rule["id"].as_str().unwrap());
-    poll_until(&format!("a {state} alert"), async || {
-        let a = alerts(s, &q).await;
-        assert!(a.len() <= 1, "{a:?}");
-        a.into_iter().next()
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let a = alerts(s, &q).await;
+            assert!(a.len() <= 1, "{a:?}");
+            if let Some(a) = a.into_iter().next() {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
-    .await
+    .await;
+    match found {
+        Ok(a) => a,
+        Err(_) => {
+            // What the server knows, to tell a missed sample from a missed tick.
+            let all = alerts(s, "").await;
+            let ev = admin(s, Method::GET, "/api/v1/events?kind=alert.*", None)
+                .await
+                .1;
+            let metrics = s
+                .http
+                .get(s.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let metrics: Vec<&str> = metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with("tender_alerts") || l.starts_with("tender_telemetry_points")
+                })
+                .collect();
+            panic!(
+                "timed out waiting for a {state} alert of {rule}\nalerts: {all:?}\nevents: {ev}\nmetrics: {metrics:#?}"
+            );
+        }
+    }
 }
 
 async fn events(s: &TestServer, kind: &str, device: &str) -> Vec<Value> {
