@@ -160,7 +160,7 @@ struct Engine {
     scope_cache: HashMap<Key, (bool, Timestamp)>,
     /// The last `deployment.device_changed` event read, per tenant.
     event_cursor: HashMap<TenantId, u64>,
-    /// Values resolved at restart for firing threshold trackers are read once.
+    /// Whether the open alerts in the store have been taken over (once per start).
     restored: bool,
 }
 
@@ -216,8 +216,9 @@ impl Engine {
             }
         }
         if !self.restored {
-            self.restored = true;
+            // Retried on the next tick until it succeeds.
             self.restore(state).await?;
+            self.restored = true;
         }
         Ok(())
     }
@@ -228,6 +229,9 @@ impl Engine {
         let open = state.store.open_alerts().await?;
         for a in open {
             let key = (a.rule_id, a.device_id);
+            if self.open.contains_key(&key) {
+                continue; // taken over by an earlier, interrupted attempt
+            }
             let Some(rule) = self.rules.get(&a.rule_id).cloned() else {
                 // The rule was disabled while the server was down.
                 resolve_in_store(
