@@ -435,12 +435,45 @@ async fn a_value_that_drops_before_the_duration_does_not_fire(b: Backend) {
 
 async fn acknowledged_alerts_still_resolve(b: Backend) {
     let mut s = start_alerts(b).await;
-    let rule = create_rule(
+    let dev = enroll(&s).await;
+    // Scoped to a static group with the device, and one without it.
+    let mut groups = Vec::new();
+    for name in ["lab", "field"] {
+        let (st, g) = admin(
+            &s,
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": name})),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{g}");
+        groups.push(g);
+    }
+    let (st, m) = admin(
         &s,
-        json!({"name": "hot", "condition": "temperature > 80 clear <= 60"}),
+        Method::POST,
+        &format!(
+            "/api/v1/groups/{}/members",
+            groups[0]["id"].as_str().unwrap()
+        ),
+        Some(json!({"device_ids": [dev.id]})),
     )
     .await;
-    let dev = enroll(&s).await;
+    assert_eq!(st, StatusCode::OK, "{m}");
+    let rule = create_rule(
+        &s,
+        json!({"name": "hot", "condition": "temperature > 80 clear <= 60", "group": "lab"}),
+    )
+    .await;
+    assert_eq!(
+        rule["scope"],
+        format!("group:{}", groups[0]["id"].as_str().unwrap())
+    );
+    let elsewhere = create_rule(
+        &s,
+        json!({"name": "hot elsewhere", "condition": "temperature > 80", "group": "field"}),
+    )
+    .await;
     let mut c = Client::connect(&s, &dev).await;
     engine_has_the_rules(&s, &mut c).await;
     c.telemetry(json!({"temperature": 90})).await;
@@ -476,6 +509,12 @@ async fn acknowledged_alerts_still_resolve(b: Backend) {
     assert_eq!(resolved["id"], id);
     assert_eq!(resolved["resolve_reason"], "temperature is 60 (<= 60)");
     assert_eq!(resolved["ack_note"], "fan replaced");
+    // The rule scoped to the other group saw the same samples and never fired.
+    assert!(
+        alerts(&s, &format!("rule={}", elsewhere["id"].as_str().unwrap()))
+            .await
+            .is_empty()
+    );
     // A resolved alert cannot be acknowledged.
     let (st, p) = admin(
         &s,
