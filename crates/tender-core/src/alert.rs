@@ -162,6 +162,14 @@ pub enum Condition {
     /// A deployment update on the device ended failed or rolled back; resolves when a later
     /// update succeeds (or by acknowledging and waiting for success).
     UpdateFailed,
+    /// A value of the device's reported twin state compares true (`reported.a.b OP VALUE`,
+    /// VALUE a JSON number, string or boolean); resolves when it no longer does. An absent
+    /// value fails every comparison, as in device queries.
+    TwinReported {
+        path: Vec<String>,
+        op: crate::query::CmpOp,
+        value: serde_json::Value,
+    },
 }
 
 /// Why a condition text was refused: a byte offset and one line.
@@ -306,6 +314,55 @@ pub fn parse_condition(text: &str) -> Result<Condition, ConditionError> {
             expect_end(2)?;
             Ok(Condition::UpdateFailed)
         }
+        reported if reported.starts_with("reported.") => {
+            let path: Vec<String> = reported["reported.".len()..]
+                .split('.')
+                .map(str::to_owned)
+                .collect();
+            if path.iter().any(|k| k.is_empty() || k.chars().count() > 128) {
+                return err(
+                    p0,
+                    "expected a path such as reported.battery.level (keys of 1-128 characters)",
+                );
+            }
+            let Some(o) = word(1) else {
+                return err(at(1), "expected one of = != > >= < <= after the path");
+            };
+            let op = match o {
+                "=" => crate::query::CmpOp::Eq,
+                "!=" => crate::query::CmpOp::Ne,
+                ">" => crate::query::CmpOp::Gt,
+                ">=" => crate::query::CmpOp::Ge,
+                "<" => crate::query::CmpOp::Lt,
+                "<=" => crate::query::CmpOp::Le,
+                _ => {
+                    return err(
+                        at(1),
+                        format!("expected one of = != > >= < <=, found {o:?}"),
+                    );
+                }
+            };
+            let rest = text.get(at(2)..).unwrap_or("").trim();
+            let value: serde_json::Value = match serde_json::from_str(rest) {
+                Ok(
+                    v @ (serde_json::Value::Number(_)
+                    | serde_json::Value::String(_)
+                    | serde_json::Value::Bool(_)),
+                ) => v,
+                _ => {
+                    return err(
+                        at(2),
+                        "expected one value: a number, a \"quoted string\", true or false",
+                    );
+                }
+            };
+            if value.is_boolean()
+                && !matches!(op, crate::query::CmpOp::Eq | crate::query::CmpOp::Ne)
+            {
+                return err(at(1), "true and false compare only with = and !=");
+            }
+            Ok(Condition::TwinReported { path, op, value })
+        }
         metric => {
             let metric = MetricName::parse(metric).map_err(|_| ConditionError {
                 position: p0,
@@ -405,6 +462,9 @@ impl fmt::Display for Condition {
         match self {
             Condition::Offline { for_ms } => write!(f, "offline for {}", format_duration(*for_ms)),
             Condition::UpdateFailed => f.write_str("update failed"),
+            Condition::TwinReported { path, op, value } => {
+                write!(f, "reported.{} {} {}", path.join("."), op.as_str(), value)
+            }
             Condition::Threshold(t) => {
                 write!(
                     f,
@@ -428,6 +488,32 @@ impl fmt::Display for Condition {
 }
 
 impl Condition {
+    /// Whether a reported-state condition holds for this reported document (false for other
+    /// conditions).
+    pub fn reported_holds(&self, reported: &serde_json::Value) -> bool {
+        let Condition::TwinReported { path, op, value } = self else {
+            return false;
+        };
+        let Some(actual) = crate::query::json_at(reported, path) else {
+            return false;
+        };
+        use serde_json::Value as V;
+        let ord = match (actual, value) {
+            (V::Number(a), V::Number(b)) => match (a.as_f64(), b.as_f64()) {
+                (Some(a), Some(b)) => a.partial_cmp(&b),
+                _ => None,
+            },
+            (V::String(a), V::String(b)) => Some(a.cmp(b)),
+            (V::Bool(a), V::Bool(b)) => Some(a.cmp(b)),
+            _ => None,
+        };
+        match ord {
+            Some(o) => op.holds(o),
+            // Values of different types are never equal; `!=` needs a comparable value too.
+            None => false,
+        }
+    }
+
     /// The metric a threshold watches.
     pub fn metric(&self) -> Option<&MetricName> {
         match self {
@@ -481,6 +567,8 @@ pub enum Input {
     UpdateFailed,
     /// A deployment update on the device succeeded.
     UpdateSucceeded,
+    /// The device's reported state changed; whether the condition now holds.
+    Reported(bool),
 }
 
 /// What a tracker decided.
@@ -565,6 +653,24 @@ impl Tracker {
         match cond {
             Condition::Threshold(t) => self.threshold(t, input, at),
             Condition::Offline { for_ms } => self.offline(*for_ms, input, at),
+            Condition::TwinReported { path, op, value } => match (input, self.phase) {
+                (Input::Reported(true), Phase::Clear | Phase::Pending { .. })
+                | (Input::Tick, Phase::Pending { .. }) => {
+                    self.phase = Phase::Firing;
+                    Some(Transition::Fire {
+                        value: None,
+                        reason: format!("reported.{} {} {}", path.join("."), op.as_str(), value),
+                    })
+                }
+                (Input::Reported(false), Phase::Firing) => {
+                    self.phase = Phase::Clear;
+                    Some(Transition::Resolve {
+                        value: None,
+                        reason: "the reported state no longer matches".to_owned(),
+                    })
+                }
+                _ => None,
+            },
             Condition::UpdateFailed => match (input, self.phase) {
                 (Input::UpdateFailed, Phase::Clear | Phase::Pending { .. })
                 | (Input::Tick, Phase::Pending { .. }) => {
@@ -1085,6 +1191,39 @@ mod tests {
             updated_at: ts(0),
             created_by: None,
         }
+    }
+
+    #[test]
+    fn reported_state_conditions() {
+        let c = cond(r#"reported.battery.level < 20"#);
+        assert_eq!(c.to_string(), "reported.battery.level < 20");
+        assert_eq!(cond(&c.to_string()), c);
+        let doc = |v: serde_json::Value| serde_json::json!({"battery": {"level": v}});
+        assert!(c.reported_holds(&doc(serde_json::json!(10))));
+        assert!(!c.reported_holds(&doc(serde_json::json!(20))));
+        assert!(!c.reported_holds(&doc(serde_json::json!("low"))));
+        assert!(!c.reported_holds(&serde_json::json!({})));
+        let s = cond(r#"reported.status = "needs service""#);
+        assert_eq!(s.to_string(), r#"reported.status = "needs service""#);
+        assert!(s.reported_holds(&serde_json::json!({"status": "needs service"})));
+        let b = cond("reported.door.open != false");
+        assert!(b.reported_holds(&serde_json::json!({"door": {"open": true}})));
+        assert!(!b.reported_holds(&serde_json::json!({"door": {}})));
+        for (text, pos) in [
+            ("reported. = 1", 0),
+            ("reported.a ~ 1", 11),
+            ("reported.a = ", 13),
+            ("reported.a = {}", 13),
+            ("reported.a = 1 2", 13),
+            ("reported.a > true", 11),
+        ] {
+            assert_eq!(parse_condition(text).unwrap_err().position, pos, "{text}");
+        }
+        let mut t = Tracker::new();
+        assert_eq!(t.apply(&c, Input::Reported(false), ts(0)), None);
+        assert!(is_fire(&t.apply(&c, Input::Reported(true), ts(1))));
+        assert_eq!(t.apply(&c, Input::Reported(true), ts(2)), None);
+        assert!(is_resolve(&t.apply(&c, Input::Reported(false), ts(3))));
     }
 
     #[test]

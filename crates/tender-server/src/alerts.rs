@@ -246,6 +246,15 @@ impl Engine {
             };
             self.open.insert(key, (a.id, a.tenant_id, a.severity));
             self.trackers.insert(key, Tracker::firing());
+            if let Condition::TwinReported { .. } = rule.condition {
+                let twin = state.store.twin(a.tenant_id, a.device_id).await?;
+                let holds = rule
+                    .condition
+                    .reported_holds(&serde_json::Value::Object(twin.reported));
+                let now = state.clock.now();
+                self.feed(state, &rule, a.device_id, Input::Reported(holds), now)
+                    .await;
+            }
             if let Some(metric) = rule.condition.metric() {
                 let latest = state.store.latest_samples(a.tenant_id, a.device_id).await?;
                 if let Some(s) = latest.into_iter().find(|s| &s.metric == metric) {
@@ -421,13 +430,20 @@ impl Engine {
         let now = state.clock.now();
         let rules: Vec<AlertRule> = self.rules.values().cloned().collect();
         for rule in &rules {
-            let result = match &rule.condition {
-                Condition::Offline { .. } => self.offline_pass(state, rule).await,
-                Condition::UpdateFailed => self.updates_pass(state, rule).await,
-                Condition::Threshold(_) => Ok(()),
-            };
-            if let Err(e) = result {
+            if matches!(rule.condition, Condition::Offline { .. })
+                && let Err(e) = self.offline_pass(state, rule).await
+            {
                 tracing::warn!(rule = %rule.id, error = %e, "alert rule pass failed; will retry");
+            }
+        }
+        let tenants: HashSet<TenantId> = rules
+            .iter()
+            .filter(|r| uses_events(&r.condition))
+            .map(|r| r.tenant_id)
+            .collect();
+        for tenant in tenants {
+            if let Err(e) = self.events_pass(state, tenant).await {
+                tracing::warn!(tenant = %tenant, error = %e, "alert event pass failed; will retry");
             }
         }
         // Durations.
@@ -446,7 +462,7 @@ impl Engine {
         self.event_cursor.retain(|t, _| {
             rules
                 .iter()
-                .any(|r| r.tenant_id == *t && r.condition == Condition::UpdateFailed)
+                .any(|r| r.tenant_id == *t && uses_events(&r.condition))
         });
         self.scope_cache.retain(|_, (_, until)| *until > now);
         let mut counts: HashMap<Severity, i64> = HashMap::new();
@@ -520,10 +536,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Deployment updates that ended since the last pass.
-    async fn updates_pass(&mut self, state: &AppState, rule: &AlertRule) -> Result<(), String> {
-        let tenant = rule.tenant_id;
-        let kinds = vec![EventKind::DeploymentDeviceChanged];
+    /// Deployment updates that ended and reported-state changes since the last pass, for the
+    /// `update failed` and `reported.*` rules of a tenant.
+    async fn events_pass(&mut self, state: &AppState, tenant: TenantId) -> Result<(), String> {
+        let kinds = vec![
+            EventKind::DeploymentDeviceChanged,
+            EventKind::TwinReportedChanged,
+        ];
         let first = !self.event_cursor.contains_key(&tenant);
         let mut cursor = self.event_cursor.get(&tenant).copied();
         loop {
@@ -549,6 +568,10 @@ impl Engine {
                     continue;
                 }
                 let Some(device) = e.device_id else { continue };
+                if e.kind == EventKind::TwinReportedChanged {
+                    self.reported_changed(state, tenant, device).await?;
+                    continue;
+                }
                 let input = match e
                     .data
                     .get("state")
@@ -578,6 +601,46 @@ impl Engine {
         self.event_cursor.insert(tenant, cursor.unwrap_or(0));
         Ok(())
     }
+
+    /// Evaluates the tenant's `reported.*` rules against the device's reported state now.
+    async fn reported_changed(
+        &mut self,
+        state: &AppState,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> Result<(), String> {
+        let rules: Vec<AlertRule> = self
+            .rules
+            .values()
+            .filter(|r| {
+                r.tenant_id == tenant && matches!(r.condition, Condition::TwinReported { .. })
+            })
+            .cloned()
+            .collect();
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let twin = match state.store.twin(tenant, device).await {
+            Ok(t) => t,
+            Err(StoreError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let reported = serde_json::Value::Object(twin.reported);
+        let now = state.clock.now();
+        for r in rules {
+            if self.in_scope(state, &r, device).await {
+                let holds = r.condition.reported_holds(&reported);
+                self.feed(state, &r, device, Input::Reported(holds), now)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a condition is evaluated from the event log.
+fn uses_events(c: &Condition) -> bool {
+    matches!(c, Condition::UpdateFailed | Condition::TwinReported { .. })
 }
 
 /// The store filter of a rule's scope.

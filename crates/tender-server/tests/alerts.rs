@@ -34,6 +34,7 @@ on_both_backends!(
     rules_are_checked_and_managed,
     open_alerts_survive_a_restart,
     failed_updates_fire_until_an_update_succeeds,
+    reported_state_fires_while_it_matches,
 );
 
 async fn start_alerts(b: Backend) -> TestServer {
@@ -175,9 +176,19 @@ impl Client {
 
     /// Publishes telemetry at QoS 1 and waits for the PUBACK (acknowledged means stored).
     async fn telemetry(&mut self, payload: Value) {
+        let topic = self.topic.clone();
+        self.publish(topic, payload).await;
+    }
+
+    /// Publishes a reported-state merge patch at QoS 1 and waits for the PUBACK.
+    async fn reported(&mut self, patch: Value) {
+        let topic = self.topic.replace("/telemetry", "/state/reported");
+        self.publish(topic, patch).await;
+    }
+
+    async fn publish(&mut self, topic: String, payload: Value) {
         let id = self.next_id;
         self.next_id += 1;
-        let topic = self.topic.clone();
         self.send(MqttPacket::V5(v5::Packet::Publish(Box::new(
             rmqtt_codec::types::Publish {
                 dup: false,
@@ -690,6 +701,28 @@ async fn failed_updates_fire_until_an_update_succeeds(b: Backend) {
             .len(),
         1
     );
+    c.disconnect().await;
+    s.stop().await;
+}
+
+async fn reported_state_fires_while_it_matches(b: Backend) {
+    let mut s = start_alerts(b).await;
+    let rule = create_rule(
+        &s,
+        json!({"name": "battery", "condition": "reported.battery.level < 20"}),
+    )
+    .await;
+    let dev = enroll(&s).await;
+    let mut c = Client::connect(&s, &dev).await;
+    engine_has_the_rules(&s, &mut c).await;
+    c.reported(json!({"battery": {"level": 50}})).await;
+    c.reported(json!({"battery": {"level": 12}})).await;
+    let fired = wait_alert(&s, &rule, "firing").await;
+    assert_eq!(fired["reason"], "reported.battery.level < 20");
+    c.reported(json!({"battery": {"level": 90}})).await;
+    let resolved = wait_alert(&s, &rule, "resolved").await;
+    assert_eq!(resolved["id"], fired["id"]);
+    rule_events(&s, "alert.*", &dev.id, &rule, 2).await;
     c.disconnect().await;
     s.stop().await;
 }
