@@ -9,6 +9,7 @@
 //! battery < 10                       fires at the first sample below 10 (clear: > 10.5)
 //! offline for 10m                    the device has had no connection for 10 minutes
 //! update failed                      the device's last deployment update failed/rolled back
+//! reported.battery.level < 20        the device's reported twin state (= != > >= < <=)
 //! ```
 //!
 //! **Invariants:** everything is driven by the timestamps passed in (no clock is read); a

@@ -55,7 +55,8 @@ pub enum RulesCommand {
         /// Unique in the tenant
         name: String,
         /// 'METRIC > VALUE [for DURATION] [clear < VALUE]' (also >=, <, <=), 'offline for
-        /// DURATION' or 'update failed'; durations like 30s, 5m, 2h
+        /// DURATION', 'update failed' or 'reported.PATH = VALUE' (also !=, >, >=, <, <=);
+        /// durations like 30s, 5m, 2h
         condition: String,
         /// info, warning or critical
         #[arg(long, default_value = "warning")]

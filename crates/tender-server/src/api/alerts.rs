@@ -35,7 +35,7 @@ pub struct CreateRule {
     /// `info`, `warning` (default) or `critical`.
     pub severity: Option<String>,
     /// e.g. `temperature > 80 for 5m`, `cpu >= 0.9 for 30s clear < 0.5`, `offline for 10m`,
-    /// `update failed` (see docs/alerts.md).
+    /// `update failed`, `reported.battery.level < 20` (see docs/alerts.md).
     pub condition: String,
     /// Only members of this group (name or id). At most one of `group` and `query`; neither
     /// means every device.
