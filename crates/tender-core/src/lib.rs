@@ -22,6 +22,7 @@ pub mod inventory;
 pub mod page;
 pub mod presence;
 pub mod query;
+pub mod series;
 pub mod telemetry;
 pub mod tenant;
 pub mod twin;

@@ -196,6 +196,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let device_signal_for_commands = device_signal.clone();
     let device_signal_for_deployments = device_signal.clone();
     let device_signal_for_alerts = device_signal.clone();
+    let device_signal_for_telemetry = device_signal.clone();
     tokio::spawn(device_api::rotate_daily(
         listener_cert,
         state.ca.clone(),
@@ -244,6 +245,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         state.clone(),
         config.alerts.clone(),
         device_signal_for_alerts,
+    ));
+    tokio::spawn(telemetry::retention(
+        state.clone(),
+        config.telemetry.clone(),
+        device_signal_for_telemetry,
     ));
     tokio::spawn(commands::sweeper(
         state.clone(),

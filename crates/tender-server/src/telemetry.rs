@@ -50,6 +50,10 @@ pub struct TelemetryConfig {
     /// Writer tasks committing batches concurrently. One suits SQLite (one writer at a time
     /// anyway); PostgreSQL gains from a few.
     pub writers: usize,
+    /// Samples older than this many days are deleted; 0 keeps them forever.
+    pub retention_days: u32,
+    /// How often the retention pass runs, in seconds.
+    pub retention_interval_secs: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -58,6 +62,8 @@ impl Default for TelemetryConfig {
             queue_capacity: 200_000,
             max_batch_points: 20_000,
             writers: 1,
+            retention_days: 30,
+            retention_interval_secs: 3600,
         }
     }
 }
@@ -74,6 +80,9 @@ impl TelemetryConfig {
                 "telemetry.writers must be 1 to 32, not {}",
                 self.writers
             ));
+        }
+        if self.retention_interval_secs == 0 {
+            return Err("telemetry.retention_interval_secs must be at least 1".into());
         }
         Ok(())
     }
@@ -100,6 +109,7 @@ pub struct TelemetryMetrics {
     pub batch_points: Histogram,
     pub commit_seconds: Histogram,
     pub ack_seconds: Histogram,
+    pub points_pruned: Counter,
 }
 
 impl TelemetryMetrics {
@@ -115,6 +125,7 @@ impl TelemetryMetrics {
             // 0.1 ms .. ~6.5 s
             commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             ack_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
+            points_pruned: Counter::default(),
         };
         registry.register(
             "telemetry_points_stored",
@@ -155,6 +166,11 @@ impl TelemetryMetrics {
             "telemetry_ack_seconds",
             "Time from a telemetry message entering the queue to its commit",
             m.ack_seconds.clone(),
+        );
+        registry.register(
+            "telemetry_points_pruned",
+            "Telemetry samples deleted by retention",
+            m.points_pruned.clone(),
         );
         m
     }
@@ -384,4 +400,62 @@ fn finish(
     };
     // The session may have gone away meanwhile (connection closed): nobody to answer then.
     let _ = waiter.done.send(answer);
+}
+
+/// Devices one retention call visits before the next (each is its own short transaction).
+const PRUNE_DEVICES_PER_CALL: u32 = 100;
+
+/// Retention: every `retention_interval_secs`, deletes samples older than `retention_days`,
+/// device by device, so that a pass never holds the database for long (ingest goes on between
+/// devices). Runs until `shutdown`.
+pub async fn retention(
+    state: crate::state::AppState,
+    config: TelemetryConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if config.retention_days == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_secs(config.retention_interval_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let before = state
+            .clock
+            .now()
+            .plus_millis(-(i64::from(config.retention_days) * 86_400_000));
+        let mut after = None;
+        let mut deleted = 0;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match state
+                .store
+                .prune_samples(before, after, PRUNE_DEVICES_PER_CALL)
+                .await
+            {
+                Ok(p) => {
+                    deleted += p.deleted;
+                    state.metrics.telemetry.points_pruned.inc_by(p.deleted);
+                    match p.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "telemetry retention failed; will retry");
+                    break;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, %before, "telemetry retention deleted old samples");
+        }
+    }
 }

@@ -33,6 +33,8 @@ on_both_backends!(
     restart_keeps_data_and_never_reprints_the_token,
     tags_are_set_shown_and_removed,
     owner_and_notes_are_kept_per_device,
+    telemetry_series_for_a_device_a_group_and_the_fleet,
+    retention_deletes_samples_older_than_the_configured_days,
 );
 
 async fn health_and_readiness(b: Backend) {
@@ -398,6 +400,8 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/config/groups/{id}",
         "/api/v1/devices/{id}/telemetry",
         "/api/v1/devices/{id}/telemetry/{metric}",
+        "/api/v1/devices/{id}/telemetry/{metric}/series",
+        "/api/v1/telemetry/series",
         "/api/v1/enrollment-tokens",
         "/api/v1/enrollment-tokens/{id}",
         "/api/v1/tenant/enrollment",
@@ -619,4 +623,198 @@ async fn tags_are_set_shown_and_removed(b: Backend) {
     let (st, _) = admin(&s, reqwest::Method::DELETE, &path(&ids[0], "site"), None).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     s.stop().await;
+}
+
+/// Telemetry series: one device's metric in buckets, the same over a query and the whole fleet,
+/// each aggregation, and clear 400s for what cannot be answered.
+async fn telemetry_series_for_a_device_a_group_and_the_fleet(b: Backend) {
+    use tender_core::telemetry::{MetricName, Sample};
+    let s = start(b).await;
+    let tenant = s.default_tenant().await;
+    let ids = s.add_devices(tenant.id, 3, DeviceState::Accepted).await;
+    let pending = s.add_devices(tenant.id, 1, DeviceState::Pending).await;
+    let t0 = Timestamp::parse_rfc3339("2026-12-01T10:00:00Z").unwrap();
+    let temp = MetricName::parse("temp").unwrap();
+    for (k, id) in ids.iter().chain(&pending).enumerate() {
+        // Device k: k*10 + minute at each minute 0..5, twice a minute.
+        let samples: Vec<Sample> = (0..10)
+            .map(|i| Sample {
+                metric: temp.clone(),
+                at: t0.plus_millis(i * 30_000),
+                value: (k as i64 * 10 + i / 2) as f64,
+            })
+            .collect();
+        s.store()
+            .insert_samples(tenant.id, *id, &samples)
+            .await
+            .unwrap();
+    }
+    let from = "2026-12-01T10:00:00Z";
+    let to = "2026-12-01T10:05:00Z";
+    let (st, v) = admin(
+        &s,
+        reqwest::Method::GET,
+        &format!(
+            "/api/v1/devices/{}/telemetry/temp/series?from={from}&to={to}&step=1m&agg=max",
+            ids[1]
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["step"], "1m");
+    assert_eq!(v["agg"], "max");
+    assert_eq!(v["devices"], 1);
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 5, "{v}");
+    assert_eq!(points[0]["at"], "2026-12-01T10:00:00Z");
+    assert_eq!(points[0]["value"], 10.0);
+    assert_eq!(points[0]["count"], 2);
+    assert_eq!(points[4]["value"], 14.0);
+    // The whole fleet (accepted devices only): the average of 0+m, 10+m and 20+m is 10+m.
+    let (st, v) = admin(
+        &s,
+        reqwest::Method::GET,
+        &format!("/api/v1/telemetry/series?metric=temp&from={from}&to={to}&step=5m"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["devices"], 3);
+    assert_eq!(v["agg"], "avg");
+    assert_eq!(v["points"].as_array().unwrap().len(), 1);
+    assert_eq!(v["points"][0]["count"], 30);
+    assert_eq!(v["points"][0]["value"], 12.0);
+    for (agg, want) in [("min", 0.0), ("max", 24.0), ("count", 30.0), ("last", 24.0)] {
+        let (_, v) = admin(
+            &s,
+            reqwest::Method::GET,
+            &format!("/api/v1/telemetry/series?metric=temp&from={from}&to={to}&step=5m&agg={agg}"),
+            None,
+        )
+        .await;
+        assert_eq!(v["points"][0]["value"], want, "{agg}: {v}");
+    }
+    // A query picks the devices.
+    let q = format!("id = \"{}\"", ids[2]);
+    let resp = s
+        .http
+        .get(s.url("/api/v1/telemetry/series"))
+        .bearer_auth(&s.token)
+        .query(&[
+            ("metric", "temp"),
+            ("query", q.as_str()),
+            ("from", from),
+            ("to", to),
+            ("step", "5m"),
+            ("agg", "min"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["devices"], 1, "{v}");
+    assert_eq!(v["points"][0]["value"], 20.0, "{v}");
+    // Bad requests are 400 problems that say what to change.
+    for (query, needle) in [
+        ("metric=temp&step=5x", "not a duration"),
+        ("metric=temp&step=1m&agg=median", "aggregation"),
+        (
+            "metric=temp&from=2026-01-01T00:00:00Z&to=2026-12-01T00:00:00Z&step=1s",
+            "buckets",
+        ),
+        (
+            "metric=temp&from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z",
+            "before",
+        ),
+        ("metric=no%20spaces", "metric"),
+    ] {
+        let (st, v) = admin(
+            &s,
+            reqwest::Method::GET,
+            &format!("/api/v1/telemetry/series?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{query}: {v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains(needle),
+            "{query}: {v}"
+        );
+    }
+    let (st, _) = admin(
+        &s,
+        reqwest::Method::GET,
+        "/api/v1/telemetry/series?metric=temp&group=nosuch",
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+/// Samples older than `telemetry.retention_days` are deleted in the background; newer ones stay.
+async fn retention_deletes_samples_older_than_the_configured_days(b: Backend) {
+    use tender_core::telemetry::{MetricName, Sample};
+    let s = start_with(b, |c| {
+        c.telemetry.retention_days = 1;
+        c.telemetry.retention_interval_secs = 1;
+    })
+    .await;
+    let tenant = s.default_tenant().await;
+    let ids = s.add_devices(tenant.id, 2, DeviceState::Accepted).await;
+    let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    let temp = MetricName::parse("temp").unwrap();
+    for id in &ids {
+        let samples: Vec<Sample> = [-3 * 86_400_000, -2 * 86_400_000, -60_000, 0]
+            .into_iter()
+            .map(|ago| Sample {
+                metric: temp.clone(),
+                at: now.plus_millis(ago),
+                value: 1.0,
+            })
+            .collect();
+        s.store()
+            .insert_samples(tenant.id, *id, &samples)
+            .await
+            .unwrap();
+    }
+    let left = |id: DeviceId| {
+        let s = &s;
+        let temp = temp.clone();
+        async move {
+            s.store()
+                .query_samples(
+                    tenant.id,
+                    id,
+                    &temp,
+                    now.plus_millis(-10 * 86_400_000),
+                    now.plus_millis(1),
+                    tender_core::page::PageLimit::new(100).unwrap(),
+                )
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while left(ids[0]).await + left(ids[1]).await > 4 {
+        assert!(std::time::Instant::now() < deadline, "retention ran");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!((left(ids[0]).await, left(ids[1]).await), (2, 2));
+    // Counted once the pass that deleted them has returned.
+    loop {
+        let (_, _, metrics) = s.get("/metrics", None).await;
+        if metrics
+            .as_str()
+            .unwrap()
+            .contains("tender_telemetry_points_pruned_total 4")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -1061,6 +1061,104 @@ macro_rules! impl_sql_store {
                 self.write_sample_rows(&rows).await
             }
 
+            async fn sample_series(
+                &self,
+                tenant: tender_core::TenantId,
+                devices: &[tender_core::DeviceId],
+                metric: &tender_core::telemetry::MetricName,
+                from: tender_core::Timestamp,
+                to: tender_core::Timestamp,
+                step_ms: i64,
+            ) -> $crate::Result<Vec<tender_core::series::Bucket>> {
+                use tender_core::series::Bucket;
+                if step_ms <= 0 || from >= to {
+                    return Err($crate::StoreError::Internal(format!(
+                        "series from {from} to {to} by {step_ms} ms is not a valid request"
+                    )));
+                }
+                let mut buckets: std::collections::BTreeMap<i64, Bucket> = Default::default();
+                let what = || format!("series of {metric}");
+                for chunk in devices.chunks($crate::telemetry_batch::SERIES_CHUNK) {
+                    let mut q = sqlx::query_as::<_, (i64, i64, f64, f64, f64, i64, f64)>(
+                        sqlx::AssertSqlSafe($crate::telemetry_batch::SERIES.as_str()),
+                    )
+                    .bind(tenant.as_uuid())
+                    .bind(metric.as_str())
+                    .bind(from.unix_millis())
+                    .bind(step_ms)
+                    .bind(to.unix_millis());
+                    let last = chunk[chunk.len() - 1];
+                    for i in 0..$crate::telemetry_batch::SERIES_CHUNK {
+                        q = q.bind(chunk.get(i).unwrap_or(&last).as_uuid());
+                    }
+                    let rows = q
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx(&what(), e))?;
+                    for (b, count, min, max, sum, last_at, last) in rows {
+                        let one = Bucket {
+                            start: tender_core::Timestamp::from_unix_millis(
+                                from.unix_millis().saturating_add(b.saturating_mul(step_ms)),
+                            ),
+                            count: u64::try_from(count).unwrap_or(0),
+                            min,
+                            max,
+                            sum,
+                            last_at: tender_core::Timestamp::from_unix_millis(last_at),
+                            last,
+                        };
+                        match buckets.entry(b) {
+                            std::collections::btree_map::Entry::Occupied(mut e) => {
+                                e.get_mut().merge(&one)
+                            }
+                            std::collections::btree_map::Entry::Vacant(e) => {
+                                e.insert(one);
+                            }
+                        }
+                    }
+                }
+                Ok(buckets.into_values().collect())
+            }
+
+            async fn prune_samples(
+                &self,
+                before: tender_core::Timestamp,
+                after: Option<(tender_core::TenantId, tender_core::DeviceId)>,
+                devices: u32,
+            ) -> $crate::Result<$crate::PruneProgress> {
+                let what = "telemetry retention";
+                let next: Vec<(uuid::Uuid, uuid::Uuid)> =
+                    sqlx::query_as($crate::telemetry_batch::NEXT_DEVICES)
+                        .bind(after.map(|(t, _)| *t.as_uuid()))
+                        .bind(after.map(|(_, d)| *d.as_uuid()))
+                        .bind(i64::from(devices.max(1)))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx(what, e))?;
+                let mut deleted = 0;
+                for (tenant, device) in &next {
+                    deleted += sqlx::query($crate::telemetry_batch::PRUNE_DEVICE_SAMPLES)
+                        .bind(tenant)
+                        .bind(device)
+                        .bind(before.unix_millis())
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| $crate::map_sqlx(what, e))?
+                        .rows_affected();
+                }
+                let full = next.len() as u64 >= u64::from(devices.max(1));
+                Ok($crate::PruneProgress {
+                    deleted,
+                    next: match next.last() {
+                        Some((t, d)) if full => Some((
+                            tender_core::TenantId::from_uuid(*t),
+                            tender_core::DeviceId::from_uuid(*d),
+                        )),
+                        _ => None,
+                    },
+                })
+            }
+
             async fn query_samples(
                 &self,
                 tenant: tender_core::TenantId,

@@ -86,6 +86,8 @@ macro_rules! conformance_suite {
             latest_samples_are_the_newest_per_metric,
             a_thousand_samples_in_one_call,
             sample_batches_of_many_devices_are_all_or_nothing,
+            sample_series_aggregate_buckets_over_devices,
+            retention_prunes_old_samples_device_by_device,
             inventory_replaces_whole_and_tracks_changes,
             inventory_is_tenant_scoped,
             inventories_of_many_devices,
@@ -3196,4 +3198,172 @@ pub async fn sample_batches_of_many_devices_are_all_or_nothing(store: &dyn Store
             .is_empty()
     );
     assert_eq!(store.insert_sample_batches(&[]).await.unwrap(), 0);
+}
+
+pub async fn sample_series_aggregate_buckets_over_devices(store: &dyn Store) {
+    use crate::DeviceSamples;
+    let t = new_tenant(store, "acme").await;
+    let other = new_tenant(store, "other").await;
+    let mut devices = Vec::new();
+    // More devices than one statement reads, so that buckets are merged across chunks.
+    for i in 0..120 {
+        let d = device(t.id, &format!("d{i}"), DeviceState::Accepted);
+        store.insert_device(&d).await.unwrap();
+        devices.push(d.id);
+    }
+    let o = device(other.id, "o", DeviceState::Accepted);
+    store.insert_device(&o).await.unwrap();
+    let mut batches: Vec<DeviceSamples> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| DeviceSamples {
+            tenant: t.id,
+            device: *d,
+            // Bucket 0 (T0..T0+10s): i at T0+i ms; bucket 2: 100+i at T0+25s.
+            samples: vec![
+                sample("temp", T0.plus_millis(i as i64), i as f64),
+                sample("temp", T0.plus_millis(25_000), 100.0 + i as f64),
+                sample("load", T0, 1.0),
+            ],
+        })
+        .collect();
+    batches.push(DeviceSamples {
+        tenant: other.id,
+        device: o.id,
+        samples: vec![sample("temp", T0, 1e9)],
+    });
+    store.insert_sample_batches(&batches).await.unwrap();
+    let temp = metric("temp");
+    let mut with_foreign = devices.clone();
+    with_foreign.push(o.id);
+    let series = store
+        .sample_series(
+            t.id,
+            &with_foreign,
+            &temp,
+            T0,
+            T0.plus_millis(30_000),
+            10_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(series.len(), 2, "{series:?}");
+    let first = series[0];
+    assert_eq!(first.start, T0);
+    assert_eq!(first.count, 120);
+    assert_eq!((first.min, first.max), (0.0, 119.0));
+    assert_eq!(first.sum, (0..120).sum::<i64>() as f64);
+    assert_eq!((first.last_at, first.last), (T0.plus_millis(119), 119.0));
+    let third = series[1];
+    assert_eq!(third.start, T0.plus_millis(20_000));
+    assert_eq!(third.count, 120);
+    // All at the same time: the greatest value is `last`.
+    assert_eq!((third.last_at, third.last), (T0.plus_millis(25_000), 219.0));
+    // One device, a range that cuts the samples: `to` is exclusive.
+    let one = store
+        .sample_series(
+            t.id,
+            &devices[5..6],
+            &temp,
+            T0,
+            T0.plus_millis(25_000),
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!((one[0].start, one[0].count, one[0].sum), (T0, 1, 5.0));
+    // A bucket grid that starts elsewhere: buckets start at `from`.
+    let shifted = store
+        .sample_series(
+            t.id,
+            &devices[..1],
+            &temp,
+            T0.plus_millis(-5_000),
+            T0.plus_millis(30_000),
+            10_000,
+        )
+        .await
+        .unwrap();
+    let starts: Vec<Timestamp> = shifted.iter().map(|b| b.start).collect();
+    assert_eq!(starts, vec![T0.plus_millis(-5_000), T0.plus_millis(25_000)]);
+    // No devices, or another tenant's: nothing.
+    assert!(
+        store
+            .sample_series(t.id, &[], &temp, T0, T0.plus_millis(30_000), 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .sample_series(t.id, &[o.id], &temp, T0, T0.plus_millis(30_000), 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn retention_prunes_old_samples_device_by_device(store: &dyn Store) {
+    use crate::DeviceSamples;
+    let a = new_tenant(store, "acme").await;
+    let b = new_tenant(store, "other").await;
+    let mut all = Vec::new();
+    for (t, name) in [(a.id, "a1"), (a.id, "a2"), (b.id, "b1")] {
+        let d = device(t, name, DeviceState::Accepted);
+        store.insert_device(&d).await.unwrap();
+        all.push((t, d.id));
+    }
+    // Without samples: visited all the same.
+    let quiet = device(a.id, "quiet", DeviceState::Accepted);
+    store.insert_device(&quiet).await.unwrap();
+    let batches: Vec<DeviceSamples> = all
+        .iter()
+        .map(|(t, d)| DeviceSamples {
+            tenant: *t,
+            device: *d,
+            samples: ["a", "b", "c/x"]
+                .iter()
+                .flat_map(|m| (0..5).map(move |i| sample(m, T0.plus_millis(i * 1000), i as f64)))
+                .collect(),
+        })
+        .collect();
+    store.insert_sample_batches(&batches).await.unwrap();
+    // Everything before T0 + 2 s goes: 2 of 5 per metric, 3 metrics, 3 devices.
+    let cut = T0.plus_millis(2000);
+    let mut after = None;
+    let mut deleted = 0;
+    let mut passes = 0;
+    loop {
+        let p = store.prune_samples(cut, after, 1).await.unwrap();
+        deleted += p.deleted;
+        passes += 1;
+        match p.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+        assert!(passes < 10, "the pass ends");
+    }
+    assert_eq!(deleted, 18);
+    assert!(passes >= 4, "one device per call: {passes}");
+    for (t, d) in &all {
+        for m in ["a", "b", "c/x"] {
+            let left = samples_of(store, *t, *d, m).await;
+            let times: Vec<Timestamp> = left.iter().map(|s| s.at).collect();
+            assert_eq!(
+                times,
+                vec![cut, T0.plus_millis(3000), T0.plus_millis(4000)],
+                "{m}"
+            );
+        }
+    }
+    // Again: nothing more to delete, in one call when it covers every device.
+    let p = store.prune_samples(cut, None, 100).await.unwrap();
+    assert_eq!(
+        p,
+        crate::PruneProgress {
+            deleted: 0,
+            next: None
+        }
+    );
 }

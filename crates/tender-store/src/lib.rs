@@ -65,6 +65,14 @@ mod telemetry_batch;
 
 pub use telemetry_batch::DeviceSamples;
 
+/// How far a [`TelemetryStore::prune_samples`] pass got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneProgress {
+    pub deleted: u64,
+    /// The last device visited, to go on from; `None` when none is left.
+    pub next: Option<(TenantId, DeviceId)>,
+}
+
 /// Which adapter a store is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -339,6 +347,30 @@ pub trait TelemetryStore: Send + Sync + 'static {
         to: Timestamp,
         limit: PageLimit,
     ) -> Result<Page<Sample, Timestamp>>;
+    /// The aggregates of `metric` over `devices` (of `tenant`; others contribute nothing) with
+    /// `from <= at < to`, in buckets of `step_ms` starting at `from`, oldest first; a bucket
+    /// without samples is absent. The caller checks the request first
+    /// ([`tender_core::series::check`]); any number of devices may be given (they are read in
+    /// chunks and the buckets merged).
+    async fn sample_series(
+        &self,
+        tenant: TenantId,
+        devices: &[DeviceId],
+        metric: &MetricName,
+        from: Timestamp,
+        to: Timestamp,
+        step_ms: i64,
+    ) -> Result<Vec<tender_core::series::Bucket>>;
+    /// Retention: deletes the samples older than `before` of up to `devices` devices (of every
+    /// tenant) in key order after `after` (from the first with `None`), one short transaction
+    /// per device so that ingest is never held up for long. Returns how many samples were
+    /// deleted and where to go on (`None`: every device was visited).
+    async fn prune_samples(
+        &self,
+        before: Timestamp,
+        after: Option<(TenantId, DeviceId)>,
+        devices: u32,
+    ) -> Result<PruneProgress>;
     /// The newest sample of each of the device's metrics, in metric-name order (bytewise, the
     /// same on every backend). Empty for a device of another tenant.
     async fn latest_samples(&self, tenant: TenantId, device: DeviceId) -> Result<Vec<Sample>>;

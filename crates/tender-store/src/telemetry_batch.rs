@@ -65,11 +65,13 @@ pub(crate) fn rows(batches: &[DeviceSamples]) -> Result<Vec<Row<'_>>> {
 }
 
 /// How many rows one SQLite statement writes (5 parameters each).
-pub(crate) const SQLITE_CHUNK: usize = 100;
+pub(crate) const SQLITE_CHUNK: usize = 200;
 
-/// The SQLite statement for [`SQLITE_CHUNK`] rows: a short chunk is padded by repeating its
-/// rows, which `DISTINCT` removes again. (`WHERE true` keeps SQLite from reading `ON CONFLICT`
-/// as a join constraint.)
+/// The SQLite statement for [`SQLITE_CHUNK`] rows. A short chunk is padded by repeating its
+/// last row: SQLite applies the rows of a statement one after the other, so a repeat only
+/// writes the same value again (the count returned is that of distinct rows, not the
+/// statement's). The rows arrive sorted and distinct from [`rows`], so the statement needs
+/// no `DISTINCT` or `ORDER BY` (each costs a temporary b-tree per statement).
 pub(crate) static SQLITE_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let values: Vec<String> = (0..SQLITE_CHUNK)
         .map(|r| {
@@ -78,9 +80,7 @@ pub(crate) static SQLITE_INSERT: std::sync::LazyLock<String> = std::sync::LazyLo
         })
         .collect();
     format!(
-        "INSERT INTO telemetry_samples (tenant_id, device_id, metric, at, value) \
-         SELECT DISTINCT column1, column2, column3, column4, column5 FROM (VALUES {}) AS v \
-         WHERE true ORDER BY column1, column2, column3, column4 \
+        "INSERT INTO telemetry_samples (tenant_id, device_id, metric, at, value) VALUES {} \
          ON CONFLICT (tenant_id, device_id, metric, at) DO UPDATE SET value = excluded.value",
         values.join(", ")
     )
@@ -100,10 +100,11 @@ impl crate::sqlite::SqliteStore {
             .begin()
             .await
             .map_err(|e| crate::map_sqlx(&what(), e))?;
-        let mut written = 0;
         for chunk in rows.chunks(SQLITE_CHUNK) {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(SQLITE_INSERT.as_str()));
-            for r in chunk.iter().cycle().take(SQLITE_CHUNK) {
+            let last = &chunk[chunk.len() - 1];
+            for i in 0..SQLITE_CHUNK {
+                let r = chunk.get(i).unwrap_or(last);
                 query = query
                     .bind(r.tenant)
                     .bind(r.device)
@@ -111,14 +112,13 @@ impl crate::sqlite::SqliteStore {
                     .bind(r.at)
                     .bind(r.value);
             }
-            written += query
+            query
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| crate::map_sqlx(&what(), e))?
-                .rows_affected();
+                .map_err(|e| crate::map_sqlx(&what(), e))?;
         }
         tx.commit().await.map_err(|e| crate::map_sqlx(&what(), e))?;
-        Ok(written)
+        Ok(rows.len() as u64)
     }
 }
 
@@ -143,3 +143,41 @@ impl crate::postgres::PgStore {
         Ok(done.rows_affected())
     }
 }
+
+/// Devices per statement of [`SERIES`] (the list is padded by repeating the last id).
+pub(crate) const SERIES_CHUNK: usize = 100;
+
+/// The buckets of one metric over up to [`SERIES_CHUNK`] devices: $1 tenant, $2 metric, $3 from,
+/// $4 step (ms), $5 to, $6.. the devices. `last` is the value of the newest sample (ties: the
+/// greater value, as `Bucket::merge` decides). Both dialects divide integers exactly.
+pub(crate) static SERIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let ids: Vec<String> = (0..SERIES_CHUNK).map(|i| format!("${}", 6 + i)).collect();
+    format!(
+        "SELECT b, count(*), min(value), max(value), sum(value), max(at), \
+         max(CASE WHEN rn = 1 THEN value END) \
+         FROM (SELECT (at - $3) / $4 AS b, at, value, \
+               row_number() OVER (PARTITION BY (at - $3) / $4 ORDER BY at DESC, value DESC) AS rn \
+               FROM telemetry_samples \
+               WHERE tenant_id = $1 AND device_id IN ({}) AND metric = $2 \
+               AND at >= $3 AND at < $5) s \
+         GROUP BY b ORDER BY b",
+        ids.join(", ")
+    )
+});
+
+/// Deletes one device's samples older than $3, every metric: the metrics are found by hopping
+/// the key from one metric to the next (as `LATEST_SAMPLES` does), so each metric's expired
+/// rows are one range of the primary key and nothing else is read.
+pub(crate) const PRUNE_DEVICE_SAMPLES: &str = "WITH RECURSIVE metrics (metric) AS ( \
+     SELECT MIN(metric) FROM telemetry_samples WHERE tenant_id = $1 AND device_id = $2 \
+     UNION ALL \
+     SELECT (SELECT MIN(n.metric) FROM telemetry_samples n \
+     WHERE n.tenant_id = $1 AND n.device_id = $2 AND n.metric > metrics.metric) \
+     FROM metrics WHERE metrics.metric IS NOT NULL) \
+     DELETE FROM telemetry_samples WHERE tenant_id = $1 AND device_id = $2 \
+     AND metric IN (SELECT metric FROM metrics WHERE metric IS NOT NULL) AND at < $3";
+
+/// The next devices (of every tenant) after ($1, $2) in key order, at most $3; with $1 NULL,
+/// from the first.
+pub(crate) const NEXT_DEVICES: &str = "SELECT tenant_id, id FROM devices \
+     WHERE $1 IS NULL OR (tenant_id, id) > ($1, $2) ORDER BY tenant_id, id LIMIT $3";

@@ -94,6 +94,10 @@ pub enum Command {
     /// Alerts and alert rules: list, show and acknowledge alerts; define the rules that raise them
     #[command(subcommand)]
     Alerts(crate::alerts_cli::AlertsCommand),
+    /// Telemetry: a metric as a series over a device, a group, a query or the fleet; raw
+    /// samples exported as CSV or JSON
+    #[command(subcommand)]
+    Telemetry(crate::telemetry_cli::TelemetryCommand),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),

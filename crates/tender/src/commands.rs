@@ -25,6 +25,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Commands(cmd) => crate::device_commands::run(g, cmd).await,
         Command::Deploy(cmd) => crate::deploy_cli::run(g, cmd).await,
         Command::Alerts(cmd) => crate::alerts_cli::run(g, cmd).await,
+        Command::Telemetry(cmd) => crate::telemetry_cli::run(g, cmd).await,
         Command::Keys(cmd) => match crate::artifact_cli::keys_local(g, cmd)? {
             Some(code) => Ok(code),
             None => crate::artifact_cli::keys_remote(g, cmd).await,

@@ -16,6 +16,7 @@ mod output;
 mod profile;
 mod serve;
 mod sim;
+mod telemetry_cli;
 mod twin_cli;
 
 fn main() -> ExitCode {

@@ -103,6 +103,8 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         connections::delete_credential,
         telemetry::latest,
         telemetry::range,
+        telemetry::device_series,
+        telemetry::fleet_series,
         enrollment::create_token,
         enrollment::list_tokens,
         enrollment::revoke_token,
@@ -248,6 +250,11 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         )
         .route("/devices/{id}/telemetry", get(telemetry::latest))
         .route("/devices/{id}/telemetry/{metric}", get(telemetry::range))
+        .route(
+            "/devices/{id}/telemetry/{metric}/series",
+            get(telemetry::device_series),
+        )
+        .route("/telemetry/series", get(telemetry::fleet_series))
         .route(
             "/devices/{id}/credentials",
             post(connections::issue_credential).delete(connections::delete_credential),
