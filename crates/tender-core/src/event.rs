@@ -38,10 +38,17 @@ pub enum EventKind {
     DeploymentStateChanged,
     /// A device's update in a deployment moved (`data`: `deployment_id`, `state`, `error`).
     DeploymentDeviceChanged,
+    /// An alert opened (`data`: `alert_id`, `rule_id`, `rule_name`, `severity`, `value`,
+    /// `reason`).
+    AlertFired,
+    /// A user acknowledged an alert (`data`: as fired, plus `by`, `note`).
+    AlertAcknowledged,
+    /// An alert resolved (`data`: as fired, `value` and `reason` of the resolution).
+    AlertResolved,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::DeviceCreated,
         EventKind::DeviceStateChanged,
         EventKind::DeviceConnected,
@@ -55,6 +62,9 @@ impl EventKind {
         EventKind::CommandStateChanged,
         EventKind::DeploymentStateChanged,
         EventKind::DeploymentDeviceChanged,
+        EventKind::AlertFired,
+        EventKind::AlertAcknowledged,
+        EventKind::AlertResolved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +82,9 @@ impl EventKind {
             EventKind::CommandStateChanged => "command.state_changed",
             EventKind::DeploymentStateChanged => "deployment.state_changed",
             EventKind::DeploymentDeviceChanged => "deployment.device_changed",
+            EventKind::AlertFired => "alert.fired",
+            EventKind::AlertAcknowledged => "alert.acknowledged",
+            EventKind::AlertResolved => "alert.resolved",
         }
     }
 

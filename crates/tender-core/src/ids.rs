@@ -100,6 +100,16 @@ id_type!(
     DeliveryId,
     "delivery id"
 );
+id_type!(
+    /// An operator's alert rule.
+    AlertRuleId,
+    "alert rule id"
+);
+id_type!(
+    /// One alert (a rule firing on a device, until it resolves).
+    AlertId,
+    "alert id"
+);
 
 /// A string that is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,6 +5,7 @@
 //! in). The server, the store adapters and the agent all speak this vocabulary.
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod artifact;
 pub mod auth;
 pub mod certificate;
@@ -30,6 +31,7 @@ pub mod webhook;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, Timestamp};
+pub use ids::{AlertId, AlertRuleId};
 pub use ids::{ArtifactId, CommandId, DeploymentId};
 pub use ids::{ConnectionId, DeviceId, GroupId, TenantId, TokenId, UserId};
 pub use ids::{DeliveryId, WebhookId};

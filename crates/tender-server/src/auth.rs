@@ -202,6 +202,7 @@ requirements! {
     ArtifactsManage => ArtifactsManage,
     DeploymentsCreate => DeploymentsCreate,
     DeploymentsControl => DeploymentsControl,
+    AlertsManage => AlertsManage,
 }
 
 /// An authenticated caller who holds the permission `R` names.

@@ -63,6 +63,7 @@ pub struct Config {
     pub commands: crate::commands::CommandsConfig,
     pub artifacts: crate::artifacts::ArtifactsConfig,
     pub deployments: crate::deployments::DeploymentsConfig,
+    pub alerts: crate::alerts::AlertsConfig,
     pub telemetry: crate::telemetry::TelemetryConfig,
     pub webhooks: crate::webhooks::WebhooksConfig,
 }
@@ -122,6 +123,7 @@ impl Default for Config {
             commands: crate::commands::CommandsConfig::default(),
             artifacts: crate::artifacts::ArtifactsConfig::default(),
             deployments: crate::deployments::DeploymentsConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
             webhooks: crate::webhooks::WebhooksConfig::default(),
         }
@@ -425,6 +427,7 @@ impl Config {
             ));
         }
         self.telemetry.validate().map_err(ConfigError::Invalid)?;
+        self.alerts.validate().map_err(ConfigError::Invalid)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("data_dir must not be empty".into()));
         }

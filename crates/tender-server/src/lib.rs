@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+pub mod alerts;
 pub mod api;
 pub mod artifacts;
 pub mod auth;
@@ -196,6 +197,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let device_signal_for_mqtt = device_signal.clone();
     let device_signal_for_commands = device_signal.clone();
     let device_signal_for_deployments = device_signal.clone();
+    let device_signal_for_alerts = device_signal.clone();
     let device_signal_for_telemetry = device_signal.clone();
     let device_signal_for_webhooks = device_signal.clone();
     tokio::spawn(device_api::rotate_daily(
@@ -241,6 +243,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         state.clone(),
         config.deployments.clone(),
         device_signal_for_deployments,
+    ));
+    tokio::spawn(alerts::engine(
+        state.clone(),
+        config.alerts.clone(),
+        device_signal_for_alerts,
     ));
     tokio::spawn(telemetry::retention(
         state.clone(),

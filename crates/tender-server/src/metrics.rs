@@ -88,6 +88,8 @@ pub struct Metrics {
     pub webhook_deliveries_queued: Gauge,
     /// Time of one delivery request, answer or error.
     pub webhook_delivery_duration: Histogram,
+    /// The alert engine's (`tender_alerts_*`).
+    pub alerts: crate::alerts::AlertMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -203,6 +205,7 @@ impl Metrics {
             "Time of one webhook delivery request",
             webhook_delivery_duration.clone(),
         );
+        let alerts = crate::alerts::AlertMetrics::register(&mut registry);
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -230,6 +233,7 @@ impl Metrics {
             webhook_deliveries,
             webhook_deliveries_queued,
             webhook_delivery_duration,
+            alerts,
         }
     }
 

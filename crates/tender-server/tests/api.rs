@@ -433,6 +433,11 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/webhooks/{id}/test",
         "/api/v1/webhooks/{id}/deliveries",
         "/api/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
+        "/api/v1/alert-rules",
+        "/api/v1/alert-rules/{id}",
+        "/api/v1/alerts",
+        "/api/v1/alerts/{id}",
+        "/api/v1/alerts/{id}/ack",
     ]
     .into();
     assert_eq!(paths, expected);

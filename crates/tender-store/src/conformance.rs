@@ -26,10 +26,12 @@ use tender_core::enrollment::EnrollmentToken;
 
 use crate::{DeviceFilter, DynStore, OpenOptions, Store, StoreError, TransitionError};
 
+mod alerts;
 mod artifacts;
 mod commands;
 mod deployments;
 mod webhooks;
+pub use alerts::*;
 pub use artifacts::*;
 pub use commands::*;
 pub use deployments::*;
@@ -110,6 +112,9 @@ macro_rules! conformance_suite {
             webhooks_round_trip_update_delete_per_tenant,
             webhook_cursor_starts_now_and_moves_by_compare_and_set,
             deliveries_are_claimed_in_order_and_recorded,
+            alert_rules_round_trip_and_change,
+            alerts_open_once_per_rule_and_device,
+            alerts_list_filtered_newest_first,
         );
         #[tokio::test]
         async fn data_survives_reopen() {

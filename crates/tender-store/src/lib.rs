@@ -48,6 +48,7 @@ use tender_core::{ConnectionId, DeviceId, GroupId, TenantId, Timestamp, TokenId,
 mod adapter;
 mod adapter_events;
 mod adapter_twin;
+mod alerts;
 mod artifacts;
 mod commands;
 #[cfg(feature = "conformance")]
@@ -58,6 +59,8 @@ pub mod postgres;
 mod rows;
 mod sql;
 pub mod sqlite;
+
+pub use alerts::AlertFilter;
 mod telemetry_batch;
 
 pub use telemetry_batch::DeviceSamples;
@@ -137,6 +140,7 @@ pub trait Store:
     + ArtifactCatalog
     + DeploymentStore
     + WebhookStore
+    + AlertStore
     + Send
     + Sync
     + 'static
@@ -598,6 +602,64 @@ pub trait ArtifactCatalog: Send + Sync + 'static {
     ) -> Result<Vec<tender_core::artifact::TrustedKey>>;
     /// NotFound when the tenant does not trust this key id.
     async fn delete_trusted_key(&self, tenant: TenantId, key_id: &str) -> Result<()>;
+}
+
+/// The alerts part of the port (`0020_alerts.sql`, see `alerts.rs`): operators' rules and the
+/// alerts they raised. At most one alert per (rule, device) is open; a resolved alert is history
+/// and is kept when its rule is deleted.
+#[async_trait]
+pub trait AlertStore: Send + Sync + 'static {
+    /// Conflict when the tenant has a rule with this name.
+    async fn create_alert_rule(&self, rule: &tender_core::alert::AlertRule) -> Result<()>;
+    async fn alert_rule(
+        &self,
+        tenant: TenantId,
+        id: tender_core::AlertRuleId,
+    ) -> Result<Option<tender_core::alert::AlertRule>>;
+    /// Newest first.
+    async fn list_alert_rules(
+        &self,
+        tenant: TenantId,
+        page: &PageRequest<tender_core::AlertRuleId>,
+    ) -> Result<Page<tender_core::alert::AlertRule, tender_core::AlertRuleId>>;
+    /// Every enabled rule of every tenant (for the server's alert engine).
+    async fn enabled_alert_rules(&self) -> Result<Vec<tender_core::alert::AlertRule>>;
+    /// Writes the rule's name, severity, enabled flag and update time (scope and condition do
+    /// not change). NotFound when there is no such rule in the tenant; Conflict on a taken name.
+    async fn update_alert_rule(&self, rule: &tender_core::alert::AlertRule) -> Result<()>;
+    /// Deletes the rule and, in the same transaction, resolves its open alerts (at, reason),
+    /// which it returns. NotFound when there is no such rule in the tenant.
+    async fn delete_alert_rule(
+        &self,
+        tenant: TenantId,
+        id: tender_core::AlertRuleId,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<Vec<tender_core::alert::Alert>>;
+    /// Conflict when the rule already has an open alert for the device; NotFound when the
+    /// device is not in the tenant.
+    async fn insert_alert(&self, alert: &tender_core::alert::Alert) -> Result<()>;
+    async fn alert(
+        &self,
+        tenant: TenantId,
+        id: tender_core::AlertId,
+    ) -> Result<Option<tender_core::alert::Alert>>;
+    /// Writes the alert's lifecycle fields if its stored state is still `from`: `Ok(false)`
+    /// when it moved on (or the alert does not exist).
+    async fn update_alert(
+        &self,
+        alert: &tender_core::alert::Alert,
+        from: tender_core::alert::AlertState,
+    ) -> Result<bool>;
+    /// Newest first, filtered.
+    async fn list_alerts(
+        &self,
+        tenant: TenantId,
+        filter: &AlertFilter,
+        page: &PageRequest<tender_core::AlertId>,
+    ) -> Result<Page<tender_core::alert::Alert, tender_core::AlertId>>;
+    /// Every open alert of every tenant (the engine rebuilds its trackers from them).
+    async fn open_alerts(&self) -> Result<Vec<tender_core::alert::Alert>>;
 }
 
 /// The deployments part of the port (`0017_deployments.sql`): deployments and each device's

@@ -49,3 +49,4 @@ impl_command_store!(PgStore);
 crate::artifacts::impl_artifact_catalog!(PgStore);
 crate::deployments::impl_deployment_store!(PgStore);
 crate::webhooks::impl_webhook_store!(PgStore);
+crate::alerts::impl_alert_store!(PgStore);

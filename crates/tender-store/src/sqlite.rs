@@ -71,3 +71,4 @@ impl_command_store!(SqliteStore);
 crate::artifacts::impl_artifact_catalog!(SqliteStore);
 crate::deployments::impl_deployment_store!(SqliteStore);
 crate::webhooks::impl_webhook_store!(SqliteStore);
+crate::alerts::impl_alert_store!(SqliteStore);

@@ -91,6 +91,9 @@ pub enum Command {
     /// Deployments: roll an artifact out to devices in phases, and follow them
     #[command(subcommand)]
     Deploy(crate::deploy_cli::DeployCommand),
+    /// Alerts and alert rules: list, show and acknowledge alerts; define the rules that raise them
+    #[command(subcommand)]
+    Alerts(crate::alerts_cli::AlertsCommand),
     /// Telemetry: a metric as a series over a device, a group, a query or the fleet; raw
     /// samples exported as CSV or JSON
     #[command(subcommand)]

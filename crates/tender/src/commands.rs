@@ -24,6 +24,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config(cmd) => crate::twin_cli::config(g, cmd).await,
         Command::Commands(cmd) => crate::device_commands::run(g, cmd).await,
         Command::Deploy(cmd) => crate::deploy_cli::run(g, cmd).await,
+        Command::Alerts(cmd) => crate::alerts_cli::run(g, cmd).await,
         Command::Telemetry(cmd) => crate::telemetry_cli::run(g, cmd).await,
         Command::Webhooks(cmd) => crate::webhook_cli::run(g, cmd).await,
         Command::Keys(cmd) => match crate::artifact_cli::keys_local(g, cmd)? {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod alerts_cli;
 mod artifact_cli;
 mod cli;
 mod client;

@@ -1548,6 +1548,87 @@ fn a_rollout_survives_a_killed_server() {
     server.stop();
 }
 
+#[test]
+fn alert_rules_are_managed_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), &dir.path().join("data"), &[]);
+    let token = server.token.clone().unwrap();
+    let o = run(tender(dir.path()).args(["login", "--server", &server.base, "--token", &token]));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A condition that does not parse: exit 1, the position and what was expected.
+    let o = run(tender(dir.path()).args([
+        "alerts",
+        "rules",
+        "create",
+        "hot",
+        "temperature > 80 for 5d",
+    ]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("at 21") && stderr(&o).contains("30s, 5m or 2h"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(tender(dir.path()).args([
+        "alerts",
+        "rules",
+        "create",
+        "hot",
+        "temperature > 80 for 5m",
+        "--severity",
+        "critical",
+        "-o",
+        "json",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rule: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rule["condition"], "temperature > 80 for 5m clear < 76");
+    assert_eq!(rule["severity"], "critical");
+    let id = rule["id"].as_str().unwrap().to_owned();
+
+    let o = run(tender(dir.path()).args(["alerts", "rules", "list"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("ID"), "{text}");
+    assert!(
+        text.contains("hot") && text.contains("temperature > 80 for 5m clear < 76"),
+        "{text}"
+    );
+
+    let o = run(tender(dir.path()).args(["alerts", "rules", "disable", &id, "-o", "json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["enabled"], false);
+
+    let o = run(tender(dir.path()).args(["alerts", "list", "--state", "open", "-o", "json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"items": [], "next_cursor": null}));
+    let o = run(tender(dir.path()).args(["alerts", "list", "--state", "burning"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("burning"), "{}", stderr(&o));
+    let o = run(tender(dir.path()).args(["alerts", "ack", "not-an-id"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("tender alerts list"), "{}", stderr(&o));
+    let o = run(tender(dir.path()).args([
+        "alerts",
+        "ack",
+        "0192f1c4-7b5e-7a1e-9c1d-2f8e4b6a0c3d",
+        "--note",
+        "x",
+    ]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("404"), "{}", stderr(&o));
+
+    let o = run(tender(dir.path()).args(["alerts", "rules", "delete", &id]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(tender(dir.path()).args(["alerts", "rules", "list", "-o", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["items"], serde_json::json!([]));
+    server.stop();
+}
 /// Publishes numbered telemetry at QoS 1 over MQTT 3.1.1 (where a PUBACK always means "taken")
 /// until the connection drops, at most 16 messages in flight: message `m` carries `seq` =
 /// `m * 20 + k` at `base + m * 20 + k` milliseconds for k in 0..20. Prints `sent <mid> <m>`

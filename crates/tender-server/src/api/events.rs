@@ -48,7 +48,8 @@ pub struct EventDto {
     /// `device.created`, `device.state_changed`, `device.connected`, `device.disconnected`,
     /// `inventory.changed`, `twin.desired_changed`, `twin.reported_changed`,
     /// `config.changed`, `group.joined`, `group.left`, `command.state_changed`,
-    /// `deployment.state_changed`, `deployment.device_changed`.
+    /// `deployment.state_changed`, `deployment.device_changed`, `alert.fired`,
+    /// `alert.acknowledged`, `alert.resolved`.
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,

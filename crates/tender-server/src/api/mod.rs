@@ -24,6 +24,7 @@ use crate::config::HttpConfig;
 use crate::problem::{Problem, problem_for_plain_errors};
 use crate::state::AppState;
 
+pub mod alerts;
 pub mod artifacts;
 pub mod commands;
 pub mod config;
@@ -136,6 +137,14 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         deployments::cancel_deployment,
         deployments::approve_phase,
         deployments::device_deployments,
+        alerts::create_rule,
+        alerts::list_rules,
+        alerts::get_rule,
+        alerts::update_rule,
+        alerts::delete_rule,
+        alerts::list_alerts,
+        alerts::get_alert,
+        alerts::ack_alert,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -151,6 +160,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         (name = "commands", description = "Commands sent to devices, their per-device status and results"),
         (name = "artifacts", description = "Signed software artifacts and the keys trusted to sign them"),
         (name = "deployments", description = "Phased rollouts of artifacts to devices"),
+        (name = "alerts", description = "Alert rules and the alerts they raise"),
     ),
 )]
 pub struct ApiDoc;
@@ -315,6 +325,19 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
             get(deployments::device_deployments),
         )
         .merge(webhooks::routes())
+        .route(
+            "/alert-rules",
+            get(alerts::list_rules).post(alerts::create_rule),
+        )
+        .route(
+            "/alert-rules/{id}",
+            get(alerts::get_rule)
+                .patch(alerts::update_rule)
+                .delete(alerts::delete_rule),
+        )
+        .route("/alerts", get(alerts::list_alerts))
+        .route("/alerts/{id}", get(alerts::get_alert))
+        .route("/alerts/{id}/ack", post(alerts::ack_alert))
         .route("/openapi.json", get(openapi_json))
         // Body limits and the request time-out cover every route added above; the artifact
         // routes below stream large bodies and bound them themselves (size, idle time).
