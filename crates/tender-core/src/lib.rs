@@ -18,6 +18,7 @@ pub mod event;
 pub mod group;
 pub mod ids;
 pub mod inventory;
+pub mod logs;
 pub mod page;
 pub mod presence;
 pub mod query;
@@ -28,5 +29,6 @@ pub mod user;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, Timestamp};
+pub use ids::LogRequestId;
 pub use ids::{ArtifactId, CommandId, DeploymentId};
 pub use ids::{ConnectionId, DeviceId, GroupId, TenantId, TokenId, UserId};
