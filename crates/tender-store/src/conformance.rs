@@ -29,9 +29,11 @@ use crate::{DeviceFilter, DynStore, OpenOptions, Store, StoreError, TransitionEr
 mod artifacts;
 mod commands;
 mod deployments;
+mod logs;
 pub use artifacts::*;
 pub use commands::*;
 pub use deployments::*;
+pub use logs::*;
 
 /// A fresh store for one test, plus whatever keeps its database alive until the test ends.
 pub struct Fixture {
@@ -102,6 +104,9 @@ macro_rules! conformance_suite {
             deployments_round_trip_and_change_by_revision,
             deployment_targets_notify_report_and_page,
             deployment_targets_in_bulk_and_retried,
+            log_requests_round_trip_and_list,
+            log_requests_change_only_from_the_state_read,
+            log_requests_expire_and_prune,
         );
         #[tokio::test]
         async fn data_survives_reopen() {

@@ -48,3 +48,4 @@ crate::adapter_events::impl_event_store!(PgStore);
 impl_command_store!(PgStore);
 crate::artifacts::impl_artifact_catalog!(PgStore);
 crate::deployments::impl_deployment_store!(PgStore);
+crate::logs::impl_log_store!(PgStore);

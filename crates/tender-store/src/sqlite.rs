@@ -70,3 +70,4 @@ crate::adapter_events::impl_event_store!(SqliteStore);
 impl_command_store!(SqliteStore);
 crate::artifacts::impl_artifact_catalog!(SqliteStore);
 crate::deployments::impl_deployment_store!(SqliteStore);
+crate::logs::impl_log_store!(SqliteStore);
