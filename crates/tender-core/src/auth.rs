@@ -32,10 +32,12 @@ pub enum Permission {
     AuditRead,
     /// Tenant-wide settings (e.g. whether devices may enroll without a token).
     TenantManage,
+    /// Ask devices for their logs and read them (roles that manage devices hold it).
+    LogsRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 17] = [
         Permission::DevicesRead,
         Permission::DevicesManage,
         Permission::DevicesEnroll,
@@ -52,6 +54,7 @@ impl Permission {
         Permission::UsersManage,
         Permission::AuditRead,
         Permission::TenantManage,
+        Permission::LogsRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl Permission {
             Permission::UsersManage => "users_manage",
             Permission::AuditRead => "audit_read",
             Permission::TenantManage => "tenant_manage",
+            Permission::LogsRead => "logs_read",
         }
     }
 }
@@ -128,6 +132,7 @@ impl Role {
                     | TerminalConnect
                     | ArtifactsRead
                     | AlertsManage
+                    | LogsRead
             ),
             Role::ReleaseManager => matches!(
                 p,

@@ -201,6 +201,7 @@ requirements! {
     ArtifactsManage => ArtifactsManage,
     DeploymentsCreate => DeploymentsCreate,
     DeploymentsControl => DeploymentsControl,
+    LogsRead => LogsRead,
 }
 
 /// An authenticated caller who holds the permission `R` names.

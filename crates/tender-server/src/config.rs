@@ -63,6 +63,7 @@ pub struct Config {
     pub commands: crate::commands::CommandsConfig,
     pub artifacts: crate::artifacts::ArtifactsConfig,
     pub deployments: crate::deployments::DeploymentsConfig,
+    pub logs: crate::logs::LogsConfig,
 }
 
 /// The event log.
@@ -120,6 +121,7 @@ impl Default for Config {
             commands: crate::commands::CommandsConfig::default(),
             artifacts: crate::artifacts::ArtifactsConfig::default(),
             deployments: crate::deployments::DeploymentsConfig::default(),
+            logs: crate::logs::LogsConfig::default(),
         }
     }
 }

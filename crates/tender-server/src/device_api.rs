@@ -210,6 +210,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::patch(reported_state),
         )
         .route("/device/v1/artifacts/{id}", get(download_artifact))
+        .route(
+            "/device/v1/logs/{id}",
+            put(crate::logs::upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .fallback(|uri: axum::http::Uri| async move {
             Problem::not_found(format!("no such resource: {}", uri.path()))
         })

@@ -26,6 +26,7 @@ pub mod deployments;
 pub mod device_api;
 pub mod enroll;
 pub mod events;
+pub mod logs;
 pub mod metrics;
 pub mod mqtt;
 pub mod problem;
@@ -181,12 +182,15 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         artifacts: Arc::new(artifact_store),
         artifacts_config: config.artifacts.clone(),
         deployments: crate::deployments::Scheduler::default(),
+        logs: crate::logs::LogHub::default(),
+        logs_config: config.logs.clone(),
     };
     let (device_shutdown, device_signal) = watch::channel(false);
     let listener_cert_for_mqtt = listener_cert.clone();
     let device_signal_for_mqtt = device_signal.clone();
     let device_signal_for_commands = device_signal.clone();
     let device_signal_for_deployments = device_signal.clone();
+    let device_signal_for_logs = device_signal.clone();
     tokio::spawn(device_api::rotate_daily(
         listener_cert,
         state.ca.clone(),
@@ -236,6 +240,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         Duration::from_millis(config.commands.sweep_interval_ms),
         device_signal_for_commands,
     ));
+    tokio::spawn(logs::sweeper(state.clone(), device_signal_for_logs));
     let app = api::router(state, &config.http);
     let (shutdown, signal) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -31,6 +31,9 @@ pub struct AppState {
     pub artifacts_config: crate::artifacts::ArtifactsConfig,
     /// Wakes the deployment scheduler.
     pub deployments: crate::deployments::Scheduler,
+    /// Fans followed log lines out to API clients.
+    pub logs: crate::logs::LogHub,
+    pub logs_config: crate::logs::LogsConfig,
 }
 
 /// The system clock, millisecond precision.

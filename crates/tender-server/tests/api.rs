@@ -423,6 +423,10 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/deployments/{id}/cancel",
         "/api/v1/deployments/{id}/approve",
         "/api/v1/devices/{id}/deployments",
+        "/api/v1/devices/{id}/logs",
+        "/api/v1/logs/{id}",
+        "/api/v1/logs/{id}/content",
+        "/api/v1/logs/{id}/follow",
     ]
     .into();
     assert_eq!(paths, expected);

@@ -35,6 +35,7 @@ pub mod enrollment;
 pub mod events;
 pub mod groups;
 pub mod inventory;
+pub mod logs;
 pub mod search;
 pub mod tags;
 pub mod telemetry;
@@ -133,6 +134,11 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         deployments::cancel_deployment,
         deployments::approve_phase,
         deployments::device_deployments,
+        logs::create_log_request,
+        logs::list_log_requests,
+        logs::get_log_request,
+        logs::log_content,
+        logs::follow_logs,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -148,6 +154,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         (name = "commands", description = "Commands sent to devices, their per-device status and results"),
         (name = "artifacts", description = "Signed software artifacts and the keys trusted to sign them"),
         (name = "deployments", description = "Phased rollouts of artifacts to devices"),
+        (name = "logs", description = "Logs fetched from devices, and followed live"),
     ),
 )]
 pub struct ApiDoc;
@@ -305,6 +312,12 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
             "/devices/{id}/deployments",
             get(deployments::device_deployments),
         )
+        .route(
+            "/devices/{id}/logs",
+            get(logs::list_log_requests).post(logs::create_log_request),
+        )
+        .route("/logs/{id}", get(logs::get_log_request))
+        .route("/logs/{id}/content", get(logs::log_content))
         .route("/openapi.json", get(openapi_json))
         // Body limits and the request time-out cover every route added above; the artifact
         // routes below stream large bodies and bound them themselves (size, idle time).
@@ -321,7 +334,8 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .route(
             "/artifacts/{id}/download",
             get(artifacts::download_artifact),
-        );
+        )
+        .route("/logs/{id}/follow", get(logs::follow_logs));
 
     Router::new()
         .nest("/api/v1", api)
