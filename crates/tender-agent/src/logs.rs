@@ -258,7 +258,7 @@ pub async fn collect(config: &LogsConfig, request: &LogDownlink) -> Result<Strin
     for name in &request.sources {
         let source = config.sources.get(name).ok_or_else(|| {
             format!(
-                "this device has no log source {name:?} (configured: {})",
+                "this device has no log source \"{name}\" (configured: {})",
                 names(config)
             )
         })?;
@@ -530,7 +530,7 @@ impl Shared {
                 self.failed(
                     &id,
                     &format!(
-                        "this device has no log source {name:?} (configured: {})",
+                        "this device has no log source \"{name}\" (configured: {})",
                         names(&self.config)
                     ),
                 )

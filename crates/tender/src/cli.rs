@@ -91,6 +91,8 @@ pub enum Command {
     /// Deployments: roll an artifact out to devices in phases, and follow them
     #[command(subcommand)]
     Deploy(crate::deploy_cli::DeployCommand),
+    /// Fetch a device's logs (from the sources its agent is configured with), or follow them
+    Logs(crate::logs_cli::LogsArgs),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),

@@ -24,6 +24,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config(cmd) => crate::twin_cli::config(g, cmd).await,
         Command::Commands(cmd) => crate::device_commands::run(g, cmd).await,
         Command::Deploy(cmd) => crate::deploy_cli::run(g, cmd).await,
+        Command::Logs(args) => crate::logs_cli::run(g, args).await,
         Command::Keys(cmd) => match crate::artifact_cli::keys_local(g, cmd)? {
             Some(code) => Ok(code),
             None => crate::artifact_cli::keys_remote(g, cmd).await,
