@@ -41,6 +41,9 @@ pub const MAX_JOURNAL_BYTES: usize = 64 * 1024 * 1024;
 const JOURNAL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a followed file is looked at, and how long lines are gathered into one batch.
 const FOLLOW_POLL: Duration = Duration::from_millis(300);
+/// A follow batch is sent once its lines reach this many bytes (well under the server's
+/// per-message and MQTT packet limits).
+const BATCH_SEND_BYTES: usize = 64 * 1024;
 
 /// `[logs.sources.NAME]` as written: exactly one of `file` and `journal`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -678,6 +681,7 @@ async fn batch_lines(
     mut rx: mpsc::Receiver<String>,
 ) {
     let mut batch: Vec<String> = Vec::new();
+    let mut bytes = 0usize;
     loop {
         let got = if batch.is_empty() {
             rx.recv().await
@@ -686,6 +690,7 @@ async fn batch_lines(
                 Ok(l) => l,
                 Err(_) => {
                     flush(&uplinks, &suffix, &source, &mut batch).await;
+                    bytes = 0;
                     continue;
                 }
             }
@@ -694,9 +699,11 @@ async fn batch_lines(
             flush(&uplinks, &suffix, &source, &mut batch).await;
             return;
         };
+        bytes += line.len() + 8;
         batch.push(line);
-        if batch.len() >= MAX_BATCH_LINES {
+        if batch.len() >= MAX_BATCH_LINES || bytes >= BATCH_SEND_BYTES {
             flush(&uplinks, &suffix, &source, &mut batch).await;
+            bytes = 0;
         }
     }
 }
@@ -870,6 +877,33 @@ mod tests {
         let mut r = raw;
         r.sources.insert("Bad Name".into(), RawSource::default());
         assert!(LogsConfig::from_raw(Some(r)).is_err());
+    }
+
+    #[tokio::test]
+    async fn follow_batches_fit_what_the_server_accepts() {
+        let (up_tx, mut up_rx) = mpsc::channel(1000);
+        let (tx, rx) = mpsc::channel(1000);
+        let task = tokio::spawn(batch_lines(
+            up_tx,
+            "logs/x/lines".into(),
+            SourceName::parse("app").unwrap(),
+            rx,
+        ));
+        for i in 0..300 {
+            tx.send(format!("{i} {}", "x".repeat(4000))).await.unwrap();
+        }
+        drop(tx);
+        task.await.unwrap();
+        let mut lines = 0;
+        while let Ok(up) = up_rx.try_recv() {
+            assert_eq!(up.suffix, "logs/x/lines");
+            let b = tender_core::logs::parse_lines(&up.payload).unwrap();
+            lines += b.lines.len();
+        }
+        assert_eq!(
+            lines, 300,
+            "every line is sent, in batches the server accepts"
+        );
     }
 
     #[test]

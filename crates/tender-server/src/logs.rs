@@ -93,6 +93,15 @@ impl LogHub {
         true
     }
 
+    /// Forgets requests nobody follows any more.
+    fn prune(&self) {
+        let mut map = match self.followers.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.retain(|_, tx| tx.receiver_count() > 0);
+    }
+
     /// Is anyone following the request?
     pub fn is_followed(&self, id: LogRequestId) -> bool {
         let mut map = match self.followers.lock() {
@@ -452,6 +461,7 @@ pub async fn upload(
 
 /// One pass of the sweep: expire open requests past their TTL, prune old finished ones.
 pub async fn sweep_once(state: &AppState) -> Result<(), StoreError> {
+    state.logs.prune();
     let now = state.clock.now();
     let expired = state.store.expire_log_requests(now).await?;
     if expired > 0 {
