@@ -317,6 +317,9 @@ pub async fn on_lines(
     Ok(())
 }
 
+/// An upload that sends nothing for this long is cut (`408`); the request stays open.
+const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+
 /// Is this a gzip stream (by its magic bytes)?
 fn looks_gzip(data: &[u8]) -> bool {
     data.starts_with(&[0x1f, 0x8b])
@@ -409,7 +412,18 @@ pub async fn upload(
     }
     let mut data = Vec::new();
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(UPLOAD_IDLE, stream.next()).await else {
+            return Err(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "upload-stalled",
+                format!(
+                    "nothing arrived for {}s; upload again",
+                    UPLOAD_IDLE.as_secs()
+                ),
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| {
             Problem::bad_request("upload-interrupted", format!("the upload broke off: {e}"))
         })?;
