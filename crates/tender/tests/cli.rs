@@ -1526,14 +1526,18 @@ fn a_rollout_survives_a_killed_server() {
     server.stop();
 }
 
-/// The `tender-agent` binary beside `tender`, brought up to date first when the test runs
-/// under cargo (a `cargo test -p tender` run does not build other packages' binaries).
+/// The `tender-agent` binary beside `tender`. A `cargo test --workspace` run builds it; a
+/// `cargo test -p tender` run does not, so it is built here when missing or older than the
+/// agent's sources.
 fn agent_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let path = Path::new(BIN).with_file_name("tender-agent");
-            if let Ok(cargo) = std::env::var("CARGO") {
+            let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tender-agent/src");
+            let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            let stale = built.is_none_or(|b| newest(&sources).is_some_and(|s| s > b));
+            if stale && let Ok(cargo) = std::env::var("CARGO") {
                 let status = Command::new(cargo)
                     .args(["build", "-p", "tender-agent", "--bin", "tender-agent"])
                     .stdout(Stdio::null())
@@ -1546,6 +1550,21 @@ fn agent_binary() -> PathBuf {
             path
         })
         .clone()
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        let t = if p.is_dir() {
+            self::newest(&p)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 #[test]
