@@ -389,12 +389,14 @@ impl LogRunner {
             }
         };
         let lease = Instant::now() + Duration::from_secs(FOLLOW_LEASE_SECS);
-        if let Some(entry) = self.seen.get(id) {
-            if let Some(tx) = entry {
-                // A renewal of a running follow.
-                let _ = tx.send(lease);
-            }
-            return;
+        match self.seen.get(id) {
+            // A renewal of a running follow.
+            Some(Some(tx)) if tx.send(lease).is_ok() => return,
+            // A follow that ended (its lease ran out) and is wanted again: it starts anew.
+            Some(Some(_)) => {}
+            // A fetch is done once.
+            Some(None) => return,
+            None => {}
         }
         let follow = if request.follow {
             let (tx, rx) = watch::channel(lease);
@@ -415,8 +417,9 @@ impl LogRunner {
     }
 
     fn remember(&mut self, id: &str, lease: Option<watch::Sender<Instant>>) {
-        self.seen.insert(id.to_owned(), lease);
-        self.order.push_back(id.to_owned());
+        if self.seen.insert(id.to_owned(), lease).is_none() {
+            self.order.push_back(id.to_owned());
+        }
         while self.order.len() > REMEMBERED {
             if let Some(old) = self.order.pop_front() {
                 self.seen.remove(&old);
@@ -877,6 +880,106 @@ mod tests {
         let mut r = raw;
         r.sources.insert("Bad Name".into(), RawSource::default());
         assert!(LogsConfig::from_raw(Some(r)).is_err());
+    }
+
+    fn runner(config: LogsConfig) -> (LogRunner, mpsc::Receiver<Uplink>) {
+        let (tx, rx) = mpsc::channel(100);
+        let identity = Identity {
+            record: crate::identity::IdentityRecord {
+                device_id: "d".into(),
+                not_after: String::new(),
+                renew_after: String::new(),
+            },
+            key: rcgen::KeyPair::generate().unwrap(),
+            cert_pem: String::new(),
+            ca_pem: String::new(),
+        };
+        let runner = LogRunner {
+            shared: Arc::new(Shared {
+                config,
+                uplinks: tx,
+                server_url: "https://127.0.0.1:1".into(),
+                ca_pem: String::new(),
+                identity: watch::channel(Arc::new(identity)).1,
+                follows: AtomicUsize::new(0),
+            }),
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+        };
+        (runner, rx)
+    }
+
+    fn follow_request(id: u128) -> (String, Vec<u8>) {
+        use tender_core::logs::{LogQuery, LogRequest};
+        let spec = LogQuery {
+            sources: vec!["app".into()],
+            lines: Some(1),
+            follow: true,
+            ..LogQuery::default()
+        }
+        .validate(1 << 20)
+        .unwrap();
+        let now = tender_core::Timestamp::from_unix_millis(1_800_000_000_000);
+        let r = LogRequest::new(
+            format!("00000000-0000-7000-8000-{id:012}").parse().unwrap(),
+            "00000000-0000-7000-8000-000000000001".parse().unwrap(),
+            "00000000-0000-7000-8000-000000000002".parse().unwrap(),
+            spec,
+            None,
+            now,
+        );
+        (r.id.to_string(), r.downlink_payload(now, Some(now)))
+    }
+
+    async fn next_lines(rx: &mut mpsc::Receiver<Uplink>) -> Vec<String> {
+        let up = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("a batch of lines")
+            .unwrap();
+        tender_core::logs::parse_lines(&up.payload).unwrap().lines
+    }
+
+    #[tokio::test]
+    async fn a_follow_sends_the_last_lines_then_new_ones_and_a_repeat_only_renews_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.log");
+        std::fs::write(&p, "old 1\nold 2\n").unwrap();
+        let mut raw = RawLogsConfig::default();
+        raw.sources.insert(
+            "app".into(),
+            RawSource {
+                file: Some(p.clone()),
+                journal: None,
+            },
+        );
+        let (mut runner, mut rx) = runner(LogsConfig::from_raw(Some(raw)).unwrap());
+        let (id, payload) = follow_request(7);
+        runner.on_request(&id, &payload);
+        assert_eq!(next_lines(&mut rx).await, vec!["old 2"]);
+        runner.on_request(&id, &payload);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        writeln!(f, "new 3").unwrap();
+        assert_eq!(next_lines(&mut rx).await, vec!["new 3"]);
+        assert_eq!(
+            runner.shared.follows.load(Ordering::SeqCst),
+            1,
+            "the repeat renewed the lease, it did not start a second follow"
+        );
+        // Another id for an unknown source: a failure report, no follow.
+        let (other, mut payload) = follow_request(8);
+        payload = String::from_utf8(payload)
+            .unwrap()
+            .replace("\"app\"", "\"nope\"")
+            .into_bytes();
+        runner.on_request(&other, &payload);
+        let up = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(up.suffix, format!("logs/{other}/status"));
+        let v: serde_json::Value = serde_json::from_slice(&up.payload).unwrap();
+        assert_eq!(v["status"], "failed");
+        assert!(v["error"].as_str().unwrap().contains("\"nope\""), "{v}");
     }
 
     #[tokio::test]
