@@ -1655,6 +1655,45 @@ fn logs_from_a_real_agent_are_fetched_with_the_cli() {
         "{}",
         stderr(&o)
     );
+    // Follow: the last line, then what is written next, until Ctrl-C.
+    let mut follow = Reaped(
+        tender(dir.path())
+            .args(["logs", "logger", "-s", "app", "--follow", "--lines", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, lines) = channel();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || lines.recv_timeout(WAIT).expect("a followed line");
+    assert_eq!(next(), "2026-01-01T00:00:50Z event 50");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        writeln!(f, "2026-01-01T00:00:51Z event 51").unwrap();
+    }
+    assert_eq!(next(), "2026-01-01T00:00:51Z event 51");
+    let pid = follow.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = poll_until("tender logs --follow to exit", || {
+        follow.try_wait().unwrap()
+    });
+    assert!(status.success(), "Ctrl-C ends a follow cleanly: {status}");
+
     // Bad input is explained before anything is sent.
     let o = run(tender(dir.path()).args(["logs", "logger", "--source", "app", "--since", "soon"]));
     assert!(!o.status.success());
