@@ -87,6 +87,8 @@ pub enum Downlink<'a> {
     Command(&'a str),
     /// `updates/{id}`: a deployment (or its cancel).
     Update(&'a str),
+    /// `logs/{id}`: a log request (or, for a follow, its lease renewal).
+    Logs(&'a str),
 }
 
 /// Classifies a downlink topic of this device; `None` for anything else.
@@ -101,6 +103,9 @@ pub fn downlink<'a>(device_id: &str, topic: &'a str) -> Option<Downlink<'a>> {
     let valid = |id: &str| !id.is_empty() && !id.contains('/');
     if let Some(id) = rest.strip_prefix("updates/") {
         return valid(id).then_some(Downlink::Update(id));
+    }
+    if let Some(id) = rest.strip_prefix("logs/") {
+        return valid(id).then_some(Downlink::Logs(id));
     }
     let id = rest.strip_prefix("commands/")?;
     valid(id).then_some(Downlink::Command(id))
@@ -537,6 +542,12 @@ pub async fn run_with<S: Source>(
     let mut desired = DesiredHandler::new(config, uplink_tx.clone());
     let mut commands = CommandRunner::new(config, uplink_tx.clone());
     let mut restart = commands.restart_requested();
+    let mut logs = crate::logs::LogRunner::new(
+        config,
+        uplink_tx.clone(),
+        enroll.ca_pem.clone(),
+        id_rx.clone(),
+    );
     let inventory_refresh = Arc::new(Notify::new());
     let deployments = Deployments::new(
         config,
@@ -605,6 +616,7 @@ pub async fn run_with<S: Source>(
                     Some(Downlink::Desired) => desired.on_desired(&m.payload).await,
                     Some(Downlink::Command(id)) => commands.on_command(id, &m.payload),
                     Some(Downlink::Update(id)) => deployments.on_message(id, &m.payload),
+                    Some(Downlink::Logs(id)) => logs.on_request(id, &m.payload),
                     None => tracing::info!(topic = %m.topic, bytes = m.payload.len(), "message from the server on a topic this agent does not handle"),
                 },
                 None => messages_open = false,

@@ -54,6 +54,8 @@ pub struct RawConfig {
     pub commands: Option<std::collections::BTreeMap<String, crate::commands::RawCustomCommand>>,
     /// Over-the-air updates: `[update]`, `[update.rootfs]`.
     pub update: Option<crate::update::RawUpdateConfig>,
+    /// Log sources the server may ask for: `[logs.sources.NAME] file = ...` or `journal = ...`.
+    pub logs: Option<crate::logs::RawLogsConfig>,
 }
 
 /// The collectors that can be switched on and off (`collectors = [...]`).
@@ -101,6 +103,8 @@ pub struct AgentConfig {
     pub commands: crate::commands::CommandsConfig,
     /// Over-the-air updates (`[update]`).
     pub update: crate::update::UpdateConfig,
+    /// `[logs]`: the log sources the server may ask for.
+    pub logs: crate::logs::LogsConfig,
 }
 
 /// Environment variables that override the file.
@@ -254,7 +258,14 @@ impl RawConfig {
             device_type.clone(),
             &commands.reboot,
         )?;
+        let logs = crate::logs::LogsConfig::from_raw(self.logs).map_err(|reason| {
+            ConfigError::Invalid {
+                key: "logs",
+                reason,
+            }
+        })?;
         Ok(AgentConfig {
+            logs,
             update,
             config_handlers,
             commands,

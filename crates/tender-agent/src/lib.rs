@@ -13,6 +13,7 @@
 //! - [`commands`]: runs commands from the server and reports their outcome.
 //! - [`deploy`]: deployments from the server: download, install through [`update`], report.
 //! - [`download`]: resumable artifact downloads streamed into a blocking reader.
+//! - [`logs`]: remote logs: configured sources read, gzipped and uploaded, or followed.
 //! - [`update`]: over-the-air updates: signed artifacts, update modules, the journaled state
 //!   machine.
 //! - [`config`], [`status`], [`agent`]: the agent's configuration, status file and main loop.
@@ -29,6 +30,7 @@ pub mod desired;
 pub mod download;
 pub mod identity;
 pub mod inventory;
+pub mod logs;
 pub mod mqtt;
 pub mod status;
 pub mod telemetry;

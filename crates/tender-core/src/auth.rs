@@ -34,10 +34,12 @@ pub enum Permission {
     TenantManage,
     /// Webhooks: register, change and delete endpoints, read their delivery logs, redeliver.
     WebhooksManage,
+    /// Ask devices for their logs and read them (roles that manage devices hold it).
+    LogsRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 17] = [
+    pub const ALL: [Permission; 18] = [
         Permission::DevicesRead,
         Permission::DevicesManage,
         Permission::DevicesEnroll,
@@ -55,6 +57,7 @@ impl Permission {
         Permission::AuditRead,
         Permission::TenantManage,
         Permission::WebhooksManage,
+        Permission::LogsRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +79,7 @@ impl Permission {
             Permission::AuditRead => "audit_read",
             Permission::TenantManage => "tenant_manage",
             Permission::WebhooksManage => "webhooks_manage",
+            Permission::LogsRead => "logs_read",
         }
     }
 }
@@ -133,6 +137,7 @@ impl Role {
                     | ArtifactsRead
                     | AlertsManage
                     | WebhooksManage
+                    | LogsRead
             ),
             Role::ReleaseManager => matches!(
                 p,

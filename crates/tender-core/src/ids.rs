@@ -111,6 +111,12 @@ id_type!(
     "alert id"
 );
 
+id_type!(
+    /// An operator's request for one device's logs.
+    LogRequestId,
+    "log request id"
+);
+
 /// A string that is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a valid {what}: expected a UUID such as 0192f1c4-7b5e-7a1e-9c1d-2f8e4b6a0c3d")]

@@ -19,6 +19,7 @@ pub mod event;
 pub mod group;
 pub mod ids;
 pub mod inventory;
+pub mod logs;
 pub mod page;
 pub mod presence;
 pub mod query;
@@ -31,6 +32,7 @@ pub mod webhook;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, Timestamp};
+pub use ids::LogRequestId;
 pub use ids::{AlertId, AlertRuleId};
 pub use ids::{ArtifactId, CommandId, DeploymentId};
 pub use ids::{ConnectionId, DeviceId, GroupId, TenantId, TokenId, UserId};

@@ -203,6 +203,7 @@ requirements! {
     DeploymentsCreate => DeploymentsCreate,
     DeploymentsControl => DeploymentsControl,
     AlertsManage => AlertsManage,
+    LogsRead => LogsRead,
 }
 
 /// An authenticated caller who holds the permission `R` names.

@@ -66,6 +66,7 @@ pub struct Config {
     pub alerts: crate::alerts::AlertsConfig,
     pub telemetry: crate::telemetry::TelemetryConfig,
     pub webhooks: crate::webhooks::WebhooksConfig,
+    pub logs: crate::logs::LogsConfig,
 }
 
 /// The event log.
@@ -126,6 +127,7 @@ impl Default for Config {
             alerts: crate::alerts::AlertsConfig::default(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
             webhooks: crate::webhooks::WebhooksConfig::default(),
+            logs: crate::logs::LogsConfig::default(),
         }
     }
 }

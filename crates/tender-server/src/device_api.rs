@@ -219,6 +219,12 @@ pub fn router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
+        // Log uploads stream up to `[logs] max_upload_bytes` over slow links: outside the
+        // 64 KiB body limit and the request time-out, bounded by their cap and an idle time-out.
+        .route(
+            "/device/v1/logs/{id}",
+            put(crate::logs::upload).layer(tower_http::catch_panic::CatchPanicLayer::new()),
+        )
         .layer(axum::middleware::from_fn(problem_for_plain_errors))
         .with_state(state)
 }

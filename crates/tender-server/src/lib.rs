@@ -27,6 +27,7 @@ pub mod deployments;
 pub mod device_api;
 pub mod enroll;
 pub mod events;
+pub mod logs;
 pub mod metrics;
 pub mod mqtt;
 pub mod problem;
@@ -191,6 +192,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         artifacts_config: config.artifacts.clone(),
         deployments: crate::deployments::Scheduler::default(),
         webhooks: crate::webhooks::Dispatcher::default(),
+        logs: crate::logs::LogHub::default(),
+        logs_config: config.logs.clone(),
     };
     let (device_shutdown, device_signal) = watch::channel(false);
     let listener_cert_for_mqtt = listener_cert.clone();
@@ -200,6 +203,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let device_signal_for_alerts = device_signal.clone();
     let device_signal_for_telemetry = device_signal.clone();
     let device_signal_for_webhooks = device_signal.clone();
+    let device_signal_for_logs = device_signal.clone();
     tokio::spawn(device_api::rotate_daily(
         listener_cert,
         state.ca.clone(),
@@ -264,6 +268,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         Duration::from_millis(config.commands.sweep_interval_ms),
         device_signal_for_commands,
     ));
+    tokio::spawn(logs::sweeper(state.clone(), device_signal_for_logs));
     let app = api::router(state, &config.http);
     let (shutdown, signal) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -36,6 +36,9 @@ pub struct AppState {
     pub telemetry: crate::telemetry::TelemetryWriter,
     /// Wakes the webhook dispatcher.
     pub webhooks: crate::webhooks::Dispatcher,
+    /// Fans followed log lines out to API clients.
+    pub logs: crate::logs::LogHub,
+    pub logs_config: crate::logs::LogsConfig,
 }
 
 /// The system clock, millisecond precision.

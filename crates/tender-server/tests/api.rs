@@ -438,6 +438,10 @@ async fn openapi_documents_every_api_route(b: Backend) {
         "/api/v1/alerts",
         "/api/v1/alerts/{id}",
         "/api/v1/alerts/{id}/ack",
+        "/api/v1/devices/{id}/logs",
+        "/api/v1/logs/{id}",
+        "/api/v1/logs/{id}/content",
+        "/api/v1/logs/{id}/follow",
     ]
     .into();
     assert_eq!(paths, expected);

@@ -36,6 +36,8 @@ pub use artifacts::*;
 pub use commands::*;
 pub use deployments::*;
 pub use webhooks::*;
+mod logs;
+pub use logs::*;
 
 /// A fresh store for one test, plus whatever keeps its database alive until the test ends.
 pub struct Fixture {
@@ -115,6 +117,9 @@ macro_rules! conformance_suite {
             alert_rules_round_trip_and_change,
             alerts_open_once_per_rule_and_device,
             alerts_list_filtered_newest_first,
+            log_requests_round_trip_and_list,
+            log_requests_change_only_from_the_state_read,
+            log_requests_expire_and_prune,
         );
         #[tokio::test]
         async fn data_survives_reopen() {

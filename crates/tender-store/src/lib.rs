@@ -55,6 +55,7 @@ mod commands;
 pub mod conformance;
 mod deployments;
 pub mod filter;
+mod logs;
 pub mod postgres;
 mod rows;
 mod sql;
@@ -141,6 +142,7 @@ pub trait Store:
     + DeploymentStore
     + WebhookStore
     + AlertStore
+    + LogStore
     + Send
     + Sync
     + 'static
@@ -868,6 +870,59 @@ pub trait CommandStore: Send + Sync + 'static {
         id: tender_core::CommandId,
         now: Timestamp,
     ) -> Result<u64>;
+}
+
+/// Remote logs: operators' requests for a device's logs, their state (changed by
+/// compare-and-set on the state and `updated_at` read, see `logs.rs`) and the uploaded gzip.
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
+    /// NotFound when the device does not exist in the tenant.
+    async fn create_log_request(&self, request: &tender_core::logs::LogRequest) -> Result<()>;
+    async fn log_request(
+        &self,
+        tenant: TenantId,
+        id: tender_core::LogRequestId,
+    ) -> Result<Option<tender_core::logs::LogRequest>>;
+    /// A device's requests, newest first.
+    async fn device_log_requests(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        page: &PageRequest<tender_core::LogRequestId>,
+    ) -> Result<Page<tender_core::logs::LogRequest, tender_core::LogRequestId>>;
+    /// A device's open requests not yet expired at `now`, oldest first (sent at reconnect).
+    async fn pending_log_requests(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        now: Timestamp,
+    ) -> Result<Vec<tender_core::logs::LogRequest>>;
+    /// Stores `new` if the request is still in `expected`'s state and `updated_at`; false
+    /// when it moved meanwhile.
+    async fn update_log_request(
+        &self,
+        expected: &tender_core::logs::LogRequest,
+        new: &tender_core::logs::LogRequest,
+    ) -> Result<bool>;
+    /// Like `update_log_request` to `ready`, storing the uploaded gzip in the same transaction;
+    /// false (nothing stored) when the request moved meanwhile.
+    async fn store_log_content(
+        &self,
+        expected: &tender_core::logs::LogRequest,
+        ready: &tender_core::logs::LogRequest,
+        gzip: &[u8],
+    ) -> Result<bool>;
+    /// The stored gzip of a `ready` request.
+    async fn log_content(
+        &self,
+        tenant: TenantId,
+        id: tender_core::LogRequestId,
+    ) -> Result<Option<Vec<u8>>>;
+    /// Every open request past its TTL becomes `expired`, in every tenant; returns how many.
+    async fn expire_log_requests(&self, now: Timestamp) -> Result<u64>;
+    /// Deletes finished requests (and their content) that finished before the given time, in
+    /// every tenant; returns how many.
+    async fn prune_log_requests(&self, finished_before: Timestamp) -> Result<u64>;
 }
 
 /// A shared, type-erased store.

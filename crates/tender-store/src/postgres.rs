@@ -50,3 +50,4 @@ crate::artifacts::impl_artifact_catalog!(PgStore);
 crate::deployments::impl_deployment_store!(PgStore);
 crate::webhooks::impl_webhook_store!(PgStore);
 crate::alerts::impl_alert_store!(PgStore);
+crate::logs::impl_log_store!(PgStore);

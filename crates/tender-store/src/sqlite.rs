@@ -72,3 +72,4 @@ crate::artifacts::impl_artifact_catalog!(SqliteStore);
 crate::deployments::impl_deployment_store!(SqliteStore);
 crate::webhooks::impl_webhook_store!(SqliteStore);
 crate::alerts::impl_alert_store!(SqliteStore);
+crate::logs::impl_log_store!(SqliteStore);

@@ -101,6 +101,8 @@ pub enum Command {
     /// Webhooks: HTTP endpoints that receive events, signed, with retries and a delivery log
     #[command(subcommand)]
     Webhooks(crate::webhook_cli::WebhooksCommand),
+    /// Fetch a device's logs (from the sources its agent is configured with), or follow them
+    Logs(crate::logs_cli::LogsArgs),
     /// Simulate a fleet: N devices in this process, each the real agent with its own key,
     /// certificate and MQTT connection, reporting plausible inventory and telemetry
     Sim(SimArgs),

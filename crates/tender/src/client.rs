@@ -194,6 +194,31 @@ impl ApiClient {
         Ok(got)
     }
 
+    /// GETs `api/v1/<path>` and returns the response once it answered with success, for
+    /// bodies that are not JSON (text, server-sent events). `timeout` bounds the whole
+    /// response, body included.
+    pub async fn get_response(
+        &self,
+        path: &str,
+        timeout: std::time::Duration,
+    ) -> Result<reqwest::Response> {
+        let url = self.api_url(path)?;
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(problem_error(status, &bytes));
+        }
+        Ok(resp)
+    }
+
     async fn request<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,

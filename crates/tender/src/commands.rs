@@ -27,6 +27,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Alerts(cmd) => crate::alerts_cli::run(g, cmd).await,
         Command::Telemetry(cmd) => crate::telemetry_cli::run(g, cmd).await,
         Command::Webhooks(cmd) => crate::webhook_cli::run(g, cmd).await,
+        Command::Logs(args) => crate::logs_cli::run(g, args).await,
         Command::Keys(cmd) => match crate::artifact_cli::keys_local(g, cmd)? {
             Some(code) => Ok(code),
             None => crate::artifact_cli::keys_remote(g, cmd).await,

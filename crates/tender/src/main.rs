@@ -12,6 +12,7 @@ mod client;
 mod commands;
 mod deploy_cli;
 mod device_commands;
+mod logs_cli;
 mod output;
 mod profile;
 mod serve;

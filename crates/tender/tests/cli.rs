@@ -2040,3 +2040,178 @@ fn webhooks_are_created_listed_tested_and_their_deliveries_shown() {
     assert!(stderr(&o).contains("404"), "{}", stderr(&o));
     server.stop();
 }
+
+/// The `tender-agent` binary beside `tender`. A `cargo test --workspace` run builds it; a
+/// `cargo test -p tender` run does not, so it is built here when missing or older than the
+/// agent's sources.
+fn agent_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let path = Path::new(BIN).with_file_name("tender-agent");
+            let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tender-agent/src");
+            let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            let stale = built.is_none_or(|b| newest(&sources).is_some_and(|s| s > b));
+            if stale && let Ok(cargo) = std::env::var("CARGO") {
+                let status = Command::new(cargo)
+                    .args(["build", "-p", "tender-agent", "--bin", "tender-agent"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("run cargo build for the agent");
+                assert!(status.success(), "building tender-agent failed");
+            }
+            assert!(path.exists(), "no agent binary at {}", path.display());
+            path
+        })
+        .clone()
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        let t = if p.is_dir() {
+            self::newest(&p)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+#[test]
+fn logs_from_a_real_agent_are_fetched_with_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(dir.path(), &data, &[]);
+    let token = server.token.clone().unwrap();
+    let o = run(tender(dir.path()).args(["login", "--server", &server.base, "--token", &token]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(tender(dir.path()).args(["enrollment-tokens", "create", "--name", "logs"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let enrollment_token = stdout(&o).trim().to_owned();
+
+    let log = dir.path().join("app.log");
+    let text: String = (1..=50)
+        .map(|i| format!("2026-01-01T00:00:{:02}Z event {i}\n", i % 60))
+        .collect();
+    std::fs::write(&log, &text).unwrap();
+    let agent_config = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "server_url = \"https://{}\"\nmqtt_url = \"{}\"\nca_file = \"{}\"\ndata_dir = \"{}\"\n\
+             enrollment_token = \"{enrollment_token}\"\ndevice_name = \"logger\"\n\
+             inventory_scripts_dir = \"{}\"\ncollectors = [\"system\"]\n\n\
+             [logs.sources.app]\nfile = \"{}\"\n",
+            server.device_addr,
+            server.mqtt_addr,
+            data.join("ca/ca.crt").display(),
+            dir.path().join("agent").display(),
+            dir.path().join("no-scripts").display(),
+            log.display(),
+        ),
+    )
+    .unwrap();
+    let _agent = Reaped(
+        Command::new(agent_binary())
+            .args(["run", "--config"])
+            .arg(&agent_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    poll_until("the agent to be online", || {
+        let o =
+            run(tender(dir.path()).args(["devices", "list", "-o", "json", "-q", "online = true"]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v["items"].as_array().unwrap().len() == 1).then_some(())
+    });
+
+    // By device name; the last lines.
+    let o = run(tender(dir.path()).args(["logs", "logger", "--source", "app", "--lines", "2"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "2026-01-01T00:00:49Z event 49\n2026-01-01T00:00:50Z event 50\n"
+    );
+    assert!(stderr(&o).contains("ready"), "{}", stderr(&o));
+
+    // A time range, into a file.
+    let out = dir.path().join("out.log");
+    let o = run(tender(dir.path())
+        .args([
+            "logs",
+            "logger",
+            "-s",
+            "app",
+            "--since",
+            "2026-01-01T00:00:10Z",
+        ])
+        .args(["--until", "2026-01-01T00:00:12Z", "--save"])
+        .arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "2026-01-01T00:00:10Z event 10\n2026-01-01T00:00:11Z event 11\n"
+    );
+
+    // A source the device does not have: the device's reason, and a failing exit.
+    let o = run(tender(dir.path()).args(["logs", "logger", "--source", "secrets"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no log source \"secrets\""),
+        "{}",
+        stderr(&o)
+    );
+    // Follow: the last line, then what is written next, until Ctrl-C.
+    let mut follow = Reaped(
+        tender(dir.path())
+            .args(["logs", "logger", "-s", "app", "--follow", "--lines", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, lines) = channel();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || lines.recv_timeout(WAIT).expect("a followed line");
+    assert_eq!(next(), "2026-01-01T00:00:50Z event 50");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        writeln!(f, "2026-01-01T00:00:51Z event 51").unwrap();
+    }
+    assert_eq!(next(), "2026-01-01T00:00:51Z event 51");
+    let pid = follow.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = poll_until("tender logs --follow to exit", || {
+        follow.try_wait().unwrap()
+    });
+    assert!(status.success(), "Ctrl-C ends a follow cleanly: {status}");
+
+    // Bad input is explained before anything is sent.
+    let o = run(tender(dir.path()).args(["logs", "logger", "--source", "app", "--since", "soon"]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("RFC 3339"), "{}", stderr(&o));
+    server.stop();
+}

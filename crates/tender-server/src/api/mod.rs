@@ -36,6 +36,7 @@ pub mod enrollment;
 pub mod events;
 pub mod groups;
 pub mod inventory;
+pub mod logs;
 pub mod search;
 pub mod tags;
 pub mod telemetry;
@@ -145,6 +146,11 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         alerts::list_alerts,
         alerts::get_alert,
         alerts::ack_alert,
+        logs::create_log_request,
+        logs::list_log_requests,
+        logs::get_log_request,
+        logs::log_content,
+        logs::follow_logs,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -161,6 +167,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Problem> {
         (name = "artifacts", description = "Signed software artifacts and the keys trusted to sign them"),
         (name = "deployments", description = "Phased rollouts of artifacts to devices"),
         (name = "alerts", description = "Alert rules and the alerts they raise"),
+        (name = "logs", description = "Logs fetched from devices, and followed live"),
     ),
 )]
 pub struct ApiDoc;
@@ -338,6 +345,12 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .route("/alerts", get(alerts::list_alerts))
         .route("/alerts/{id}", get(alerts::get_alert))
         .route("/alerts/{id}/ack", post(alerts::ack_alert))
+        .route(
+            "/devices/{id}/logs",
+            get(logs::list_log_requests).post(logs::create_log_request),
+        )
+        .route("/logs/{id}", get(logs::get_log_request))
+        .route("/logs/{id}/content", get(logs::log_content))
         .route("/openapi.json", get(openapi_json))
         // Body limits and the request time-out cover every route added above; the artifact
         // routes below stream large bodies and bound them themselves (size, idle time).
@@ -354,7 +367,8 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .route(
             "/artifacts/{id}/download",
             get(artifacts::download_artifact),
-        );
+        )
+        .route("/logs/{id}/follow", get(logs::follow_logs));
 
     Router::new()
         .nest("/api/v1", api)

@@ -12,9 +12,11 @@
 //! - `events`                             device events
 //! - `commands/{command_id}/result`       the outcome of a command
 //! - `updates/{deployment_id}/status`     update progress
+//! - `logs/{request_id}/status`           a log request's progress or error
+//! - `logs/{request_id}/lines`            followed log lines
 //!
 //! Downlink (Tender → device):
-//! - `state/desired`, `commands/{command_id}`, `updates/{deployment_id}`
+//! - `state/desired`, `commands/{command_id}`, `updates/{deployment_id}`, `logs/{request_id}`
 
 use tender_core::DeviceId;
 
@@ -30,6 +32,8 @@ pub enum Uplink {
     Event,
     CommandResult { command_id: String },
     UpdateStatus { deployment_id: String },
+    LogStatus { request_id: String },
+    LogLines { request_id: String },
 }
 
 impl Uplink {
@@ -41,6 +45,8 @@ impl Uplink {
             Uplink::Event => "event",
             Uplink::CommandResult { .. } => "command_result",
             Uplink::UpdateStatus { .. } => "update_status",
+            Uplink::LogStatus { .. } => "log_status",
+            Uplink::LogLines { .. } => "log_lines",
         }
     }
 }
@@ -109,6 +115,12 @@ pub fn classify_publish(device: DeviceId, topic: &str) -> Result<Uplink, TopicEr
         }),
         ["updates", id, "status"] if valid_id(id) => Ok(Uplink::UpdateStatus {
             deployment_id: (*id).to_owned(),
+        }),
+        ["logs", id, "status"] if valid_id(id) => Ok(Uplink::LogStatus {
+            request_id: (*id).to_owned(),
+        }),
+        ["logs", id, "lines"] if valid_id(id) => Ok(Uplink::LogLines {
+            request_id: (*id).to_owned(),
         }),
         _ => Err(TopicError::NotAuthorized),
     }

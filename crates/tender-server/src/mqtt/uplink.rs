@@ -163,6 +163,26 @@ impl UplinkHandler for ServerUplinks {
                 )
                 .await
             }
+            Uplink::LogStatus { request_id } => {
+                crate::logs::on_status(
+                    &self.state,
+                    from.tenant_id,
+                    from.device_id,
+                    request_id,
+                    payload,
+                )
+                .await
+            }
+            Uplink::LogLines { request_id } => {
+                crate::logs::on_lines(
+                    &self.state,
+                    from.tenant_id,
+                    from.device_id,
+                    request_id,
+                    payload,
+                )
+                .await
+            }
             other => Err(Refusal::NotSupported(format!(
                 "{} messages are not processed by this server version yet",
                 other.kind()
@@ -178,5 +198,6 @@ impl UplinkHandler for ServerUplinks {
         }
         crate::commands::resync(&self.state, from.tenant_id, from.device_id, at).await;
         crate::deployments::resync(&self.state, from.tenant_id, from.device_id).await;
+        crate::logs::resync(&self.state, from.tenant_id, from.device_id, at).await;
     }
 }

@@ -1,0 +1,39 @@
+-- Remote logs: one row per operator request for one device's logs, and the gzip the device
+-- uploaded for it (capped by the server, so it is kept in the database).
+
+CREATE TABLE log_requests (
+    tenant_id   UUID NOT NULL,
+    id          UUID NOT NULL,
+    device_id   UUID NOT NULL,
+    sources     TEXT NOT NULL,
+    since       BIGINT,
+    until       BIGINT,
+    lines       BIGINT NOT NULL,
+    max_bytes   BIGINT NOT NULL,
+    follow      BIGINT NOT NULL,
+    created_by  TEXT,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'uploading', 'ready', 'failed',
+                    'expired')),
+    sent_at     BIGINT,
+    finished_at BIGINT,
+    updated_at  BIGINT NOT NULL,
+    error       TEXT,
+    size        BIGINT,
+    PRIMARY KEY (tenant_id, id),
+    FOREIGN KEY (tenant_id, device_id) REFERENCES devices(tenant_id, id)
+);
+-- A device's requests (newest first), and its open ones at reconnect.
+CREATE INDEX log_requests_by_device ON log_requests (tenant_id, device_id, id);
+-- The sweep: open requests past their TTL.
+CREATE INDEX log_requests_open_expiry ON log_requests (expires_at)
+    WHERE state IN ('pending', 'sent', 'uploading');
+
+CREATE TABLE log_contents (
+    tenant_id  UUID NOT NULL,
+    request_id UUID NOT NULL,
+    gzip       BYTEA NOT NULL,
+    PRIMARY KEY (tenant_id, request_id),
+    FOREIGN KEY (tenant_id, request_id) REFERENCES log_requests(tenant_id, id) ON DELETE CASCADE
+);
