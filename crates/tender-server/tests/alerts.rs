@@ -35,6 +35,7 @@ on_both_backends!(
     open_alerts_survive_a_restart,
     failed_updates_fire_until_an_update_succeeds,
     reported_state_fires_while_it_matches,
+    an_overheating_device_reaches_a_signed_webhook,
 );
 
 async fn start_alerts(b: Backend) -> TestServer {
@@ -723,6 +724,110 @@ async fn reported_state_fires_while_it_matches(b: Backend) {
     let resolved = wait_alert(&s, &rule, "resolved").await;
     assert_eq!(resolved["id"], fired["id"]);
     rule_events(&s, "alert.*", &dev.id, &rule, 2).await;
+    c.disconnect().await;
+    s.stop().await;
+}
+
+/// What a test webhook endpoint received: (event kind header, body, signature valid).
+type Inbox = Arc<std::sync::Mutex<Vec<(String, Value, bool)>>>;
+
+/// A webhook endpoint on an ephemeral loopback port that checks each signature with the
+/// secret it is given once the webhook exists.
+async fn signed_endpoint(secret: Arc<std::sync::Mutex<String>>) -> (Inbox, String) {
+    use axum::http::{HeaderMap, StatusCode as Answer};
+    let inbox: Inbox = Arc::default();
+    let (got, key) = (inbox.clone(), secret);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (got, key) = (got.clone(), key.clone());
+            async move {
+                let header = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let secret = key.lock().unwrap().clone();
+                let valid = tender_core::webhook::verify(
+                    &secret,
+                    &header("tender-signature"),
+                    &body,
+                    now(),
+                    300,
+                )
+                .is_ok();
+                let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                got.lock()
+                    .unwrap()
+                    .push((header("tender-event"), body, valid));
+                Answer::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (inbox, format!("http://{addr}/hook"))
+}
+
+/// The whole chain: a device that overheats fires an alert after the rule's duration,
+/// the `alert.fired` event reaches a webhook endpoint with a valid signature, and when the
+/// device cools the `alert.resolved` event follows, signed too.
+async fn an_overheating_device_reaches_a_signed_webhook(b: Backend) {
+    let mut s = start_with(b, |c| {
+        c.alerts.tick_ms = 50;
+        c.webhooks.tick_ms = 50;
+        c.webhooks.retry_base_ms = 50;
+        c.webhooks.retry_cap_ms = 200;
+    })
+    .await;
+    let secret: Arc<std::sync::Mutex<String>> = Arc::default();
+    let (inbox, url) = signed_endpoint(secret.clone()).await;
+    let (st, w) = admin(
+        &s,
+        Method::POST,
+        "/api/v1/webhooks",
+        Some(json!({"name": "on-call", "url": url, "events": ["alert.*"]})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{w}");
+    *secret.lock().unwrap() = w["secret"].as_str().unwrap().to_owned();
+    let rule = create_rule(
+        &s,
+        json!({"name": "hot", "severity": "critical", "condition": "temperature > 80 for 1s"}),
+    )
+    .await;
+    let dev = enroll(&s).await;
+    let mut c = Client::connect(&s, &dev).await;
+    engine_has_the_rules(&s, &mut c).await;
+    c.telemetry(json!({"temperature": 85.0})).await;
+    let delivered = |kind: &'static str| {
+        let inbox = inbox.clone();
+        move || {
+            inbox
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(event, body, _)| event == kind && body["data"]["rule_name"] == "hot")
+                .cloned()
+        }
+    };
+    let fired = delivered("alert.fired");
+    let (_, body, valid) = poll_until("alert.fired at the webhook", async || fired()).await;
+    assert!(valid, "signature: {body}");
+    assert_eq!(body["kind"], "alert.fired");
+    assert_eq!(body["device"], dev.id.as_str());
+    assert_eq!(body["data"]["severity"], "critical");
+    assert_eq!(body["data"]["value"], 85.0);
+    let alert = wait_alert(&s, &rule, "firing").await;
+    assert_eq!(body["data"]["alert_id"], alert["id"]);
+    c.telemetry(json!({"temperature": 60.0})).await;
+    let resolved = delivered("alert.resolved");
+    let (_, body, valid) = poll_until("alert.resolved at the webhook", async || resolved()).await;
+    assert!(valid, "signature: {body}");
+    assert_eq!(body["data"]["alert_id"], alert["id"]);
     c.disconnect().await;
     s.stop().await;
 }
