@@ -68,102 +68,15 @@ const PUBLISH_SECS: u64 = 5;
 const PUBACK_TIMEOUT: Duration = Duration::from_secs(10);
 const PAYLOAD: &[u8] = br#"{"temperature": 21.5}"#;
 
-#[derive(Default)]
-struct PublishRun {
-    latencies_us: Vec<u64>,
-    /// PUBACK reason code -> (name, count, first reason string).
-    reasons: BTreeMap<u8, (String, u64, Option<String>)>,
-    errors: BTreeMap<String, u64>,
-    elapsed: Duration,
-}
-
 /// Each client publishes QoS 1 telemetry in a closed loop for PUBLISH_SECS.
 async fn publish(clients: Vec<(String, Client<Tls>)>) -> (PublishRun, Vec<Client<Tls>>) {
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(PUBLISH_SECS);
-    let mut tasks = Vec::new();
-    for (device, mut c) in clients {
-        tasks.push(tokio::spawn(async move {
-            let topic = ByteString::from(format!("tender/v1/{device}/telemetry"));
-            let mut run = PublishRun::default();
-            let mut packet_id: u16 = 0;
-            while Instant::now() < deadline {
-                packet_id = packet_id.checked_add(1).unwrap_or(1);
-                let id = NonZeroU16::new(packet_id).unwrap();
-                let t0 = Instant::now();
-                let round_trip = async {
-                    c.send(MqttPacket::V5(v5::Packet::Publish(Box::new(
-                        rmqtt_codec::types::Publish {
-                            dup: false,
-                            retain: false,
-                            qos: QoS::AtLeastOnce,
-                            topic: topic.clone(),
-                            packet_id: Some(id),
-                            payload: Bytes::from_static(PAYLOAD),
-                            properties: Some(Default::default()),
-                        },
-                    ))))
-                    .await?;
-                    loop {
-                        match c.recv().await? {
-                            MqttPacket::V5(v5::Packet::PublishAck(a)) if a.packet_id == id => {
-                                return Ok(a);
-                            }
-                            MqttPacket::V5(v5::Packet::Disconnect(d)) => {
-                                return Err(format!(
-                                    "DISCONNECT 0x{:02x} {:?}",
-                                    d.reason_code as u8, d.reason_code
-                                ));
-                            }
-                            _ => {}
-                        }
-                    }
-                };
-                match tokio::time::timeout(PUBACK_TIMEOUT, round_trip).await {
-                    Ok(Ok(ack)) => {
-                        run.latencies_us.push(t0.elapsed().as_micros() as u64);
-                        let e = run
-                            .reasons
-                            .entry(ack.reason_code as u8)
-                            .or_insert_with(|| (format!("{:?}", ack.reason_code), 0, None));
-                        e.1 += 1;
-                        if e.2.is_none() {
-                            e.2 = ack.reason_string.map(|s| s.to_string());
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        *run.errors.entry(e).or_default() += 1;
-                        break;
-                    }
-                    Err(_) => {
-                        *run.errors.entry("no PUBACK in time".into()).or_default() += 1;
-                        break;
-                    }
-                }
-            }
-            (run, c)
-        }));
-    }
-    let mut all = PublishRun::default();
-    let mut back = Vec::new();
-    for t in tasks {
-        let (run, c) = t.await.unwrap();
-        all.latencies_us.extend(run.latencies_us);
-        for (code, (name, count, why)) in run.reasons {
-            let e = all.reasons.entry(code).or_insert((name, 0, None));
-            e.1 += count;
-            if e.2.is_none() {
-                e.2 = why;
-            }
-        }
-        for (k, v) in run.errors {
-            *all.errors.entry(k).or_default() += v;
-        }
-        back.push(c);
-    }
-    all.elapsed = start.elapsed();
-    all.latencies_us.sort_unstable();
-    (all, back)
+    publish_loop(
+        clients,
+        PUBLISH_SECS,
+        PUBACK_TIMEOUT,
+        Arc::new(|_| Bytes::from_static(PAYLOAD)),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

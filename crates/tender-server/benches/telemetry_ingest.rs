@@ -31,17 +31,10 @@
 
 mod mqtt_common;
 
-use std::collections::BTreeMap;
-use std::num::NonZeroU16;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use bytestring::ByteString;
 use mqtt_common::*;
-use rmqtt_codec::MqttPacket;
-use rmqtt_codec::types::QoS;
-use rmqtt_codec::v5;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 const CONCURRENCY: usize = 128;
 const PUBACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,112 +82,6 @@ fn payload(points: usize, base_ms: i64, seq: u64) -> Bytes {
     Bytes::from(out)
 }
 
-#[derive(Default)]
-struct Run {
-    latencies_us: Vec<u64>,
-    reasons: BTreeMap<u8, (String, u64, Option<String>)>,
-    errors: BTreeMap<String, u64>,
-    elapsed: Duration,
-}
-
-/// Closed-loop QoS 1 publishing on every client for `secs`.
-async fn publish_all<S>(
-    clients: Vec<(String, Client<S>)>,
-    points: usize,
-    secs: u64,
-) -> (Run, Vec<Client<S>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(secs);
-    let base_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 - 86_400_000;
-    let mut tasks = Vec::new();
-    for (device, mut c) in clients {
-        tasks.push(tokio::spawn(async move {
-            let topic = ByteString::from(format!("tender/v1/{device}/telemetry"));
-            let mut run = Run::default();
-            let mut seq: u64 = 0;
-            while Instant::now() < deadline {
-                seq += 1;
-                let id = NonZeroU16::new((seq % 65_535) as u16 + 1).unwrap();
-                let body = payload(points, base_ms, seq);
-                let t0 = Instant::now();
-                let round_trip = async {
-                    c.send(MqttPacket::V5(v5::Packet::Publish(Box::new(
-                        rmqtt_codec::types::Publish {
-                            dup: false,
-                            retain: false,
-                            qos: QoS::AtLeastOnce,
-                            topic: topic.clone(),
-                            packet_id: Some(id),
-                            payload: body,
-                            properties: Some(Default::default()),
-                        },
-                    ))))
-                    .await?;
-                    loop {
-                        match c.recv().await? {
-                            MqttPacket::V5(v5::Packet::PublishAck(a)) if a.packet_id == id => {
-                                return Ok(a);
-                            }
-                            MqttPacket::V5(v5::Packet::Disconnect(d)) => {
-                                return Err(format!(
-                                    "DISCONNECT 0x{:02x} {:?}",
-                                    d.reason_code as u8, d.reason_code
-                                ));
-                            }
-                            _ => {}
-                        }
-                    }
-                };
-                match tokio::time::timeout(PUBACK_TIMEOUT, round_trip).await {
-                    Ok(Ok(ack)) => {
-                        run.latencies_us.push(t0.elapsed().as_micros() as u64);
-                        let e = run
-                            .reasons
-                            .entry(ack.reason_code as u8)
-                            .or_insert_with(|| (format!("{:?}", ack.reason_code), 0, None));
-                        e.1 += 1;
-                        if e.2.is_none() {
-                            e.2 = ack.reason_string.map(|s| s.to_string());
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        *run.errors.entry(e).or_default() += 1;
-                        break;
-                    }
-                    Err(_) => {
-                        *run.errors.entry("no PUBACK in time".into()).or_default() += 1;
-                        break;
-                    }
-                }
-            }
-            (run, c)
-        }));
-    }
-    let mut all = Run::default();
-    let mut back = Vec::new();
-    for t in tasks {
-        let (run, c) = t.await.unwrap();
-        all.latencies_us.extend(run.latencies_us);
-        for (code, (name, count, why)) in run.reasons {
-            let e = all.reasons.entry(code).or_insert((name, 0, None));
-            e.1 += count;
-            if e.2.is_none() {
-                e.2 = why;
-            }
-        }
-        for (k, v) in run.errors {
-            *all.errors.entry(k).or_default() += v;
-        }
-        back.push(c);
-    }
-    all.elapsed = start.elapsed();
-    all.latencies_us.sort_unstable();
-    (all, back)
-}
-
 struct Row {
     label: String,
     points: usize,
@@ -206,7 +93,7 @@ struct Row {
     errors: u64,
 }
 
-fn report(label: &str, points: usize, run: &Run) -> (f64, f64, u64) {
+fn report(label: &str, points: usize, run: &PublishRun) -> (f64, f64, u64) {
     // Success, and Mosquitto's 0x10 "no matching subscribers" (taken, nobody listening).
     let acked: u64 = run
         .reasons
@@ -248,6 +135,12 @@ async fn metric(server: &Server, name: &str) -> Option<f64> {
         .ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Messages of `points` points with timestamps unique per device, from a day ago.
+fn payloads(points: usize) -> std::sync::Arc<dyn Fn(u64) -> Bytes + Send + Sync> {
+    let base_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 - 86_400_000;
+    std::sync::Arc::new(move |seq| payload(points, base_ms, seq))
 }
 
 #[derive(Clone)]
@@ -342,7 +235,7 @@ async fn run_tender(opts: &Options, postgres: Option<&str>, points: usize) -> Ro
         .await
         .unwrap_or(0.0);
     let (s0, g0) = (cpu_secs(pid), cpu_secs(std::process::id()));
-    let (p, clients) = publish_all(clients, points, opts.secs).await;
+    let (p, clients) = publish_loop(clients, opts.secs, PUBACK_TIMEOUT, payloads(points)).await;
     let (s1, g1) = (cpu_secs(pid), cpu_secs(std::process::id()));
     let (msgs, pts, acked) = report("tender", points, &p);
     let rss = mem(pid);
@@ -413,7 +306,7 @@ async fn run_mosquitto(opts: &Options, points: usize) -> Option<Row> {
         .into_iter()
         .map(|(i, c)| (format!("bench-{i}"), c))
         .collect();
-    let (p, clients) = publish_all(clients, points, opts.secs).await;
+    let (p, clients) = publish_loop(clients, opts.secs, PUBACK_TIMEOUT, payloads(points)).await;
     let (msgs, pts, _) = report("mosquitto", points, &p);
     let rss = mem(broker.pid);
     drop(clients);

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,8 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
+use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{self, ConnectAckReason};
 use rmqtt_codec::{MqttCodec, MqttPacket};
 use rustls::pki_types::pem::PemObject;
@@ -833,4 +835,114 @@ impl Mosquitto {
             }
         }
     }
+}
+
+/// What a closed-loop publishing run saw.
+#[derive(Default)]
+pub struct PublishRun {
+    pub latencies_us: Vec<u64>,
+    /// PUBACK reason code -> (name, count, first reason string).
+    pub reasons: BTreeMap<u8, (String, u64, Option<String>)>,
+    pub errors: BTreeMap<String, u64>,
+    pub elapsed: Duration,
+}
+
+/// Every client publishes QoS 1 to `tender/v1/{id}/telemetry` in a closed loop (the next
+/// message once the PUBACK is in) for `secs`; `payload(seq)` makes message `seq` (from 1).
+pub async fn publish_loop<S>(
+    clients: Vec<(String, Client<S>)>,
+    secs: u64,
+    puback_timeout: Duration,
+    payload: Arc<dyn Fn(u64) -> Bytes + Send + Sync>,
+) -> (PublishRun, Vec<Client<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for (device, mut c) in clients {
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let topic = ByteString::from(format!("tender/v1/{device}/telemetry"));
+            let mut run = PublishRun::default();
+            let mut seq: u64 = 0;
+            while Instant::now() < deadline {
+                seq += 1;
+                let id = NonZeroU16::new((seq % 65_535) as u16 + 1).unwrap();
+                let body = payload(seq);
+                let t0 = Instant::now();
+                let round_trip = async {
+                    c.send(MqttPacket::V5(v5::Packet::Publish(Box::new(
+                        rmqtt_codec::types::Publish {
+                            dup: false,
+                            retain: false,
+                            qos: QoS::AtLeastOnce,
+                            topic: topic.clone(),
+                            packet_id: Some(id),
+                            payload: body,
+                            properties: Some(Default::default()),
+                        },
+                    ))))
+                    .await?;
+                    loop {
+                        match c.recv().await? {
+                            MqttPacket::V5(v5::Packet::PublishAck(a)) if a.packet_id == id => {
+                                return Ok(a);
+                            }
+                            MqttPacket::V5(v5::Packet::Disconnect(d)) => {
+                                return Err(format!(
+                                    "DISCONNECT 0x{:02x} {:?}",
+                                    d.reason_code as u8, d.reason_code
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
+                };
+                match tokio::time::timeout(puback_timeout, round_trip).await {
+                    Ok(Ok(ack)) => {
+                        run.latencies_us.push(t0.elapsed().as_micros() as u64);
+                        let e = run
+                            .reasons
+                            .entry(ack.reason_code as u8)
+                            .or_insert_with(|| (format!("{:?}", ack.reason_code), 0, None));
+                        e.1 += 1;
+                        if e.2.is_none() {
+                            e.2 = ack.reason_string.map(|s| s.to_string());
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        *run.errors.entry(e).or_default() += 1;
+                        break;
+                    }
+                    Err(_) => {
+                        *run.errors.entry("no PUBACK in time".into()).or_default() += 1;
+                        break;
+                    }
+                }
+            }
+            (run, c)
+        }));
+    }
+    let mut all = PublishRun::default();
+    let mut back = Vec::new();
+    for t in tasks {
+        let (run, c) = t.await.unwrap();
+        all.latencies_us.extend(run.latencies_us);
+        for (code, (name, count, why)) in run.reasons {
+            let e = all.reasons.entry(code).or_insert((name, 0, None));
+            e.1 += count;
+            if e.2.is_none() {
+                e.2 = why;
+            }
+        }
+        for (k, v) in run.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+        back.push(c);
+    }
+    all.elapsed = start.elapsed();
+    all.latencies_us.sort_unstable();
+    (all, back)
 }
