@@ -1,7 +1,8 @@
 //! Telemetry ingest through the real gateway, acknowledged only after it is durable.
 //!
 //! `cargo build --release -p tender && cargo bench -p tender-server --bench telemetry_ingest --
-//! [--devices=N] [--secs=S] [--points=K,K,...] [--postgres] [--no-sqlite] [--no-mosquitto]`
+//! [--devices=N] [--secs=S] [--points=K,K,...] [--postgres] [--no-sqlite] [--no-mosquitto]
+//! [--writers=N]`
 //! (defaults: 1000 devices, 10 s, points 100,10,1; with `--postgres`, also on a fresh database
 //! of the server at `TENDER_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`).
 //!
@@ -151,6 +152,8 @@ struct Options {
     sqlite: bool,
     postgres: Option<String>,
     mosquitto: bool,
+    /// `telemetry.writers` of the server under test (default: the server's per backend).
+    writers: Option<usize>,
 }
 
 async fn run_tender(opts: &Options, postgres: Option<&str>, points: usize) -> Row {
@@ -178,12 +181,16 @@ async fn run_tender(opts: &Options, postgres: Option<&str>, points: usize) -> Ro
     config.mqtt.burst = 1_000_000;
     config.log.level = "warn".into();
     config.database.url = db.as_ref().map(|d| d.url.clone());
+    config.telemetry.writers = opts.writers;
     let server = tender_server::start(config.clone()).await.unwrap();
     let setup = create_devices(&server, n).await;
-    let extra = match &db {
-        Some(d) => format!("[database]\nurl = {:?}\n", d.url),
+    let mut extra = match opts.writers {
+        Some(w) => format!("[telemetry]\nwriters = {w}\n"),
         None => String::new(),
     };
+    if let Some(d) = &db {
+        extra.push_str(&format!("[database]\nurl = {:?}\n", d.url));
+    }
     let server = match tender_bin() {
         Some(path) => {
             server.shutdown().await;
@@ -203,7 +210,8 @@ async fn run_tender(opts: &Options, postgres: Option<&str>, points: usize) -> Ro
     let pid = server.pid();
     let own = pid != std::process::id();
     println!(
-        "\n== Tender on {store}, {n} devices, {points} points per message ({}) ==",
+        "\n== Tender on {store}, {n} devices, {points} points per message, writers {} ({}) ==",
+        opts.writers.map_or("default".to_owned(), |w| w.to_string()),
         if own {
             "server in its own process"
         } else {
@@ -333,6 +341,7 @@ async fn main() {
         sqlite: true,
         postgres: None,
         mosquitto: true,
+        writers: None,
     };
     for arg in std::env::args().skip(1) {
         let (key, value) = arg.split_once('=').unwrap_or((arg.as_str(), ""));
@@ -354,6 +363,7 @@ async fn main() {
                 )
             }
             "--no-sqlite" => opts.sqlite = false,
+            "--writers" => opts.writers = Some(value.parse().expect("--writers=N")),
             "--no-mosquitto" => opts.mosquitto = false,
             "--bench" => {}
             other => println!("ignoring argument {other:?}"),
